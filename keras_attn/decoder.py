@@ -1,0 +1,183 @@
+"""Input-feeding LSTM decoder with Luong attention (Luong et al. 2015, section 3.3)."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from keras_attn.attention import LuongAttention
+
+
+@keras.saving.register_keras_serializable(package="keras_attn")
+class InputFeedingDecoder(keras.layers.Layer):
+    """Stacked LSTM decoder whose step input is `[embedding(y_{t-1}); h̃_{t-1}]`.
+
+    One step, with `h̃_0 = 0`:
+
+        h_t          = LSTM([E y_{t-1}; h̃_{t-1}], state_{t-1})   (stacked layers)
+        c_t, a_t     = attention(query=h_t, memory=H_src, mask)
+        h̃_t          = tanh(W_c [c_t; h_t] + b_c)                 (dropout in training)
+        logits_t     = W_g h̃_t + b_g
+
+    Two entry points share the same weights and the same step math:
+
+    - `call(target_in, memory, mask, initial_states)`: the teacher-forced sequence
+      (training); returns logits `(batch, tgt_len, vocab)`.
+    - `step(y_prev, state, memory_keys, memory, mask)`: one autoregressive step for
+      the inference model; returns `(logits, attention_weights, new_state)`.
+
+    The input-side matmuls of the embedding are hoisted out of the time loop, and the
+    memory-side half of the attention score is computed once per sentence.
+    """
+
+    def __init__(self, vocab_size, embedding_dim=256, units=512, num_layers=1,
+                 attention="general", dropout=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.vocab_size = vocab_size
+        self.embedding_dim = embedding_dim
+        self.units = units
+        self.num_layers = num_layers
+        self.attention_score = attention
+        self.dropout = dropout
+        self.embedding = keras.layers.Embedding(vocab_size, embedding_dim, name="embedding")
+        self.attention = LuongAttention(score=attention, name="attention")
+        self.generator = keras.layers.Dense(vocab_size, name="generator")
+        self.seed_generator = keras.random.SeedGenerator(1337)
+
+    def build(self, target_shape, memory_shape=None, *args, **kwargs):
+        if memory_shape is None:
+            raise ValueError("InputFeedingDecoder.build needs the memory shape")
+        batch, units = target_shape[0], self.units
+        memory_dim = int(memory_shape[-1])
+        self.embedding.build(tuple(target_shape))
+        self.lstm_kernels, self.lstm_recurrent_kernels, self.lstm_biases = [], [], []
+        for layer in range(self.num_layers):
+            input_dim = self.embedding_dim + units if layer == 0 else units
+            self.lstm_kernels.append(self.add_weight(
+                name=f"lstm_{layer}_kernel", shape=(input_dim, 4 * units), initializer="glorot_uniform"))
+            self.lstm_recurrent_kernels.append(self.add_weight(
+                name=f"lstm_{layer}_recurrent_kernel", shape=(units, 4 * units), initializer="orthogonal"))
+            self.lstm_biases.append(self.add_weight(
+                name=f"lstm_{layer}_bias", shape=(4 * units,), initializer=_unit_forget_bias(units)))
+        self.attention.build((batch, units), tuple(memory_shape))
+        self.combine_kernel = self.add_weight(
+            name="combine_kernel", shape=(memory_dim + units, units), initializer="glorot_uniform")
+        self.combine_bias = self.add_weight(name="combine_bias", shape=(units,), initializer="zeros")
+        self.generator.build((batch, units))
+
+    # ----------------------------------------------------------------- step math
+    def _input_projection(self, tokens, training=False):
+        """Embedding part of the first LSTM layer's gates, bias included."""
+        embedded = self.embedding(tokens)
+        if training and self.dropout > 0:
+            embedded = keras.random.dropout(embedded, self.dropout, seed=self.seed_generator)
+        # |projection| = (..., 4 * units)
+        return tf.matmul(embedded, self.lstm_kernels[0][: self.embedding_dim]) + self.lstm_biases[0]
+
+    def _state_kernels(self):
+        """Per layer, the kernel applied to `[layer input from the state; h]`."""
+        first = tf.concat([self.lstm_kernels[0][self.embedding_dim:], self.lstm_recurrent_kernels[0]], axis=0)
+        rest = [tf.concat([k, r], axis=0) for k, r in
+                zip(self.lstm_kernels[1:], self.lstm_recurrent_kernels[1:], strict=False)]
+        return [first] + rest
+
+    def _recurrent_step(self, input_projection, state, kernels, keys, memory, mask):
+        """One step from the precomputed input projection; returns (h̃, weights, state)."""
+        layer_input, new_h, new_c = state["feed"], [], []
+        for layer in range(self.num_layers):
+            h, c = state["h"][layer], state["c"][layer]
+            # |gates| = (batch, 4 * units)
+            gates = tf.matmul(tf.concat([layer_input, h], axis=-1), kernels[layer])
+            gates += input_projection if layer == 0 else self.lstm_biases[layer]
+            i, f, g, o = tf.split(gates, 4, axis=-1)
+            c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
+            h = tf.sigmoid(o) * tf.tanh(c)
+            new_h.append(h)
+            new_c.append(c)
+            layer_input = h
+        # |context| = (batch, memory_dim), |weights| = (batch, src_len)
+        context, weights = self.attention.attend(h, keys, memory, mask)
+        # |attentional| = (batch, units): h̃_t, the generator's input and the next feed
+        attentional = tf.tanh(tf.matmul(tf.concat([context, h], axis=-1), self.combine_kernel)
+                              + self.combine_bias)
+        return attentional, weights, {"feed": attentional, "h": new_h, "c": new_c}
+
+    # ------------------------------------------------------------- public API
+    def initial_state(self, encoder_states, batch_size):
+        """Decoder state from the encoder's bridged `[h, c]` pairs, with h̃_0 = 0."""
+        return {
+            "feed": tf.zeros((batch_size, self.units), dtype=self.compute_dtype),
+            "h": [h for h, _ in encoder_states],
+            "c": [c for _, c in encoder_states],
+        }
+
+    def step(self, y_prev, state, memory_keys, memory, mask):
+        """One autoregressive step (inference, no dropout).
+
+        Args:
+            y_prev: int `(batch,)` previous tokens (BOS at the first step).
+            state: dict from `initial_state` or the previous step.
+            memory_keys: `self.attention.memory_keys(memory)`, computed once.
+            memory: `(batch, src_len, memory_dim)`; mask: bool `(batch, src_len)`.
+
+        Returns:
+            `(logits (batch, vocab), weights (batch, src_len), new_state)`.
+        """
+        projection = self._input_projection(tf.cast(y_prev, tf.int32))
+        attentional, weights, state = self._recurrent_step(
+            projection, state, self._state_kernels(), memory_keys, memory, mask)
+        return self.generator(attentional), weights, state
+
+    def decode_sequence(self, target_in, memory, mask, initial_states, training=False):
+        """Teacher-forced h̃ for every step: `(attentional, weights)`,
+        `(batch, tgt_len, units)` and `(batch, tgt_len, src_len)`."""
+        target_in = tf.cast(target_in, tf.int32)
+        batch, length = tf.shape(target_in)[0], tf.shape(target_in)[1]
+        # Time-major so each loop iteration reads one contiguous slice.
+        projections = tf.transpose(self._input_projection(target_in, training), [1, 0, 2])
+        # |projections| = (tgt_len, batch, 4 * units)
+        keys, kernels = self.attention.memory_keys(memory), self._state_kernels()
+        keep = None
+        if training and self.dropout > 0:  # one dropout mask per step, drawn up front
+            keep = keras.random.dropout(tf.ones((length, batch, self.units), self.compute_dtype),
+                                        self.dropout, seed=self.seed_generator)
+
+        def body(t, state, outputs, all_weights):
+            attentional, weights, state = self._recurrent_step(
+                projections[t], state, kernels, keys, memory, mask)
+            if keep is not None:
+                attentional = attentional * keep[t]
+                state = {**state, "feed": attentional}
+            return t + 1, state, outputs.write(t, attentional), all_weights.write(t, weights)
+
+        _, _, outputs, all_weights = tf.while_loop(
+            lambda t, *_: t < length, body,
+            (tf.constant(0), self.initial_state(initial_states, batch),
+             tf.TensorArray(self.compute_dtype, size=length),
+             tf.TensorArray(self.compute_dtype, size=length)))
+        # |outputs| = (batch, tgt_len, units), |weights| = (batch, tgt_len, src_len)
+        return (tf.transpose(outputs.stack(), [1, 0, 2]),
+                tf.transpose(all_weights.stack(), [1, 0, 2]))
+
+    def call(self, target_in, memory, mask, initial_states, training=False):
+        attentional, _ = self.decode_sequence(target_in, memory, mask, initial_states, training)
+        # |logits| = (batch, tgt_len, vocab)
+        return self.generator(attentional)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "vocab_size": self.vocab_size,
+            "embedding_dim": self.embedding_dim,
+            "units": self.units,
+            "num_layers": self.num_layers,
+            "attention": self.attention_score,
+            "dropout": self.dropout,
+        }
+
+
+def _unit_forget_bias(units):
+    """LSTM bias initializer with the forget gate at 1 (Jozefowicz et al. 2015)."""
+    def init(shape, dtype=None):
+        return tf.concat([tf.zeros((units,)), tf.ones((units,)), tf.zeros((2 * units,))], 0)
+    return init

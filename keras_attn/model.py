@@ -1,0 +1,123 @@
+"""The teacher-forcing training model, its masked loss and its masked accuracy."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from keras_attn.config import Seq2SeqConfig
+from keras_attn.decoder import InputFeedingDecoder
+from keras_attn.encoder import Encoder
+
+
+@keras.saving.register_keras_serializable(package="keras_attn")
+class Seq2Seq(keras.Model):
+    """Attention encoder-decoder trained with teacher forcing.
+
+    Inputs: `{"source": (batch, src_len) int ids, pre-padded,
+              "target_in": (batch, tgt_len) int ids, post-padded}` where
+    `target_in` is the gold target shifted right behind BOS.
+    Output: logits `(batch, tgt_len, tgt_vocab)`.
+    """
+
+    def __init__(self, config: Seq2SeqConfig | dict, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(config, dict):
+            config = Seq2SeqConfig.from_dict(config)
+        self.config = config
+        self.encoder = Encoder(
+            config.src_vocab_size, config.embedding_dim, config.encoder_units,
+            config.encoder_layers, config.bidirectional, config.decoder_units,
+            config.decoder_layers, config.dropout, config.pad_id, name="encoder")
+        self.decoder = InputFeedingDecoder(
+            config.tgt_vocab_size, config.embedding_dim, config.decoder_units,
+            config.decoder_layers, config.attention, config.dropout, name="decoder")
+
+    def build(self, input_shape=None):
+        # Shapes do not depend on the input: build every weight up front so that a
+        # model can be loaded, summarized or exported before it has seen data.
+        self.encoder.build((None, None))
+        self.decoder.build((None, None), (None, None, self.config.memory_dim))
+        self.built = True
+
+    def call(self, inputs, training=False):
+        memory, mask, states = self.encoder(inputs["source"], training=training)
+        return self.decoder(inputs["target_in"], memory, mask, states, training=training)
+
+    def get_config(self):
+        return {**super().get_config(), "config": self.config.to_dict()}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        model_config = config.pop("config")
+        return cls(Seq2SeqConfig.from_dict(model_config), **config)
+
+    def compile_for_training(self, learning_rate=1e-3, label_smoothing=0.0, clipnorm=5.0, **kwargs):
+        """`compile` with Adam, the masked loss and the masked token accuracy."""
+        self.compile(
+            optimizer=keras.optimizers.Adam(learning_rate, clipnorm=clipnorm),
+            loss=MaskedSparseCrossEntropy(self.config.pad_id, label_smoothing),
+            metrics=[MaskedTokenAccuracy(self.config.pad_id)],
+            **kwargs)
+        return self
+
+
+@keras.saving.register_keras_serializable(package="keras_attn")
+class MaskedSparseCrossEntropy(keras.losses.Loss):
+    """Token-level cross-entropy from logits that ignores `pad_id` targets.
+
+    The result is the mean over real (non-pad) target tokens of the batch, with
+    optional label smoothing over the vocabulary.
+    """
+
+    def __init__(self, pad_id=0, label_smoothing=0.0, name="masked_sparse_cross_entropy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.pad_id = pad_id
+        self.label_smoothing = label_smoothing
+
+    def call(self, y_true, y_pred):
+        y_true = tf.cast(y_true, tf.int32)
+        logits = tf.cast(y_pred, tf.float32)
+        log_probs = tf.nn.log_softmax(logits, axis=-1)
+        # |nll| = (batch, tgt_len)
+        nll = -tf.gather(log_probs, y_true, batch_dims=2)
+        if self.label_smoothing > 0:
+            smooth = -tf.reduce_mean(log_probs, axis=-1)
+            nll = (1.0 - self.label_smoothing) * nll + self.label_smoothing * smooth
+        valid = tf.cast(tf.not_equal(y_true, self.pad_id), tf.float32)
+        # Keras averages what `call` returns over all batch * tgt_len entries; rescale
+        # so that average is the mean over the real tokens only.
+        scale = tf.cast(tf.size(valid), tf.float32) / tf.maximum(tf.reduce_sum(valid), 1.0)
+        return nll * valid * scale
+
+    def get_config(self):
+        return {**super().get_config(), "pad_id": self.pad_id, "label_smoothing": self.label_smoothing}
+
+
+@keras.saving.register_keras_serializable(package="keras_attn")
+class MaskedTokenAccuracy(keras.metrics.Metric):
+    """Share of non-pad target tokens whose argmax prediction is right."""
+
+    def __init__(self, pad_id=0, name="token_accuracy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.pad_id = pad_id
+        self.correct = self.add_variable(shape=(), initializer="zeros", name="correct")
+        self.total = self.add_variable(shape=(), initializer="zeros", name="total")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        y_true = tf.cast(y_true, tf.int32)
+        valid = tf.not_equal(y_true, self.pad_id)
+        hits = tf.logical_and(valid, tf.equal(tf.argmax(y_pred, axis=-1, output_type=tf.int32), y_true))
+        self.correct.assign_add(tf.reduce_sum(tf.cast(hits, self.dtype)))
+        self.total.assign_add(tf.reduce_sum(tf.cast(valid, self.dtype)))
+
+    def result(self):
+        return self.correct / tf.maximum(self.total, 1.0)
+
+    def reset_state(self):
+        self.correct.assign(0.0)
+        self.total.assign(0.0)
+
+    def get_config(self):
+        return {**super().get_config(), "pad_id": self.pad_id}

@@ -1,0 +1,159 @@
+"""The autoregressive inference model: greedy and batched beam search.
+
+`InferenceModel` wraps a trained `Seq2Seq` (sharing its weights) in a `tf.Module`
+whose decode functions are single `tf.function`s with the loop inside the graph
+(`tf.while_loop`), so tf2onnx turns each into one ONNX graph with a `Loop`.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+SOURCE_SPEC = tf.TensorSpec([None, None], tf.int32, name="source_ids")
+MAX_LEN_SPEC = tf.TensorSpec([], tf.int32, name="max_len")
+BEAM_SPEC = tf.TensorSpec([], tf.int32, name="beam_size")
+ALPHA_SPEC = tf.TensorSpec([], tf.float32, name="alpha")
+
+
+def length_penalty(length, alpha):
+    """GNMT length penalty `((5 + length) / 6) ** alpha` (Wu et al. 2016)."""
+    return tf.pow((5.0 + tf.cast(length, tf.float32)) / 6.0, alpha)
+
+
+class InferenceModel(tf.Module):
+    """Greedy and beam-search decoding for a trained `Seq2Seq`.
+
+    Both take `source_ids (batch, src_len) int32`, pre-padded with pad id 0, and
+    return a dict with
+    `ids (batch, out_len) int32`: tokens up to and including EOS, then pad 0;
+    `attention (batch, out_len, src_len)`: the weights that produced each token;
+    `log_probs (batch,)`: the sequence log-probability.
+    """
+
+    def __init__(self, seq2seq, name="inference_model"):
+        super().__init__(name=name)
+        if not seq2seq.built:
+            seq2seq.build()
+        self.seq2seq = seq2seq
+        self.config = seq2seq.config
+
+    def _encode(self, source_ids):
+        memory, mask, states = self.seq2seq.encoder(source_ids, training=False)
+        return memory, mask, states
+
+    @tf.function(input_signature=[SOURCE_SPEC, MAX_LEN_SPEC])
+    def greedy(self, source_ids, max_len):
+        cfg, decoder = self.config, self.seq2seq.decoder
+        batch, src_len = tf.shape(source_ids)[0], tf.shape(source_ids)[1]
+        memory, mask, states = self._encode(source_ids)
+        keys = decoder.attention.memory_keys(memory)
+        # |memory| = (batch, src_len, memory_dim)
+
+        def body(t, y_prev, state, finished, log_prob, ids, attention):
+            logits, weights, state = decoder.step(y_prev, state, keys, memory, mask)
+            # |logits| = (batch, vocab)
+            token = tf.argmax(logits, axis=-1, output_type=tf.int32)
+            token_log_prob = tf.reduce_max(logits, -1) - tf.reduce_logsumexp(logits, -1)
+            token = tf.where(finished, cfg.pad_id, token)
+            log_prob += tf.where(finished, 0.0, token_log_prob)
+            weights = tf.where(finished[:, None], tf.zeros_like(weights), weights)
+            finished = tf.logical_or(finished, tf.equal(token, cfg.eos_id))
+            return t + 1, token, state, finished, log_prob, ids.write(t, token), attention.write(t, weights)
+
+        def running(t, y_prev, state, finished, *_):
+            return tf.logical_and(t < max_len, tf.logical_not(tf.reduce_all(finished)))
+
+        loop_vars = (
+            tf.constant(0), tf.fill([batch], cfg.bos_id), decoder.initial_state(states, batch),
+            tf.zeros([batch], tf.bool), tf.zeros([batch], tf.float32),
+            tf.TensorArray(tf.int32, size=0, dynamic_size=True, element_shape=[None]),
+            tf.TensorArray(tf.float32, size=0, dynamic_size=True, element_shape=[None, None]))
+        _, _, _, _, log_prob, ids, attention = tf.while_loop(running, body, loop_vars)
+        ids = tf.reshape(ids.stack(), [-1, batch])
+        attention = tf.reshape(attention.stack(), [-1, batch, src_len])
+        return {"ids": tf.transpose(ids), "attention": tf.transpose(attention, [1, 0, 2]),
+                "log_probs": log_prob}
+
+    @tf.function(input_signature=[SOURCE_SPEC, MAX_LEN_SPEC, BEAM_SPEC, ALPHA_SPEC])
+    def beam_search(self, source_ids, max_len, beam_size, alpha):
+        """Batched beam search; hypotheses are ranked by log-prob / length penalty.
+
+        A finished hypothesis stays in the beam and may only be extended by pad at no
+        cost, so it competes with the open ones until the search ends.
+        """
+        cfg, decoder = self.config, self.seq2seq.decoder
+        batch, src_len = tf.shape(source_ids)[0], tf.shape(source_ids)[1]
+        k, vocab = beam_size, cfg.tgt_vocab_size
+        memory, mask, states = self._encode(source_ids)
+        memory, mask = tf.repeat(memory, k, axis=0), tf.repeat(mask, k, axis=0)
+        states = tf.nest.map_structure(lambda s: tf.repeat(s, k, axis=0), states)
+        keys = decoder.attention.memory_keys(memory)
+        # |memory| = (batch * k, src_len, memory_dim)
+        # Only beam 0 is alive at the start, so the first expansion is not k copies.
+        first = tf.one_hot(0, k, on_value=0.0, off_value=-1e9)
+        scores = tf.tile(first[None], [batch, 1])
+        # |scores| = (batch, k): summed log-probs
+        finished_row = tf.one_hot(cfg.pad_id, vocab, on_value=0.0, off_value=-1e9)
+        # |finished_row| = (vocab,): a finished beam can only emit pad, at no cost
+        beam_offsets = tf.range(batch)[:, None] * k
+
+        def body(t, y_prev, state, finished, scores, lengths, ids, attention):
+            logits, weights, state = decoder.step(tf.reshape(y_prev, [-1]), state, keys, memory, mask)
+            log_probs = tf.reshape(tf.nn.log_softmax(logits), [batch, k, vocab])
+            log_probs = tf.where(finished[:, :, None], finished_row, log_probs)
+            total = scores[:, :, None] + log_probs
+            # |total| = (batch, k, vocab)
+            new_lengths = lengths[:, :, None] + tf.cast(tf.logical_not(finished), tf.int32)[:, :, None]
+            ranking = total / length_penalty(new_lengths, alpha)
+            _, flat = tf.math.top_k(tf.reshape(ranking, [batch, k * vocab]), k=k)
+            parent, token = flat // vocab, flat % vocab
+            # |parent| = |token| = (batch, k)
+            scores = tf.gather(tf.reshape(total, [batch, -1]), flat, batch_dims=1)
+            lengths = tf.gather(tf.reshape(tf.broadcast_to(new_lengths, [batch, k, vocab]), [batch, -1]),
+                                flat, batch_dims=1)
+            finished = tf.gather(finished, parent, batch_dims=1)
+            finished = tf.logical_or(finished, tf.equal(token, cfg.eos_id))
+            rows = tf.reshape(parent + beam_offsets, [-1])
+            state = tf.nest.map_structure(lambda s: tf.gather(s, rows), state)
+            weights = tf.reshape(tf.gather(weights, rows), [batch, k, 1, src_len])
+            step = tf.one_hot(t, max_len, dtype=tf.int32)
+            # |ids| = (batch, k, max_len): histories reordered by parent, then step t set
+            ids = tf.gather(ids, parent, batch_dims=1) + token[:, :, None] * step
+            attention = (tf.gather(attention, parent, batch_dims=1)
+                         + weights * tf.cast(step, tf.float32)[:, None])
+            return t + 1, token, state, finished, scores, lengths, ids, attention
+
+        def running(t, y_prev, state, finished, *_):
+            return tf.logical_and(t < max_len, tf.logical_not(tf.reduce_all(finished)))
+
+        loop_vars = (
+            tf.constant(0), tf.fill([batch, k], cfg.bos_id),
+            decoder.initial_state(states, batch * k), tf.zeros([batch, k], tf.bool), scores,
+            tf.zeros([batch, k], tf.int32), tf.zeros([batch, k, max_len], tf.int32),
+            tf.zeros([batch, k, max_len, src_len], tf.float32))
+        steps, _, _, _, scores, lengths, ids, attention = tf.while_loop(running, body, loop_vars)
+        best = tf.argmax(scores / length_penalty(lengths, alpha), axis=-1, output_type=tf.int32)
+        # |best| = (batch,)
+        ids = tf.gather(ids, best, batch_dims=1)[:, :steps]
+        attention = tf.gather(attention, best, batch_dims=1)[:, :steps]
+        return {"ids": ids, "attention": attention, "log_probs": tf.gather(scores, best, batch_dims=1)}
+
+    def translate_ids(self, source_ids, max_len, beam_size=1, alpha=0.6):
+        """Convenience eager entry point: greedy for beam 1, else beam search."""
+        source_ids = tf.convert_to_tensor(source_ids, tf.int32)
+        if beam_size == 1:
+            return self.greedy(source_ids, tf.constant(max_len, tf.int32))
+        return self.beam_search(source_ids, tf.constant(max_len, tf.int32),
+                                tf.constant(beam_size, tf.int32), tf.constant(alpha, tf.float32))
+
+
+def strip_special(ids, eos_id=3, pad_id=0):
+    """Token ids up to (not including) EOS, pads dropped; `ids` a list/array row."""
+    out = []
+    for token in ids:
+        token = int(token)
+        if token == eos_id:
+            break
+        if token != pad_id:
+            out.append(token)
+    return out

@@ -1,0 +1,191 @@
+"""The `keras-attn` command line.
+
+Heavy imports (TensorFlow) happen inside the sub-commands, so `--help`, `translate`
+and `attention` start fast and the last two never import TensorFlow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """A bad argument or input: reported as one line, exit status 2."""
+
+
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def bool_flag(text):
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+# ------------------------------------------------------------------- train
+def add_train(sub):
+    from pipelines.train import TrainConfig
+
+    p = sub.add_parser("train", help="train a model (default: the built-in dates demo)",
+                       description="Train an attention seq2seq model. Values come from the defaults, then "
+                                   "--config FILE (YAML or JSON with the same keys), then flags.")
+    p.add_argument("--config", help="YAML/JSON file with training keys (e.g. configs/multi30k_deen.yaml)")
+    for field in dataclasses.fields(TrainConfig):
+        flag = "--" + field.name.replace("_", "-")
+        kind = str(field.type)
+        if "bool" in kind:
+            p.add_argument(flag, type=bool_flag, default=argparse.SUPPRESS, metavar="true|false",
+                           help=f"(default {field.default})")
+        elif "int" in kind:
+            p.add_argument(flag, type=positive_int if field.name != "verbose" else int,
+                           default=argparse.SUPPRESS, help=f"(default {field.default})")
+        elif "float" in kind:
+            p.add_argument(flag, type=float, default=argparse.SUPPRESS, help=f"(default {field.default})")
+        else:
+            p.add_argument(flag, default=argparse.SUPPRESS, help=f"(default {field.default})")
+    p.set_defaults(handler=cmd_train)
+
+
+def cmd_train(args):
+    from pipelines.train import TrainConfig, run
+
+    values = TrainConfig.from_file(args.config) if args.config else {}
+    values.update({k: v for k, v in vars(args).items() if k not in ("config", "handler", "command")})
+    if "batch_tokens" in values and "batch_size" not in values:
+        values["batch_size"] = None
+    run(TrainConfig(**values))
+
+
+# ------------------------------------------------------------------ export
+def add_export(sub):
+    p = sub.add_parser("export", help="export a trained model to an ONNX bundle")
+    p.add_argument("train_dir", help="folder written by `keras-attn train`")
+    p.add_argument("--out", help="bundle folder (default exported/<train_dir name>)")
+    p.add_argument("--beam", type=positive_int, default=5, help="default beam size recorded in the bundle")
+    p.add_argument("--alpha", type=float, default=0.6, help="length-penalty alpha for beam search")
+    p.add_argument("--quantize", choices=["int8"], help="also write int8 dynamically quantized graphs")
+    p.add_argument("--opset", type=positive_int, default=17)
+    p.add_argument("--max-len", type=positive_int, help="max source/target tokens (default: training max_len)")
+    p.set_defaults(handler=cmd_export)
+
+
+def cmd_export(args):
+    from pipelines.export import export
+
+    out = args.out or str(Path("exported") / Path(args.train_dir).resolve().name)
+    export(args.train_dir, out, beam=args.beam, alpha=args.alpha, quantize=args.quantize,
+           opset=args.opset, max_len=args.max_len)
+
+
+# --------------------------------------------------------------- translate
+def add_translate(sub):
+    p = sub.add_parser("translate", help="translate lines with an exported bundle (onnxruntime, no TensorFlow)")
+    p.add_argument("bundle", help="export folder")
+    p.add_argument("--beam", type=positive_int, default=1)
+    p.add_argument("--max-len", type=positive_int, help="max output tokens")
+    p.add_argument("--int8", action="store_true", help="use the int8 quantized graph")
+    p.add_argument("--input", help="input file (default stdin)")
+    p.add_argument("--output", help="output file (default stdout)")
+    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.set_defaults(handler=cmd_translate)
+
+
+def cmd_translate(args):
+    from pipelines.translate import translate_stream
+
+    translate_stream(args.bundle, args.input, args.output, beam=args.beam, max_len=args.max_len,
+                     int8=args.int8, batch_size=args.batch_size)
+
+
+def add_attention(sub):
+    p = sub.add_parser("attention", help="plot the attention weights of one translation")
+    p.add_argument("bundle")
+    p.add_argument("sentence")
+    p.add_argument("--png", required=True, help="where to write the heatmap")
+    p.add_argument("--beam", type=positive_int, default=1)
+    p.set_defaults(handler=cmd_attention)
+
+
+def cmd_attention(args):
+    from pipelines.translate import attention_heatmap
+
+    text = attention_heatmap(args.bundle, args.sentence, args.png, beam=args.beam)
+    print(text)
+    print(f"attention heatmap written to {args.png}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------- evaluate
+def add_evaluate(sub):
+    p = sub.add_parser("evaluate", help="BLEU/chrF/exact match and speed of a bundle on a test set")
+    p.add_argument("bundle")
+    p.add_argument("--src", required=True, help="source sentences, one per line (.gz ok)")
+    p.add_argument("--ref", required=True, help="reference translations, aligned with --src")
+    p.add_argument("--beam", type=positive_int, default=1)
+    p.add_argument("--runtime", choices=["onnx", "tf"], default="onnx")
+    p.add_argument("--int8", action="store_true", help="onnx runtime: use the int8 graph")
+    p.add_argument("--train-dir", help="--runtime tf: the training folder (default from the bundle)")
+    p.add_argument("--json", help="write the report here as JSON")
+    p.set_defaults(handler=cmd_evaluate)
+
+
+def cmd_evaluate(args):
+    from pipelines.evaluate import evaluate_command
+
+    evaluate_command(args)
+
+
+def add_download(sub):
+    p = sub.add_parser("download-multi30k", help="download the Multi30k task-1 raw files (needs internet)")
+    p.add_argument("dest")
+    p.add_argument("--base-url", help="mirror of the raw files folder")
+    p.set_defaults(handler=cmd_download)
+
+
+def cmd_download(args):
+    from pipelines.corpus import MULTI30K_URL, download_multi30k
+
+    for path in download_multi30k(args.dest, base_url=args.base_url or MULTI30K_URL):
+        print(f"downloaded {path}")
+
+
+def parser():
+    p = argparse.ArgumentParser(
+        prog="keras-attn",
+        description="Luong-attention seq2seq: train with Keras, export to ONNX, translate with onnxruntime.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (add_train, add_export, add_translate, add_attention, add_evaluate, add_download):
+        add(sub)
+    return p
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    from pipelines.corpus import CorpusError
+
+    try:
+        args.handler(args)
+    except (UsageError, CorpusError, ValueError, FileNotFoundError, PermissionError, IsADirectoryError) as error:
+        print(f"keras-attn {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"keras-attn {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""tf.data input pipelines: tokenize in-graph, add BOS/EOS, filter, pad, bucket.
+
+Source rows are pre-padded (padding on the left), targets post-padded. Elements are
+`({"source", "target_in"}, target_out)` as `Seq2Seq.fit` expects, with
+`target_in = [BOS] + y` and `target_out = y + [EOS]` (teacher forcing).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import tensorflow as tf
+import tensorflow_text as tf_text
+
+from pipelines.corpus import ParallelCorpus
+from pipelines.tokenizer import BOS_ID, EOS_ID
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchingConfig:
+    max_len: int = 100  # max subword tokens per side, BOS/EOS not counted
+    batch_size: int | None = 64  # fixed sentences per batch, or
+    batch_tokens: int | None = None  # a target-token budget per batch (overrides batch_size)
+    bucket_width: int = 4
+    shuffle_buffer: int = 20000
+
+    def __post_init__(self):
+        if self.max_len < 1:
+            raise ValueError(f"max_len must be >= 1, got {self.max_len}")
+        if self.batch_tokens is None and (self.batch_size is None or self.batch_size < 1):
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.batch_tokens is not None and self.batch_tokens < self.max_len + 1:
+            raise ValueError(f"batch_tokens ({self.batch_tokens}) must exceed max_len ({self.max_len})")
+
+
+class TextEncoder:
+    """In-graph SentencePiece tokenization of one side (tensorflow-text)."""
+
+    def __init__(self, model: bytes):
+        self.model = model
+        self.tokenizer = tf_text.SentencepieceTokenizer(model=model, out_type=tf.int32)
+
+    def __call__(self, text):
+        return self.tokenizer.tokenize(text)
+
+
+def tokenized_pairs(corpus: ParallelCorpus, src_model: bytes, tgt_model: bytes) -> tf.data.Dataset:
+    """`(source_ids, target_ids)` variable-length int32 vectors, no specials."""
+    src_tok, tgt_tok = TextEncoder(src_model), TextEncoder(tgt_model)
+    ds = tf.data.Dataset.from_tensor_slices((corpus.sources, corpus.targets))
+    # Tokenize whole chunks at once: much faster than one string per call.
+    ds = ds.batch(1024).map(lambda s, t: (src_tok(s), tgt_tok(t)), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.unbatch()
+
+
+def count_too_long(pairs: tf.data.Dataset, max_len: int) -> int:
+    """How many pairs the length filter will drop (a pass over the data)."""
+    return int(pairs.reduce(tf.constant(0), lambda n, pair: n + tf.cast(
+        tf.logical_or(tf.size(pair[0]) > max_len, tf.size(pair[1]) > max_len), tf.int32)))
+
+
+def _teacher_forcing_example(src, tgt):
+    bos, eos = tf.constant([BOS_ID], tf.int32), tf.constant([EOS_ID], tf.int32)
+    # The source is reversed here and back after right-padding: that pads on the left.
+    return (tf.reverse(src, [0]), tf.concat([bos, tgt], 0)), tf.concat([tgt, eos], 0)
+
+
+def _pre_pad_source(inputs, target_out):
+    source_reversed, target_in = inputs
+    return {"source": tf.reverse(source_reversed, [1]), "target_in": target_in}, target_out
+
+
+def make_dataset(corpus: ParallelCorpus, src_model: bytes, tgt_model: bytes, batching: BatchingConfig,
+                 training: bool, seed: int = 0) -> tf.data.Dataset:
+    """Batched, padded training (shuffled, bucketed) or evaluation (ordered) dataset."""
+    max_len = batching.max_len
+    ds = tokenized_pairs(corpus, src_model, tgt_model)
+    ds = ds.filter(lambda s, t: tf.logical_and(tf.size(s) <= max_len, tf.size(t) <= max_len))
+    ds = ds.map(_teacher_forcing_example, num_parallel_calls=tf.data.AUTOTUNE).cache()
+    if training:
+        ds = ds.shuffle(batching.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    boundaries = list(range(batching.bucket_width + 1, max_len + 2, batching.bucket_width))
+    if batching.batch_tokens:
+        sizes = [max(1, batching.batch_tokens // b) for b in boundaries] + [
+            max(1, batching.batch_tokens // (max_len + 1))]
+    else:
+        sizes = [batching.batch_size] * (len(boundaries) + 1)
+
+    def length(inputs, target_out):
+        return tf.maximum(tf.size(inputs[0]), tf.size(target_out))
+
+    if training:
+        ds = ds.bucket_by_sequence_length(length, boundaries, sizes, drop_remainder=False)
+    else:  # keep the corpus order for evaluation
+        ds = ds.padded_batch(sizes[0] if not batching.batch_tokens else max(1, batching.batch_tokens // 32))
+    return ds.map(_pre_pad_source, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,46 @@
+"""Corpus-level translation with the TensorFlow inference model (training side).
+
+The deployment path (`keras_attn.runtime`) mirrors this with onnxruntime.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from keras_attn.search import strip_special
+from pipelines.tokenizer import EOS_ID, PAD_ID
+
+
+def pre_pad(rows: list[list[int]], width: int | None = None) -> np.ndarray:
+    """Left-pad id lists with pad 0 into an int32 matrix (the encoder's layout)."""
+    width = width or max([len(r) for r in rows] + [1])
+    out = np.zeros((len(rows), width), np.int32)
+    for i, row in enumerate(rows):
+        if row:
+            out[i, width - len(row):] = row
+    return out
+
+
+def length_sorted_batches(lengths: list[int], batch_size: int):
+    """Index batches of similar length (less padding); callers restore the order."""
+    order = np.argsort(lengths, kind="stable")
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def decode_limit(src_len: int, max_len: int) -> int:
+    """Output length cap for a source of `src_len` tokens."""
+    return int(min(max_len, 2 * src_len + 10))
+
+
+def translate_tf(inference, sources: list[str], src_sp, tgt_sp, max_len: int = 100,
+                 batch_size: int = 128, beam_size: int = 1, alpha: float = 0.6) -> list[str]:
+    """Translate sentences with an `InferenceModel`; output order = input order."""
+    encoded = [src_sp.encode(s)[:max_len] for s in sources]
+    outputs = [""] * len(sources)
+    for batch in length_sorted_batches([len(e) for e in encoded], batch_size):
+        rows = [encoded[i] for i in batch]
+        limit = decode_limit(max(len(r) for r in rows), max_len)
+        result = inference.translate_ids(pre_pad(rows), limit, beam_size, alpha)
+        for i, ids in zip(batch, result["ids"].numpy()):
+            outputs[i] = tgt_sp.decode(strip_special(ids, EOS_ID, PAD_ID)) if encoded[i] else ""
+    return outputs

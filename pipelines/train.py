@@ -1,0 +1,308 @@
+"""`keras-attn train`: corpus → SentencePiece → tf.data → `model.fit` → artifacts."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_OUT = "runs/dates"
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything a training run needs; CLI flags and config files set these keys."""
+
+    corpus: str = "dates"  # dates | multi30k | files
+    src_lang: str = "de"
+    tgt_lang: str = "en"
+    data_dir: str = "../shared/data/multi30k"
+    train_src: str | None = None
+    train_tgt: str | None = None
+    valid_src: str | None = None
+    valid_tgt: str | None = None
+    train_tsv: str | None = None
+    valid_tsv: str | None = None
+    limit_train: int | None = None  # use only the first N training pairs (smoke runs)
+    dates_train_size: int = 20000
+    # tokenization
+    vocab_size: int = 500
+    src_vocab_size: int | None = None
+    tgt_vocab_size: int | None = None
+    max_len: int = 100
+    # model
+    embedding_dim: int = 64
+    encoder_units: int = 64
+    encoder_layers: int = 1
+    bidirectional: bool = True
+    decoder_units: int = 128
+    decoder_layers: int = 1
+    attention: str = "general"
+    dropout: float = 0.1
+    # optimization
+    epochs: int = 10
+    batch_size: int | None = 64
+    batch_tokens: int | None = None
+    lr: float = 3e-3
+    label_smoothing: float = 0.0
+    clipnorm: float = 5.0
+    patience: int = 3
+    lr_patience: int = 1
+    lr_factor: float = 0.5
+    min_lr: float = 1e-5
+    seed: int = 0
+    jit: bool = False
+    strategy: str = "none"  # none | mirrored | multiworker
+    steps_per_epoch: int | None = None
+    out: str = DEFAULT_OUT
+    verbose: int = 1
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> dict:
+        """Keys from a YAML or JSON config file, checked against the fields."""
+        import yaml
+
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"{path}: config file not found")
+        try:
+            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as error:
+            raise ValueError(f"{path}: not valid YAML/JSON: {error}") from None
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: expected a mapping of keys to values")
+        values = {k.replace("-", "_"): v for k, v in values.items()}
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown keys {unknown}")
+        return values
+
+    def validate(self):
+        if self.corpus not in ("dates", "multi30k", "files"):
+            raise ValueError(f"--corpus must be dates, multi30k or files, got {self.corpus!r}")
+        if self.strategy not in ("none", "mirrored", "multiworker"):
+            raise ValueError(f"--strategy must be none, mirrored or multiworker, got {self.strategy!r}")
+        for name in ("epochs", "vocab_size", "max_len"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"--lr must be > 0, got {self.lr}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.corpus == "files" and not (self.train_tsv or (self.train_src and self.train_tgt)):
+            raise ValueError("--corpus files needs --train-src and --train-tgt (or --train-tsv)")
+
+
+# --------------------------------------------------------------------- corpora
+def load_corpora(cfg: TrainConfig):
+    """`(train, valid, test_or_None)` ParallelCorpus objects for the configured corpus."""
+    from pipelines import corpus as corpora
+
+    if cfg.corpus == "dates":
+        from pipelines.dates import date_splits
+
+        splits = date_splits(train=cfg.dates_train_size, seed=cfg.seed)
+        train, valid, test = splits["train"], splits["valid"], splits["test"]
+    elif cfg.corpus == "multi30k":
+        splits = corpora.load_multi30k(cfg.data_dir, cfg.src_lang, cfg.tgt_lang)
+        train, valid, test = splits["train"], splits["val"], splits["test_2016_flickr"]
+    else:
+        train = (corpora.read_tsv(cfg.train_tsv) if cfg.train_tsv
+                 else corpora.read_parallel(cfg.train_src, cfg.train_tgt))
+        if cfg.valid_tsv:
+            valid = corpora.read_tsv(cfg.valid_tsv)
+        elif cfg.valid_src and cfg.valid_tgt:
+            valid = corpora.read_parallel(cfg.valid_src, cfg.valid_tgt)
+        else:  # hold out the last 5 % (at most 2,000 pairs)
+            n = max(1, min(2000, len(train) // 20))
+            valid = corpora.ParallelCorpus(train.sources[-n:], train.targets[-n:], "held-out")
+            train = corpora.ParallelCorpus(train.sources[:-n], train.targets[:-n], train.name,
+                                           train.dropped_empty)
+        test = None
+    if cfg.limit_train:
+        train = train.head(cfg.limit_train)
+    if len(train) == 0:
+        raise ValueError(f"{train.name}: no training pairs left")
+    return train, valid, test
+
+
+def tokenizers(cfg: TrainConfig, train, out: Path) -> tuple[bytes, bytes]:
+    """Train the two SentencePiece models, or reuse them when resuming a run."""
+    from pipelines.tokenizer import train_sentencepiece
+
+    src_path, tgt_path = out / "src.spm.model", out / "tgt.spm.model"
+    if src_path.is_file() and tgt_path.is_file() and (out / "backup").is_dir():
+        return src_path.read_bytes(), tgt_path.read_bytes()
+    src = train_sentencepiece(train.sources, cfg.src_vocab_size or cfg.vocab_size)
+    tgt = train_sentencepiece(train.targets, cfg.tgt_vocab_size or cfg.vocab_size)
+    atomic_write(src_path, src)
+    atomic_write(tgt_path, tgt)
+    return src, tgt
+
+
+def atomic_write(path: Path, data: bytes | str):
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+    tmp.replace(path)
+
+
+# ----------------------------------------------------------------------- model
+def model_config(cfg: TrainConfig, src_sp, tgt_sp):
+    from keras_attn.config import Seq2SeqConfig
+
+    return Seq2SeqConfig(
+        src_vocab_size=src_sp.get_piece_size(), tgt_vocab_size=tgt_sp.get_piece_size(),
+        embedding_dim=cfg.embedding_dim, encoder_units=cfg.encoder_units,
+        encoder_layers=cfg.encoder_layers, bidirectional=cfg.bidirectional,
+        decoder_units=cfg.decoder_units, decoder_layers=cfg.decoder_layers,
+        attention=cfg.attention, dropout=cfg.dropout)
+
+
+def distribution_strategy(name: str):
+    import tensorflow as tf
+
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multiworker":  # hosts and roles come from the TF_CONFIG variable
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def build_model(cfg: TrainConfig, model_cfg, steps_per_execution: int = 1):
+    from keras_attn.model import Seq2Seq
+
+    model = Seq2Seq(model_cfg)
+    model.build()
+    model.compile_for_training(cfg.lr, cfg.label_smoothing, cfg.clipnorm, jit_compile=cfg.jit,
+                               steps_per_execution=steps_per_execution)
+    return model
+
+
+def callbacks(cfg: TrainConfig, out: Path):
+    import keras
+
+    return [
+        keras.callbacks.TerminateOnNaN(),
+        keras.callbacks.BackupAndRestore(str(out / "backup"), delete_checkpoint=True),
+        keras.callbacks.ModelCheckpoint(str(out / "model.keras"), monitor="val_loss", save_best_only=True),
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience),
+        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=cfg.lr_factor,
+                                          patience=cfg.lr_patience, min_lr=cfg.min_lr),
+        keras.callbacks.CSVLogger(str(out / "history.csv"), append=True),
+        keras.callbacks.TensorBoard(str(out / "logs"), write_graph=False, profile_batch=0),
+    ]
+
+
+def plot_history(history_csv: Path, png: Path):
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(history_csv, encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows:
+        return
+    epochs = [int(r["epoch"]) + 1 for r in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for key in ("loss", "val_loss"):
+        left.plot(epochs, [float(r[key]) for r in rows], marker="o", label=key)
+    for key in ("token_accuracy", "val_token_accuracy"):
+        right.plot(epochs, [float(r[key]) for r in rows], marker="o", label=key)
+    for axis, title in ((left, "loss"), (right, "token accuracy")):
+        axis.set_xlabel("epoch")
+        axis.set_title(title)
+        axis.legend()
+        axis.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------- the run
+def evaluate_held_out(model, corpus, src_sp, tgt_sp, max_len, limit=1000) -> dict:
+    """Greedy translation of (up to `limit`) held-out pairs: exact match and BLEU."""
+    import sacrebleu
+
+    from keras_attn.search import InferenceModel
+    from pipelines.decode import translate_tf
+
+    sources, refs = corpus.sources[:limit], corpus.targets[:limit]
+    start = time.perf_counter()
+    hyps = translate_tf(InferenceModel(model), sources, src_sp, tgt_sp, max_len=max_len)
+    seconds = time.perf_counter() - start
+    return {
+        "split": corpus.name, "sentences": len(sources),
+        "exact_match": sum(h == r for h, r in zip(hyps, refs)) / max(1, len(refs)),
+        "bleu": sacrebleu.corpus_bleu(hyps, [refs]).score,
+        "sentences_per_second": len(sources) / seconds,
+        "examples": [{"source": s, "hypothesis": h, "reference": r}
+                     for s, h, r in list(zip(sources, hyps, refs))[:5]],
+    }
+
+
+def run(cfg: TrainConfig) -> dict:
+    cfg.validate()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+
+    from keras_attn.saving import load_model
+    from pipelines.dataset import BatchingConfig, count_too_long, make_dataset, tokenized_pairs
+    from pipelines.tokenizer import load_processor
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(cfg.seed)
+    log = print if cfg.verbose else (lambda *a, **k: None)
+
+    train, valid, test = load_corpora(cfg)
+    for corpus in (train, valid, test):
+        if corpus is not None:
+            log(f"[data] {corpus.describe()}")
+    src_model, tgt_model = tokenizers(cfg, train, out)
+    src_sp, tgt_sp = load_processor(src_model), load_processor(tgt_model)
+    log(f"[tokenizer] sentencepiece vocab: source {src_sp.get_piece_size()}, target {tgt_sp.get_piece_size()}")
+    batching = BatchingConfig(max_len=cfg.max_len, batch_size=cfg.batch_size, batch_tokens=cfg.batch_tokens)
+    too_long = count_too_long(tokenized_pairs(train, src_model, tgt_model), cfg.max_len)
+    if too_long:
+        log(f"[data] {too_long:,} training pairs longer than max_len={cfg.max_len} tokens are skipped")
+    train_ds = make_dataset(train, src_model, tgt_model, batching, training=True, seed=cfg.seed)
+    valid_ds = make_dataset(valid, src_model, tgt_model, batching, training=False)
+
+    model_cfg = model_config(cfg, src_sp, tgt_sp)
+    atomic_write(out / "config.json", json.dumps(
+        {"model": model_cfg.to_dict(), "train": dataclasses.asdict(cfg)}, indent=2) + "\n")
+    with distribution_strategy(cfg.strategy).scope():
+        model = build_model(cfg, model_cfg)
+    log(f"[model] {model.count_params():,} parameters; training for up to {cfg.epochs} epochs")
+    if cfg.steps_per_epoch:
+        train_ds = train_ds.repeat()
+    start = time.perf_counter()
+    history = model.fit(train_ds, validation_data=valid_ds, epochs=cfg.epochs,
+                        steps_per_epoch=cfg.steps_per_epoch, callbacks=callbacks(cfg, out),
+                        verbose=cfg.verbose)
+    train_seconds = time.perf_counter() - start
+    if not (out / "model.keras").is_file():
+        raise RuntimeError("training ended without a checkpoint (was the loss NaN from the start?)")
+    if history.history.get("loss") and not all(map(lambda v: v == v, history.history["loss"])):
+        log("[train] stopped on a NaN loss; the last good checkpoint is kept")
+    plot_history(out / "history.csv", out / "training_curve.png")
+
+    best = load_model(out / "model.keras")
+    held_out = test if test is not None else valid
+    metrics = {"train_seconds": train_seconds, "epochs_run": len(history.history.get("loss", [])),
+               "held_out": evaluate_held_out(best, held_out, src_sp, tgt_sp, cfg.max_len)}
+    atomic_write(out / "metrics.json", json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
+    h = metrics["held_out"]
+    log(f"[eval] {h['split']}: exact match {h['exact_match']:.2%}, BLEU {h['bleu']:.1f} "
+        f"on {h['sentences']} sentences (greedy)")
+    log(f"[done] in {train_seconds:.0f} s of training. Wrote to {out}/: model.keras, src.spm.model, "
+        "tgt.spm.model, config.json, history.csv, training_curve.png, metrics.json, logs/ (TensorBoard)")
+    sys.stdout.flush()
+    return metrics

@@ -1,0 +1,54 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_attn import InputFeedingDecoder, Seq2Seq
+from tests.helpers import random_ids, tiny_config
+
+
+@pytest.mark.parametrize("layers,score", [(1, "general"), (2, "concat"), (1, "dot")])
+def test_one_step_path_reproduces_teacher_forced_logits(layers, score):
+    rng = np.random.default_rng(1)
+    units = 16 if score == "dot" else 12  # dot needs decoder units == memory width
+    model = Seq2Seq(tiny_config(decoder_layers=layers, attention=score, decoder_units=units))
+    source = random_ids(rng, [6, 3, 8], 30, pre_pad=True)
+    target_in = random_ids(rng, [5, 7, 2], 25, pre_pad=False)
+    target_in[:, 0] = 2  # BOS
+    logits = model({"source": source, "target_in": target_in}).numpy()
+
+    memory, mask, states = model.encoder(source)
+    decoder = model.decoder
+    keys = decoder.attention.memory_keys(memory)
+    state = decoder.initial_state(states, 3)
+    for t in range(target_in.shape[1]):
+        step_logits, weights, state = decoder.step(tf.constant(target_in[:, t]), state, keys, memory, mask)
+        np.testing.assert_allclose(step_logits.numpy(), logits[:, t], atol=1e-5, rtol=1e-5)
+        np.testing.assert_allclose(weights.numpy().sum(-1), 1.0, atol=1e-5)
+
+
+def test_input_feeding_changes_the_next_step():
+    """h̃_{t-1} really enters step t: zeroing the feed weights changes logits after t=0."""
+    rng = np.random.default_rng(2)
+    model = Seq2Seq(tiny_config())
+    inputs = {"source": random_ids(rng, [4, 4], 30, True), "target_in": random_ids(rng, [5, 5], 25, False)}
+    before = model(inputs).numpy()
+    kernel = model.decoder.lstm_kernels[0]
+    value = kernel.numpy()
+    value[model.config.embedding_dim:] = 0.0
+    kernel.assign(value)
+    after = model(inputs).numpy()
+    np.testing.assert_allclose(after[:, 0], before[:, 0], atol=1e-6)
+    assert np.abs(after[:, 1:] - before[:, 1:]).max() > 1e-4
+
+
+def test_dropout_is_active_only_in_training():
+    rng = np.random.default_rng(3)
+    model = Seq2Seq(tiny_config(dropout=0.5))
+    inputs = {"source": random_ids(rng, [4, 6], 30, True), "target_in": random_ids(rng, [5, 3], 25, False)}
+    np.testing.assert_array_equal(model(inputs).numpy(), model(inputs).numpy())
+    assert np.abs(model(inputs, training=True).numpy() - model(inputs).numpy()).max() > 1e-4
+
+
+def test_decoder_config_round_trip():
+    dec = InputFeedingDecoder(25, 8, 12, 2, "concat", 0.2)
+    assert InputFeedingDecoder.from_config(dec.get_config()).get_config() == dec.get_config()

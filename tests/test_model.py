@@ -1,0 +1,102 @@
+import json
+
+import keras
+import numpy as np
+import pytest
+
+import keras_attn
+from keras_attn import MaskedSparseCrossEntropy, MaskedTokenAccuracy, Seq2Seq, Seq2SeqConfig
+from tests.helpers import random_ids, tiny_config
+
+
+def test_config_round_trips_through_json(tmp_path):
+    cfg = tiny_config(attention="concat", decoder_layers=2)
+    assert Seq2SeqConfig.from_json(cfg.to_json()) == cfg
+    cfg.save(tmp_path / "c.json")
+    assert Seq2SeqConfig.load(tmp_path / "c.json") == cfg
+    assert json.loads(cfg.to_json())["attention"] == "concat"
+
+
+@pytest.mark.parametrize("bad", [{"attention": "bilinear"}, {"dropout": 1.0}, {"decoder_units": 0}])
+def test_config_rejects_bad_values(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        tiny_config(**bad)
+
+
+def test_config_rejects_unknown_keys():
+    with pytest.raises(ValueError, match="unknown Seq2SeqConfig keys"):
+        Seq2SeqConfig.from_dict({**tiny_config().to_dict(), "hidden": 3})
+
+
+def test_logits_at_real_positions_do_not_depend_on_padding_or_neighbours():
+    rng = np.random.default_rng(0)
+    model = Seq2Seq(tiny_config())
+    src = random_ids(rng, [5], 30, pre_pad=True)[0]
+    tgt = random_ids(rng, [4], 25, pre_pad=False)[0]
+    alone = model({"source": src[None], "target_in": tgt[None]}).numpy()[0]
+    source = random_ids(rng, [5, 9, 1], 30, pre_pad=True, width=10)
+    source[0] = 0
+    source[0, -5:] = src
+    target = random_ids(rng, [4, 8, 6], 25, pre_pad=False, width=9)
+    target[0] = 0
+    target[0, :4] = tgt
+    batched = model({"source": source, "target_in": target}).numpy()[0]
+    np.testing.assert_allclose(batched[:4], alone, atol=1e-5)
+
+
+def test_loss_ignores_padding_and_matches_numpy():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(2, 3, 5)).astype(np.float32)
+    y = np.array([[1, 4, 0], [2, 0, 0]])
+    log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    nll = -np.take_along_axis(log_p, y[..., None], -1)[..., 0]
+    valid = y != 0
+    expected = nll[valid].mean()
+    assert float(MaskedSparseCrossEntropy()(y, logits)) == pytest.approx(expected, rel=1e-5)
+    eps = 0.1
+    smoothed = (1 - eps) * nll - eps * log_p.mean(-1)
+    assert float(MaskedSparseCrossEntropy(label_smoothing=eps)(y, logits)) == pytest.approx(
+        smoothed[valid].mean(), rel=1e-5)
+    acc = MaskedTokenAccuracy()
+    acc.update_state(y, logits)
+    assert float(acc.result()) == pytest.approx((logits.argmax(-1) == y)[valid].mean())
+
+
+def test_save_load_round_trip_gives_identical_outputs(tmp_path):
+    rng = np.random.default_rng(2)
+    model = Seq2Seq(tiny_config(attention="concat", decoder_layers=2, encoder_layers=2))
+    model.compile_for_training(label_smoothing=0.1)
+    inputs = {"source": random_ids(rng, [3, 6], 30, True), "target_in": random_ids(rng, [4, 2], 25, False)}
+    expected = model(inputs).numpy()
+    model.save(tmp_path / "m.keras")
+    loaded = keras_attn.load_model(tmp_path / "m.keras")
+    assert isinstance(loaded, Seq2Seq) and loaded.config == model.config
+    np.testing.assert_array_equal(loaded(inputs).numpy(), expected)
+    # plain keras loading in safe mode works too once keras_attn is imported
+    plain = keras.models.load_model(tmp_path / "m.keras", safe_mode=True)
+    np.testing.assert_array_equal(plain(inputs).numpy(), expected)
+
+
+def reverse_task(rng, n, vocab=12, max_len=6):
+    lengths = rng.integers(2, max_len + 1, n)
+    source = random_ids(rng, lengths, vocab, pre_pad=True, width=max_len)
+    target_out = np.zeros((n, max_len + 1), np.int32)
+    target_in = np.zeros_like(target_out)
+    for i, n_tok in enumerate(lengths):
+        rev = source[i, max_len - n_tok:][::-1]
+        target_out[i, :n_tok + 1] = np.append(rev, 3)  # + EOS
+        target_in[i, :n_tok + 1] = np.append(2, rev)  # BOS +
+    return {"source": source, "target_in": target_in}, target_out
+
+
+def test_reverse_task_trains_to_high_token_accuracy():
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    model = Seq2Seq(Seq2SeqConfig(src_vocab_size=12, tgt_vocab_size=12, embedding_dim=32,
+                                  encoder_units=32, decoder_units=64, dropout=0.0))
+    model.compile_for_training(learning_rate=1e-2)
+    x, y = reverse_task(rng, 3000)
+    model.fit(x, y, batch_size=64, epochs=6, verbose=0)
+    x_test, y_test = reverse_task(rng, 500)
+    _, accuracy = model.evaluate(x_test, y_test, verbose=0)
+    assert accuracy > 0.95

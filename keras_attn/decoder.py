@@ -6,6 +6,7 @@ import keras
 import tensorflow as tf
 
 from keras_attn.attention import LuongAttention
+from keras_attn.rnn import lstm_update, unit_forget_bias, unstack
 
 
 @keras.saving.register_keras_serializable(package="keras_attn")
@@ -58,7 +59,7 @@ class InputFeedingDecoder(keras.layers.Layer):
             self.lstm_recurrent_kernels.append(self.add_weight(
                 name=f"lstm_{layer}_recurrent_kernel", shape=(units, 4 * units), initializer="orthogonal"))
             self.lstm_biases.append(self.add_weight(
-                name=f"lstm_{layer}_bias", shape=(4 * units,), initializer=_unit_forget_bias(units)))
+                name=f"lstm_{layer}_bias", shape=(4 * units,), initializer=unit_forget_bias(units)))
         self.attention.build((batch, units), tuple(memory_shape))
         self.combine_kernel = self.add_weight(
             name="combine_kernel", shape=(memory_dim + units, units), initializer="glorot_uniform")
@@ -89,9 +90,7 @@ class InputFeedingDecoder(keras.layers.Layer):
             # |gates| = (batch, 4 * units)
             gates = tf.matmul(tf.concat([layer_input, h], axis=-1), kernels[layer])
             gates += input_projection if layer == 0 else self.lstm_biases[layer]
-            i, f, g, o = tf.split(gates, 4, axis=-1)
-            c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
-            h = tf.sigmoid(o) * tf.tanh(c)
+            h, c = lstm_update(gates, c)
             new_h.append(h)
             new_c.append(c)
             layer_input = h
@@ -134,19 +133,19 @@ class InputFeedingDecoder(keras.layers.Layer):
         target_in = tf.cast(target_in, tf.int32)
         batch, length = tf.shape(target_in)[0], tf.shape(target_in)[1]
         # Time-major so each loop iteration reads one contiguous slice.
-        projections = tf.transpose(self._input_projection(target_in, training), [1, 0, 2])
+        projections = unstack(tf.transpose(self._input_projection(target_in, training), [1, 0, 2]))
         # |projections| = (tgt_len, batch, 4 * units)
         keys, kernels = self.attention.memory_keys(memory), self._state_kernels()
         keep = None
         if training and self.dropout > 0:  # one dropout mask per step, drawn up front
-            keep = keras.random.dropout(tf.ones((length, batch, self.units), self.compute_dtype),
-                                        self.dropout, seed=self.seed_generator)
+            keep = unstack(keras.random.dropout(tf.ones((length, batch, self.units), self.compute_dtype),
+                                                self.dropout, seed=self.seed_generator))
 
         def body(t, state, outputs, all_weights):
             attentional, weights, state = self._recurrent_step(
-                projections[t], state, kernels, keys, memory, mask)
+                projections.read(t), state, kernels, keys, memory, mask)
             if keep is not None:
-                attentional = attentional * keep[t]
+                attentional = attentional * keep.read(t)
                 state = {**state, "feed": attentional}
             return t + 1, state, outputs.write(t, attentional), all_weights.write(t, weights)
 
@@ -154,7 +153,8 @@ class InputFeedingDecoder(keras.layers.Layer):
             lambda t, *_: t < length, body,
             (tf.constant(0), self.initial_state(initial_states, batch),
              tf.TensorArray(self.compute_dtype, size=length),
-             tf.TensorArray(self.compute_dtype, size=length)))
+             tf.TensorArray(self.compute_dtype, size=length)),
+            maximum_iterations=length)  # lets the gradient preallocate its accumulators
         # |outputs| = (batch, tgt_len, units), |weights| = (batch, tgt_len, src_len)
         return (tf.transpose(outputs.stack(), [1, 0, 2]),
                 tf.transpose(all_weights.stack(), [1, 0, 2]))
@@ -175,9 +175,3 @@ class InputFeedingDecoder(keras.layers.Layer):
             "dropout": self.dropout,
         }
 
-
-def _unit_forget_bias(units):
-    """LSTM bias initializer with the forget gate at 1 (Jozefowicz et al. 2015)."""
-    def init(shape, dtype=None):
-        return tf.concat([tf.zeros((units,)), tf.ones((units,)), tf.zeros((2 * units,))], 0)
-    return init

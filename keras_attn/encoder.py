@@ -5,27 +5,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-
-def left_to_right_alignment(mask):
-    """Gather indices that move each row's valid positions to the front.
-
-    A pre-padded row `[pad pad a b c]` becomes `[a b c pad pad]`. Applying the same
-    indices to the aligned tensor's *inverse* puts values back where they came from.
-
-    Args:
-        mask: bool `(batch, length)`, True = real token. Rows may be padded on either
-            side; only the count of padding on the left is used.
-
-    Returns:
-        `(to_right, to_left)`: int32 `(batch, length)` gather indices for `axis=1`.
-    """
-    length = tf.shape(mask)[1]
-    positions = tf.range(length)[None, :]
-    # Leading pads = position of the first True (length when the row is empty).
-    leading = tf.reduce_min(tf.where(mask, positions, length), axis=1, keepdims=True)
-    to_right = (positions + leading) % length
-    to_left = (positions - leading) % length
-    return to_right, to_left
+from keras_attn.rnn import MaskedLSTM
 
 
 @keras.saving.register_keras_serializable(package="keras_attn")
@@ -33,10 +13,10 @@ class Encoder(keras.layers.Layer):
     """Embedding + stacked LSTM (bidirectional by default) with masks from `pad_id`.
 
     The encoder reads pre-padded sources (padding on the left, the seed's convention),
-    but post-padded sources give the same result at the real positions: internally
-    every row is shifted so its tokens start at position 0, the LSTMs run with a
-    right-padding mask (the only kind cuDNN accepts on GPU), and the outputs are
-    shifted back.
+    but post-padded sources give the same result at the real positions: the LSTMs
+    (`MaskedLSTM`) carry their state through masked steps, whichever side they are
+    on. They are plain TensorFlow ops, not cuDNN kernels, so the result is the same
+    on CPU and GPU (cuDNN would accept right padding only).
 
     Call args:
         source: int `(batch, src_len)` token ids, `pad_id` for padding.
@@ -64,12 +44,7 @@ class Encoder(keras.layers.Layer):
         self.pad_id = pad_id
 
         self.embedding = keras.layers.Embedding(vocab_size, embedding_dim, name="embedding")
-        self.rnns = []
-        for i in range(num_layers):
-            lstm = keras.layers.LSTM(units, return_sequences=True, return_state=True, name=f"lstm_{i}")
-            if bidirectional:
-                lstm = keras.layers.Bidirectional(lstm, merge_mode="concat", name=f"bilstm_{i}")
-            self.rnns.append(lstm)
+        self.rnns = [MaskedLSTM(units, bidirectional, name=f"lstm_{i}") for i in range(num_layers)]
         self.dropout_layer = keras.layers.Dropout(dropout)
         # The bridge maps the final encoder state to every decoder layer's (h, c).
         self.bridge_h = keras.layers.Dense(decoder_units * decoder_layers, activation="tanh", name="bridge_h")
@@ -93,27 +68,15 @@ class Encoder(keras.layers.Layer):
         source = tf.cast(source, tf.int32)
         mask = tf.not_equal(source, self.pad_id)
         # |mask| = (batch, src_len)
-        to_right, to_left = left_to_right_alignment(mask)
-        right_mask = tf.gather(mask, to_right, batch_dims=1)
-        x = self.embedding(tf.gather(source, to_right, batch_dims=1))
-        x = self.dropout_layer(x, training=training)
+        x = self.dropout_layer(self.embedding(source), training=training)
         # |x| = (batch, src_len, emb)
         for i, rnn in enumerate(self.rnns):
-            outputs = rnn(x, mask=right_mask, training=training)
-            x, states = outputs[0], outputs[1:]
-            if i + 1 < len(self.rnns):
+            if i > 0:
                 x = self.dropout_layer(x, training=training)
-        # |x| = (batch, src_len, units * directions)
-        if self.bidirectional:  # states = [h_fw, c_fw, h_bw, c_bw]
-            final_h = tf.concat([states[0], states[2]], axis=-1)
-            final_c = tf.concat([states[1], states[3]], axis=-1)
-        else:
-            final_h, final_c = states
-        # |final_h| = (batch, units * directions)
-        memory = tf.gather(x, to_left, batch_dims=1)
-        memory = tf.where(mask[:, :, None], memory, tf.zeros_like(memory))
-        memory = self.dropout_layer(memory, training=training)
-        # |memory| = (batch, src_len, units * directions)
+            x, final_h, final_c = rnn(x, mask=mask)
+        # |x| = (batch, src_len, units * directions), zeros at padding
+        # |final_h| = |final_c| = (batch, units * directions)
+        memory = self.dropout_layer(x, training=training)
         hs = tf.split(self.bridge_h(final_h), self.decoder_layers, axis=-1)
         cs = tf.split(self.bridge_c(final_c), self.decoder_layers, axis=-1)
         return memory, mask, [[h, c] for h, c in zip(hs, cs, strict=False)]

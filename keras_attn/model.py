@@ -79,11 +79,12 @@ class MaskedSparseCrossEntropy(keras.losses.Loss):
     def call(self, y_true, y_pred):
         y_true = tf.cast(y_true, tf.int32)
         logits = tf.cast(y_pred, tf.float32)
-        log_probs = tf.nn.log_softmax(logits, axis=-1)
+        # Fused kernel: one pass over (batch, tgt_len, vocab) instead of log_softmax + gather.
         # |nll| = (batch, tgt_len)
-        nll = -tf.gather(log_probs, y_true, batch_dims=2)
+        nll = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y_true, logits=logits)
         if self.label_smoothing > 0:
-            smooth = -tf.reduce_mean(log_probs, axis=-1)
+            # mean_v(-log p_v) = logsumexp(logits) - mean_v(logits)
+            smooth = tf.reduce_logsumexp(logits, axis=-1) - tf.reduce_mean(logits, axis=-1)
             nll = (1.0 - self.label_smoothing) * nll + self.label_smoothing * smooth
         valid = tf.cast(tf.not_equal(y_true, self.pad_id), tf.float32)
         # Keras averages what `call` returns over all batch * tgt_len entries; rescale

@@ -90,10 +90,11 @@ class InferenceModel(tf.Module):
         keys = decoder.attention.memory_keys(memory)
         # |memory| = (batch * k, src_len, memory_dim)
         # Only beam 0 is alive at the start, so the first expansion is not k copies.
-        first = tf.one_hot(0, k, on_value=0.0, off_value=-1e9)
+        # (comparisons with tf.range rather than tf.one_hot: tf2onnx converts rank-1 one_hot only)
+        first = tf.where(tf.equal(tf.range(k), 0), 0.0, -1e9)
         scores = tf.tile(first[None], [batch, 1])
         # |scores| = (batch, k): summed log-probs
-        finished_row = tf.one_hot(cfg.pad_id, vocab, on_value=0.0, off_value=-1e9)
+        finished_row = tf.where(tf.equal(tf.range(vocab), cfg.pad_id), 0.0, -1e9)
         # |finished_row| = (vocab,): a finished beam can only emit pad, at no cost
         beam_offsets = tf.range(batch)[:, None] * k
 
@@ -116,7 +117,7 @@ class InferenceModel(tf.Module):
             rows = tf.reshape(parent + beam_offsets, [-1])
             state = tf.nest.map_structure(lambda s: tf.gather(s, rows), state)
             weights = tf.reshape(tf.gather(weights, rows), [batch, k, 1, src_len])
-            step = tf.one_hot(t, max_len, dtype=tf.int32)
+            step = tf.cast(tf.equal(tf.range(max_len), t), tf.int32)
             # |ids| = (batch, k, max_len): histories reordered by parent, then step t set
             ids = tf.gather(ids, parent, batch_dims=1) + token[:, :, None] * step
             attention = (tf.gather(attention, parent, batch_dims=1)

@@ -53,10 +53,15 @@ def tokenized_pairs(corpus: ParallelCorpus, src_model: bytes, tgt_model: bytes) 
     return ds.unbatch()
 
 
-def count_too_long(pairs: tf.data.Dataset, max_len: int) -> int:
-    """How many pairs the length filter will drop (a pass over the data)."""
-    return int(pairs.reduce(tf.constant(0), lambda n, pair: n + tf.cast(
-        tf.logical_or(tf.size(pair[0]) > max_len, tf.size(pair[1]) > max_len), tf.int32)))
+def length_statistics(pairs: tf.data.Dataset, max_len: int) -> tuple[int, int]:
+    """`(too_long, target_tokens)`: pairs the length filter drops, and target tokens
+    (EOS included) in the pairs it keeps. One pass over the data."""
+    def count(totals, pair):
+        long = tf.logical_or(tf.size(pair[0]) > max_len, tf.size(pair[1]) > max_len)
+        kept_tokens = tf.where(long, 0, tf.size(pair[1]) + 1)
+        return totals + tf.stack([tf.cast(long, tf.int64), tf.cast(kept_tokens, tf.int64)])
+    too_long, tokens = pairs.reduce(tf.zeros([2], tf.int64), count).numpy()
+    return int(too_long), int(tokens)
 
 
 def _teacher_forcing_example(src, tgt):

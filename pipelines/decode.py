@@ -7,18 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from keras_attn.runtime.translator import pre_pad
 from keras_attn.search import strip_special
 from pipelines.tokenizer import EOS_ID, PAD_ID
-
-
-def pre_pad(rows: list[list[int]], width: int | None = None) -> np.ndarray:
-    """Left-pad id lists with pad 0 into an int32 matrix (the encoder's layout)."""
-    width = width or max([len(r) for r in rows] + [1])
-    out = np.zeros((len(rows), width), np.int32)
-    for i, row in enumerate(rows):
-        if row:
-            out[i, width - len(row):] = row
-    return out
 
 
 def length_sorted_batches(lengths: list[int], batch_size: int):

@@ -29,7 +29,7 @@ class TrainConfig:
     limit_train: int | None = None  # use only the first N training pairs (smoke runs)
     dates_train_size: int = 20000
     # tokenization
-    vocab_size: int = 500
+    vocab_size: int | None = None  # both sides; default 8000, or 400/16 for the dates demo
     src_vocab_size: int | None = None
     tgt_vocab_size: int | None = None
     max_len: int = 100
@@ -43,7 +43,7 @@ class TrainConfig:
     attention: str = "general"
     dropout: float = 0.1
     # optimization
-    epochs: int = 10
+    epochs: int = 5
     batch_size: int | None = 64
     batch_tokens: int | None = None
     lr: float = 3e-3
@@ -55,6 +55,7 @@ class TrainConfig:
     min_lr: float = 1e-5
     seed: int = 0
     jit: bool = False
+    precision: str = "float32"  # float32 | mixed_bfloat16 (bf16 matmuls, fp32 weights)
     strategy: str = "none"  # none | mirrored | multiworker
     steps_per_epoch: int | None = None
     out: str = DEFAULT_OUT
@@ -84,10 +85,12 @@ class TrainConfig:
     def validate(self):
         if self.corpus not in ("dates", "multi30k", "files"):
             raise ValueError(f"--corpus must be dates, multi30k or files, got {self.corpus!r}")
+        if self.precision not in ("float32", "mixed_bfloat16"):
+            raise ValueError(f"--precision must be float32 or mixed_bfloat16, got {self.precision!r}")
         if self.strategy not in ("none", "mirrored", "multiworker"):
             raise ValueError(f"--strategy must be none, mirrored or multiworker, got {self.strategy!r}")
-        for name in ("epochs", "vocab_size", "max_len"):
-            if getattr(self, name) < 1:
+        for name in ("epochs", "max_len", "vocab_size", "src_vocab_size", "tgt_vocab_size"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"--lr must be > 0, got {self.lr}")
@@ -137,11 +140,21 @@ def tokenizers(cfg: TrainConfig, train, out: Path) -> tuple[bytes, bytes]:
     src_path, tgt_path = out / "src.spm.model", out / "tgt.spm.model"
     if src_path.is_file() and tgt_path.is_file() and (out / "backup").is_dir():
         return src_path.read_bytes(), tgt_path.read_bytes()
-    src = train_sentencepiece(train.sources, cfg.src_vocab_size or cfg.vocab_size)
-    tgt = train_sentencepiece(train.targets, cfg.tgt_vocab_size or cfg.vocab_size)
+    src_size, tgt_size = vocab_sizes(cfg)
+    src = train_sentencepiece(train.sources, src_size)
+    tgt = train_sentencepiece(train.targets, tgt_size)
     atomic_write(src_path, src)
     atomic_write(tgt_path, tgt)
     return src, tgt
+
+
+def vocab_sizes(cfg: TrainConfig) -> tuple[int, int]:
+    """Source and target vocabulary sizes: explicit per side, else `vocab_size`, else
+    the corpus default (dates: 400 subwords in, characters out; otherwise 8000)."""
+    default = (400, 16) if cfg.corpus == "dates" else (8000, 8000)
+    if cfg.vocab_size:
+        default = (cfg.vocab_size, cfg.vocab_size)
+    return cfg.src_vocab_size or default[0], cfg.tgt_vocab_size or default[1]
 
 
 def atomic_write(path: Path, data: bytes | str):
@@ -182,13 +195,61 @@ def build_model(cfg: TrainConfig, model_cfg, steps_per_execution: int = 1):
     return model
 
 
-def callbacks(cfg: TrainConfig, out: Path):
+def throughput_callback(target_tokens: int):
+    """Adds `target_tokens_per_second` (training only, validation excluded) to the logs."""
+    import keras
+
+    class Throughput(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_test_begin(self, logs=None):
+            self.train_seconds = time.perf_counter() - self.start
+
+        def on_epoch_end(self, epoch, logs=None):
+            seconds = getattr(self, "train_seconds", None) or time.perf_counter() - self.start
+            if logs is not None:
+                logs["target_tokens_per_second"] = target_tokens / seconds
+            self.train_seconds = None
+
+    return Throughput()
+
+
+def best_checkpoint(out: Path):
+    """ModelCheckpoint (best val_loss) that never saves a non-finite loss and, when a
+    run resumes, only overwrites the checkpoint with a better one than it holds."""
+    import csv
+    import math
+
+    import keras
+
+    class BestCheckpoint(keras.callbacks.ModelCheckpoint):
+        def on_train_begin(self, logs=None):
+            super().on_train_begin(logs)
+            history = out / "history.csv"
+            if history.is_file() and (out / "model.keras").is_file():
+                with open(history, encoding="utf-8") as handle:
+                    losses = [float(r["val_loss"]) for r in csv.DictReader(handle) if r.get("val_loss")]
+                finite = [v for v in losses if math.isfinite(v)]
+                if finite:
+                    self.best = min(finite)
+
+        def on_epoch_end(self, epoch, logs=None):
+            value = (logs or {}).get("val_loss")
+            if value is not None and math.isfinite(value):
+                super().on_epoch_end(epoch, logs)
+
+    return BestCheckpoint(str(out / "model.keras"), monitor="val_loss", save_best_only=True)
+
+
+def callbacks(cfg: TrainConfig, out: Path, target_tokens: int):
     import keras
 
     return [
+        throughput_callback(target_tokens) if not cfg.steps_per_epoch else keras.callbacks.Callback(),
         keras.callbacks.TerminateOnNaN(),
         keras.callbacks.BackupAndRestore(str(out / "backup"), delete_checkpoint=True),
-        keras.callbacks.ModelCheckpoint(str(out / "model.keras"), monitor="val_loss", save_best_only=True),
+        best_checkpoint(out),
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience),
         keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=cfg.lr_factor,
                                           patience=cfg.lr_patience, min_lr=cfg.min_lr),
@@ -253,12 +314,13 @@ def run(cfg: TrainConfig) -> dict:
     import keras
 
     from keras_attn.saving import load_model
-    from pipelines.dataset import BatchingConfig, count_too_long, make_dataset, tokenized_pairs
+    from pipelines.dataset import BatchingConfig, length_statistics, make_dataset, tokenized_pairs
     from pipelines.tokenizer import load_processor
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(cfg.seed)
+    keras.mixed_precision.set_global_policy(cfg.precision)
     log = print if cfg.verbose else (lambda *a, **k: None)
 
     train, valid, test = load_corpora(cfg)
@@ -269,7 +331,7 @@ def run(cfg: TrainConfig) -> dict:
     src_sp, tgt_sp = load_processor(src_model), load_processor(tgt_model)
     log(f"[tokenizer] sentencepiece vocab: source {src_sp.get_piece_size()}, target {tgt_sp.get_piece_size()}")
     batching = BatchingConfig(max_len=cfg.max_len, batch_size=cfg.batch_size, batch_tokens=cfg.batch_tokens)
-    too_long = count_too_long(tokenized_pairs(train, src_model, tgt_model), cfg.max_len)
+    too_long, target_tokens = length_statistics(tokenized_pairs(train, src_model, tgt_model), cfg.max_len)
     if too_long:
         log(f"[data] {too_long:,} training pairs longer than max_len={cfg.max_len} tokens are skipped")
     train_ds = make_dataset(train, src_model, tgt_model, batching, training=True, seed=cfg.seed)
@@ -285,7 +347,7 @@ def run(cfg: TrainConfig) -> dict:
         train_ds = train_ds.repeat()
     start = time.perf_counter()
     history = model.fit(train_ds, validation_data=valid_ds, epochs=cfg.epochs,
-                        steps_per_epoch=cfg.steps_per_epoch, callbacks=callbacks(cfg, out),
+                        steps_per_epoch=cfg.steps_per_epoch, callbacks=callbacks(cfg, out, target_tokens),
                         verbose=cfg.verbose)
     train_seconds = time.perf_counter() - start
     if not (out / "model.keras").is_file():
@@ -294,6 +356,7 @@ def run(cfg: TrainConfig) -> dict:
         log("[train] stopped on a NaN loss; the last good checkpoint is kept")
     plot_history(out / "history.csv", out / "training_curve.png")
 
+    keras.mixed_precision.set_global_policy("float32")
     best = load_model(out / "model.keras")
     held_out = test if test is not None else valid
     metrics = {"train_seconds": train_seconds, "epochs_run": len(history.history.get("loss", [])),

@@ -23,3 +23,24 @@ def multi30k_dir():
     if not (MULTI30K / "train.de.gz").is_file():
         pytest.skip(f"Multi30k not found at {MULTI30K} (set KERAS_ATTN_MULTI30K to its folder)")
     return MULTI30K
+
+
+@pytest.fixture(scope="session")
+def dates_run(tmp_path_factory):
+    """A small dates model trained once for the whole session (about a minute)."""
+    from pipelines.train import TrainConfig, run
+
+    out = tmp_path_factory.mktemp("dates_run")
+    cfg = TrainConfig(out=str(out), dates_train_size=6000, epochs=4, embedding_dim=32, encoder_units=32,
+                      decoder_units=64, lr=5e-3, batch_size=64, verbose=0)
+    metrics = run(cfg)
+    return out, metrics
+
+
+@pytest.fixture(scope="session")
+def dates_bundle(dates_run, tmp_path_factory):
+    from pipelines.export import export
+
+    out = tmp_path_factory.mktemp("bundles") / "dates"
+    export(dates_run[0], out, beam=3, quantize="int8", log=lambda *a: None)
+    return out

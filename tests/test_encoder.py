@@ -1,8 +1,9 @@
+import keras
 import numpy as np
 import pytest
 
 from keras_attn import Encoder
-from keras_attn.encoder import left_to_right_alignment
+from keras_attn.rnn import MaskedLSTM
 from tests.helpers import random_ids
 
 
@@ -13,13 +14,23 @@ def make_encoder(layers=2, bidirectional=True):
     return enc
 
 
-def test_alignment_indices_move_tokens_to_the_front_and_back():
-    mask = np.array([[False, False, True, True], [True, True, True, False], [False] * 4])
-    to_right, to_left = (t.numpy() for t in left_to_right_alignment(mask))
-    values = np.array([[0, 0, 7, 8], [5, 6, 7, 0], [0, 0, 0, 0]])
-    aligned = np.take_along_axis(values, to_right, 1)
-    np.testing.assert_array_equal(aligned, [[7, 8, 0, 0], [5, 6, 7, 0], [0, 0, 0, 0]])
-    np.testing.assert_array_equal(np.take_along_axis(aligned, to_left, 1), values)
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_masked_lstm_matches_keras_lstm_on_unpadded_input(bidirectional):
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(3, 7, 4)).astype(np.float32)
+    ours = MaskedLSTM(5, bidirectional)
+    outputs, h, c = ours(x)
+    k, r, b = ours.kernel.numpy(), ours.recurrent_kernel.numpy(), ours.bias.numpy()
+    for d in range(2 if bidirectional else 1):
+        ref = keras.layers.LSTM(5, return_sequences=True, return_state=True, go_backwards=d == 1)
+        ref.build((3, 7, 4))
+        ref.set_weights([k[:, d * 20:(d + 1) * 20], r[d], b[d]])
+        ref_out, ref_h, ref_c = (t.numpy() for t in ref(x))
+        if d == 1:
+            ref_out = ref_out[:, ::-1]
+        np.testing.assert_allclose(outputs.numpy()[:, :, d * 5:(d + 1) * 5], ref_out, atol=1e-5)
+        np.testing.assert_allclose(h.numpy()[:, d * 5:(d + 1) * 5], ref_h, atol=1e-5)
+        np.testing.assert_allclose(c.numpy()[:, d * 5:(d + 1) * 5], ref_c, atol=1e-5)
 
 
 @pytest.mark.parametrize("bidirectional", [True, False])

@@ -1,0 +1,116 @@
+"""A masked (bi)LSTM layer with the input projection hoisted out of the time loop.
+
+Keras's LSTM multiplies the input by the kernel inside its time loop; here the
+input projection of both directions is one matmul over all time steps, and each
+direction's loop does only the recurrent matmul. Masked steps carry the state through unchanged, so any
+padding side works: the forward direction reads the sequence as given, the backward
+one reads it reversed, and padding never touches a real position's state.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+
+def lstm_update(gates, c):
+    """LSTM cell update from pre-activation gates `[i, f, g, o]` (Keras's order)."""
+    i, f, g, o = tf.split(gates, 4, axis=-1)
+    c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
+    return tf.sigmoid(o) * tf.tanh(c), c
+
+
+def unstack(sequence):
+    """A time-major tensor as a TensorArray, to read one step per loop iteration.
+
+    Reading `sequence[t]` inside a `tf.while_loop` would make the backward pass build
+    a full-size zero gradient per step (quadratic in time); a TensorArray read's
+    gradient is a single write.
+    """
+    return tf.TensorArray(sequence.dtype, size=tf.shape(sequence)[0]).unstack(sequence)
+
+
+def unit_forget_bias(units, directions=None):
+    """Bias initializer with the forget gate at 1 (Jozefowicz et al. 2015)."""
+    def init(shape, dtype=None):
+        one = tf.concat([tf.zeros((units,)), tf.ones((units,)), tf.zeros((2 * units,))], 0)
+        return one if directions is None else tf.tile(one[None], [directions, 1])
+    return init
+
+
+@keras.saving.register_keras_serializable(package="keras_attn")
+class MaskedLSTM(keras.layers.Layer):
+    """One LSTM layer, uni- or bidirectional, over `(batch, time, features)`.
+
+    Call args:
+        inputs: `(batch, time, features)`.
+        mask: bool `(batch, time)`, True = real step; `None` = all real.
+
+    Returns:
+        `(outputs, h, c)`: outputs `(batch, time, units * directions)` with zeros at
+        masked steps (directions concatenated: forward then backward), and the final
+        states `(batch, units * directions)` (the state after each direction's last
+        real step).
+    """
+
+    def __init__(self, units, bidirectional=True, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.bidirectional = bidirectional
+        self.directions = 2 if bidirectional else 1
+        self.supports_masking = True
+
+    def build(self, input_shape):
+        d, units, features = self.directions, self.units, int(input_shape[-1])
+        self.kernel = self.add_weight(name="kernel", shape=(features, d * 4 * units),
+                                      initializer="glorot_uniform")
+        self.recurrent_kernel = self.add_weight(name="recurrent_kernel", shape=(d, units, 4 * units),
+                                                initializer="orthogonal")
+        self.bias = self.add_weight(name="bias", shape=(d, 4 * units), initializer=unit_forget_bias(units, d))
+
+    def compute_mask(self, inputs, mask=None):
+        return mask
+
+    def call(self, inputs, mask=None):
+        d, units = self.directions, self.units
+        batch, time = tf.shape(inputs)[0], tf.shape(inputs)[1]
+        if mask is None:
+            mask = tf.ones((batch, time), tf.bool)
+        # All input-side matmuls at once, outside the loop.
+        projection = tf.matmul(inputs, self.kernel)
+        projection = tf.reshape(projection, (batch, time, d, 4 * units)) + self.bias
+        # |projection| = (time, directions, batch, 4 * units)
+        projection = tf.transpose(projection, [1, 2, 0, 3])
+        step_mask = tf.transpose(mask)
+        # |step_mask| = (time, batch)
+        results = [self._run(projection[:, 0], step_mask, self.recurrent_kernel[0])]
+        if self.bidirectional:  # the backward direction reads the steps in reverse
+            out, h, c = self._run(tf.reverse(projection[:, 1], [0]), tf.reverse(step_mask, [0]),
+                                  self.recurrent_kernel[1])
+            results.append((tf.reverse(out, [0]), h, c))
+        outputs, final_h, final_c = (tf.concat(parts, axis=-1) for parts in zip(*results))
+        # |outputs| = (batch, time, units * directions), |final_h| = (batch, units * directions)
+        return tf.transpose(outputs, [1, 0, 2]), final_h, final_c
+
+    def _run(self, projection, step_mask, recurrent_kernel):
+        """One direction's loop. The two directions are independent loops, so
+        TensorFlow runs them concurrently on two cores."""
+        time, batch = tf.shape(projection)[0], tf.shape(projection)[1]
+        zeros = tf.zeros((batch, self.units), self.compute_dtype)
+        projection, step_mask = unstack(projection), unstack(step_mask)
+
+        def body(t, h, c, outputs):
+            new_h, new_c = lstm_update(projection.read(t) + tf.matmul(h, recurrent_kernel), c)
+            real = step_mask.read(t)[:, None]
+            h, c = tf.where(real, new_h, h), tf.where(real, new_c, c)
+            return t + 1, h, c, outputs.write(t, tf.where(real, new_h, tf.zeros_like(new_h)))
+
+        _, h, c, outputs = tf.while_loop(
+            lambda t, *_: t < time, body,
+            (tf.constant(0), zeros, zeros, tf.TensorArray(self.compute_dtype, size=time)),
+            maximum_iterations=time)  # lets the gradient preallocate its accumulators
+        # |outputs| = (time, batch, units)
+        return outputs.stack(), h, c
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units, "bidirectional": self.bidirectional}

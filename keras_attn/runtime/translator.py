@@ -1,0 +1,199 @@
+"""`Translator`: an export bundle (ONNX graphs + SentencePiece) behind a small API.
+
+Imports only numpy, onnxruntime and sentencepiece.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+BUNDLE_FORMAT = 1
+REQUIRED_FILES = ("config.json", "model.onnx", "model_beam.onnx", "src.spm.model", "tgt.spm.model")
+
+
+class BundleError(ValueError):
+    """The export bundle is missing, damaged or inconsistent."""
+
+
+@dataclasses.dataclass
+class Translation:
+    """One translation with the attention that produced it."""
+
+    text: str
+    source_tokens: list[str]
+    target_tokens: list[str]  # EOS included when produced
+    attention: np.ndarray  # (len(target_tokens), len(source_tokens))
+    log_prob: float
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def pre_pad(rows: list[list[int]]) -> np.ndarray:
+    """Left-pad id lists with 0 (the encoder's layout) into an int32 matrix."""
+    width = max([len(r) for r in rows] + [1])
+    out = np.zeros((len(rows), width), np.int32)
+    for i, row in enumerate(rows):
+        if row:
+            out[i, width - len(row):] = row
+    return out
+
+
+def session_options(threads: int | None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads or int(os.environ.get("KERAS_ATTN_THREADS", "0"))
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return options
+
+
+class Translator:
+    """Translate with an export bundle written by `keras-attn export`.
+
+    `Translator.load(bundle)` checks the bundle (files, format, tokenizer hashes) and
+    opens the ONNX graphs. `translate` is thread-safe: one instance can serve many
+    threads.
+    """
+
+    def __init__(self, bundle: Path, config: dict, src_sp, tgt_sp, sessions: dict):
+        self.bundle, self.config = bundle, config
+        self.src_sp, self.tgt_sp = src_sp, tgt_sp
+        self.sessions = sessions
+        self.max_src_len = int(config["max_src_len"])
+        self.max_tgt_len = int(config["max_tgt_len"])
+        self.eos_id, self.pad_id = int(config["eos_id"]), int(config["pad_id"])
+
+    # ---------------------------------------------------------------- loading
+    @classmethod
+    def load(cls, bundle: str | Path, int8: bool = False, threads: int | None = None) -> Translator:
+        import onnxruntime as ort
+        import sentencepiece as spm
+
+        bundle = Path(bundle)
+        if not bundle.is_dir():
+            raise BundleError(f"{bundle}: export bundle folder not found")
+        for name in REQUIRED_FILES:
+            if not (bundle / name).is_file():
+                raise BundleError(f"{bundle}: missing {name} (not a complete keras-attn export bundle)")
+        try:
+            config = json.loads((bundle / "config.json").read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise BundleError(f"{bundle / 'config.json'}: not valid JSON ({error})") from None
+        if config.get("format") != BUNDLE_FORMAT:
+            raise BundleError(f"{bundle / 'config.json'}: bundle format {config.get('format')!r}, "
+                              f"this runtime reads format {BUNDLE_FORMAT}")
+        for side in ("src", "tgt"):
+            path = bundle / f"{side}.spm.model"
+            if sha256(path) != config["tokenizers"][side]["sha256"]:
+                raise BundleError(f"{path}: does not match config.json (the tokenizer is from another "
+                                  "model; re-export the bundle)")
+        src_sp = spm.SentencePieceProcessor(model_file=str(bundle / "src.spm.model"))
+        tgt_sp = spm.SentencePieceProcessor(model_file=str(bundle / "tgt.spm.model"))
+        for side, sp in (("src", src_sp), ("tgt", tgt_sp)):
+            if sp.get_piece_size() != config["tokenizers"][side]["vocab_size"]:
+                raise BundleError(f"{bundle}: {side}.spm.model vocabulary does not match config.json")
+        graphs = {"greedy": "model.onnx", "beam": "model_beam.onnx"}
+        if int8:
+            graphs = {k: v.replace(".onnx", ".int8.onnx") for k, v in graphs.items()}
+        sessions = {}
+        for kind, name in graphs.items():
+            path = bundle / name
+            if not path.is_file():
+                raise BundleError(f"{bundle}: missing {name}" + (" (export with --quantize int8)" if int8 else ""))
+            expected = config["graphs"].get(name, {}).get("sha256")
+            if expected and sha256(path) != expected:
+                raise BundleError(f"{path}: checksum does not match config.json (file damaged or replaced)")
+            try:
+                sessions[kind] = ort.InferenceSession(str(path), session_options(threads),
+                                                      providers=["CPUExecutionProvider"])
+            except Exception as error:  # onnxruntime raises its own exception types
+                raise BundleError(f"{path}: onnxruntime cannot load it: {error}") from None
+        return cls(bundle, config, src_sp, tgt_sp, sessions)
+
+    # ------------------------------------------------------------ translating
+    def encode(self, sentences: list[str]) -> list[list[int]]:
+        """Source ids, truncated to the model's max source length (one warning)."""
+        encoded = [self.src_sp.encode(clean(s)) for s in sentences]
+        long = sum(len(e) > self.max_src_len for e in encoded)
+        if long:
+            warnings.warn(f"{long} input(s) longer than {self.max_src_len} source tokens were truncated",
+                          stacklevel=3)
+        return [e[: self.max_src_len] for e in encoded]
+
+    def decode_ids(self, source_ids: np.ndarray, beam: int = 1, max_len: int | None = None,
+                   alpha: float | None = None) -> dict:
+        """One `InferenceSession.run` over a pre-padded id batch."""
+        limit = max_len or min(self.max_tgt_len, 2 * source_ids.shape[1] + 10)
+        feeds = {"source_ids": source_ids.astype(np.int32), "max_len": np.array(limit, np.int32)}
+        session = self.sessions["greedy"]
+        if beam > 1:
+            session = self.sessions["beam"]
+            feeds["beam_size"] = np.array(beam, np.int32)
+            feeds["alpha"] = np.array(self.config["alpha"] if alpha is None else alpha, np.float32)
+        ids, attention, log_probs = session.run(["ids", "attention", "log_probs"], feeds)
+        return {"ids": ids, "attention": attention, "log_probs": log_probs}
+
+    def _check(self, beam, max_len):
+        if not isinstance(beam, int) or beam < 1:
+            raise ValueError(f"beam must be a positive integer, got {beam!r}")
+        if max_len is not None and (not isinstance(max_len, int) or max_len < 1):
+            raise ValueError(f"max_len must be a positive integer, got {max_len!r}")
+
+    def translate(self, sentences: list[str], beam: int = 1, max_len: int | None = None,
+                  batch_size: int = 128) -> list[str]:
+        """Translations in input order; an empty (or whitespace) line gives ""."""
+        return [t.text for t in self._translate(sentences, beam, max_len, batch_size, attention=False)]
+
+    def translate_with_attention(self, sentences: list[str], beam: int = 1,
+                                 max_len: int | None = None) -> list[Translation]:
+        return self._translate(sentences, beam, max_len, 128, attention=True)
+
+    def _translate(self, sentences, beam, max_len, batch_size, attention):
+        self._check(beam, max_len)
+        if isinstance(sentences, str):
+            raise TypeError("translate takes a list of sentences, not a single string")
+        encoded = self.encode(list(sentences))
+        results: list[Translation | None] = [None] * len(encoded)
+        order = np.argsort([len(e) for e in encoded], kind="stable")
+        todo = [i for i in order if encoded[i]]
+        for i in order:
+            if not encoded[i]:
+                results[i] = Translation("", [], [], np.zeros((0, 0), np.float32), 0.0)
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start:start + batch_size]
+            rows = [encoded[i] for i in batch]
+            out = self.decode_ids(pre_pad(rows), beam, max_len)
+            width = out["attention"].shape[-1]
+            for row, i in enumerate(batch):
+                results[i] = self._result(out, row, rows[row], width, attention)
+        return results
+
+    def _result(self, out, row, src_ids, width, attention) -> Translation:
+        ids = [int(t) for t in out["ids"][row]]
+        n_out = ids.index(self.eos_id) + 1 if self.eos_id in ids else len([t for t in ids if t != self.pad_id])
+        words = [t for t in ids[:n_out] if t not in (self.eos_id, self.pad_id)]
+        text = self.tgt_sp.decode(words)
+        if not attention:
+            return Translation(text, [], [], np.zeros((0, 0), np.float32), float(out["log_probs"][row]))
+        matrix = out["attention"][row, :n_out, width - len(src_ids):]
+        return Translation(text, [self.src_sp.id_to_piece(i) for i in src_ids],
+                           [self.tgt_sp.id_to_piece(t) for t in ids[:n_out]], matrix,
+                           float(out["log_probs"][row]))
+
+
+def clean(sentence) -> str:
+    """Normalize one input line: str, no control characters, stripped."""
+    if not isinstance(sentence, str):
+        raise TypeError(f"sentences must be str, got {type(sentence).__name__}")
+    return "".join(ch if ch.isprintable() or ch == " " else " " for ch in sentence).strip()

@@ -1,0 +1,155 @@
+"""`keras-attn export`: trained model → ONNX bundle with the decode loop in the graph."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from keras_attn.runtime.translator import BUNDLE_FORMAT, Translator, sha256
+
+VALIDATION_SENTENCES = 16
+
+
+class ExportError(RuntimeError):
+    """The export could not produce a bundle that matches the TensorFlow model."""
+
+
+def load_training_run(train_dir: str | Path):
+    """`(model, run_config, src_model_bytes, tgt_model_bytes)` from a training folder."""
+    from keras_attn.saving import load_model
+
+    train_dir = Path(train_dir)
+    for name in ("model.keras", "config.json", "src.spm.model", "tgt.spm.model"):
+        if not (train_dir / name).is_file():
+            raise FileNotFoundError(f"{train_dir}: missing {name} (is this a `keras-attn train` folder?)")
+    run_config = json.loads((train_dir / "config.json").read_text(encoding="utf-8"))
+    model = load_model(train_dir / "model.keras")
+    return model, run_config, (train_dir / "src.spm.model").read_bytes(), (train_dir / "tgt.spm.model").read_bytes()
+
+
+def convert(function, opset: int):
+    """tf2onnx conversion of one decode `tf.function` (loop → ONNX Loop), checked."""
+    import onnx
+    import tf2onnx
+
+    proto, _ = tf2onnx.convert.from_function(function, input_signature=function.input_signature, opset=opset)
+    onnx.checker.check_model(proto)
+    bad = sorted({node.domain for node in iter_nodes(proto.graph) if node.domain not in ("", "ai.onnx")})
+    if bad:
+        raise ExportError(f"the exported graph uses non-standard op domains {bad}")
+    return proto
+
+
+def iter_nodes(graph):
+    for node in graph.node:
+        yield node
+        for attribute in node.attribute:
+            if attribute.g is not None and attribute.g.node:
+                yield from iter_nodes(attribute.g)
+
+
+def quantize_int8(source: Path, target: Path):
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8,
+                     extra_options={"EnableSubgraph": True})
+
+
+def validation_sentences(run_config: dict, n: int = VALIDATION_SENTENCES) -> list[str]:
+    """A few held-out source sentences of the training run to check the export on."""
+    from pipelines.train import TrainConfig, load_corpora
+
+    train_cfg = TrainConfig(**{**run_config["train"], "verbose": 0})
+    try:
+        _, valid, _ = load_corpora(train_cfg)
+        return valid.sources[:n]
+    except (OSError, ValueError):  # the corpus is not on this machine: use plain strings
+        return ["a test sentence", "2009", "ein Hund läuft", "25 June 2009"][:n]
+
+
+def check_parity(translator: Translator, inference, sentences: list[str], beam: int, alpha: float):
+    """The ONNX graphs must give the TensorFlow model's ids for every sentence."""
+    from keras_attn.runtime.translator import pre_pad
+
+    rows = [r for r in translator.encode(sentences) if r]
+    source = pre_pad(rows)
+    limit = min(translator.max_tgt_len, 2 * source.shape[1] + 10)
+    for kind, size in (("greedy", 1), ("beam", beam)):
+        onnx_ids = translator.decode_ids(source, size, limit, alpha)["ids"]
+        tf_ids = inference.translate_ids(source, limit, size, alpha)["ids"].numpy()
+        if onnx_ids.shape != tf_ids.shape or not np.array_equal(onnx_ids, tf_ids):
+            raise ExportError(f"{kind} ONNX output differs from TensorFlow on the validation sentences; "
+                              "the bundle was not written")
+
+
+def export(train_dir, out, beam: int = 5, alpha: float = 0.6, quantize: str | None = None,
+           opset: int = 17, max_len: int | None = None, log=print) -> Path:
+    """Write an export bundle to `out` atomically (temp folder, then rename)."""
+    from keras_attn.search import InferenceModel
+
+    start = time.perf_counter()
+    model, run_config, src_model, tgt_model = load_training_run(train_dir)
+    inference = InferenceModel(model)
+    max_len = max_len or int(run_config["train"].get("max_len", 100))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        graphs = {}
+        for name, function in (("model.onnx", inference.greedy), ("model_beam.onnx", inference.beam_search)):
+            log(f"[export] converting {function.__name__} to ONNX (opset {opset}) ...")
+            proto = convert(function, opset)
+            (staging / name).write_bytes(proto.SerializeToString())
+            if quantize == "int8":
+                quantize_int8(staging / name, staging / name.replace(".onnx", ".int8.onnx"))
+        for name in sorted(p.name for p in staging.glob("*.onnx")):
+            graphs[name] = {"sha256": sha256(staging / name), "bytes": (staging / name).stat().st_size}
+        (staging / "src.spm.model").write_bytes(src_model)
+        (staging / "tgt.spm.model").write_bytes(tgt_model)
+        model_cfg = model.config
+        config = {
+            "format": BUNDLE_FORMAT,
+            "name": out.name,
+            "source_language": run_config["train"].get("src_lang"),
+            "target_language": run_config["train"].get("tgt_lang"),
+            "corpus": run_config["train"].get("corpus"),
+            "pad_id": model_cfg.pad_id, "unk_id": model_cfg.unk_id,
+            "bos_id": model_cfg.bos_id, "eos_id": model_cfg.eos_id,
+            "max_src_len": max_len, "max_tgt_len": max_len,
+            "beam": beam, "alpha": alpha, "opset": opset,
+            "graphs": graphs,
+            "tokenizers": {
+                "src": {"file": "src.spm.model", "sha256": sha256(staging / "src.spm.model"),
+                        "vocab_size": model_cfg.src_vocab_size},
+                "tgt": {"file": "tgt.spm.model", "sha256": sha256(staging / "tgt.spm.model"),
+                        "vocab_size": model_cfg.tgt_vocab_size},
+            },
+            "model": model_cfg.to_dict(),
+        }
+        (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        log("[export] checking onnxruntime against TensorFlow on validation sentences ...")
+        check_parity(Translator.load(staging), inference, validation_sentences(run_config), beam, alpha)
+        replace_dir(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log(f"[export] wrote {out}/ ({', '.join(sorted(p.name for p in out.iterdir()))}) "
+        f"in {time.perf_counter() - start:.0f} s")
+    return out
+
+
+def replace_dir(staging: Path, out: Path):
+    """Move the finished staging folder into place; an older bundle is replaced."""
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(old)
+        staging.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        staging.rename(out)

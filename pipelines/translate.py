@@ -1,0 +1,71 @@
+"""`keras-attn translate` and `keras-attn attention`: onnxruntime only, no TensorFlow."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from keras_attn.runtime import Translator
+
+
+def read_input(path: str | None) -> list[str]:
+    if path is None:
+        return sys.stdin.read().splitlines()
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such input file")
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise ValueError(f"{path}:{line}: invalid UTF-8") from None
+
+
+def translate_stream(bundle, input_path=None, output_path=None, beam=1, max_len=None, int8=False,
+                     batch_size=128):
+    """Translate a file (or stdin) line by line; the output has one line per input line."""
+    translator = Translator.load(bundle, int8=int8)
+    lines = read_input(input_path)
+    show_progress = input_path is not None and sys.stderr.isatty()
+    outputs = []
+    for start in range(0, len(lines), batch_size * 8):
+        outputs += translator.translate(lines[start:start + batch_size * 8], beam=beam, max_len=max_len,
+                                        batch_size=batch_size)
+        if show_progress:
+            print(f"\r{len(outputs):,}/{len(lines):,} lines", end="", file=sys.stderr, flush=True)
+    if show_progress:
+        print(file=sys.stderr)
+    text = "".join(o + "\n" for o in outputs)
+    if output_path is None:
+        sys.stdout.write(text)
+    else:
+        tmp = Path(output_path).with_name(f".{Path(output_path).name}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(output_path)
+
+
+def attention_heatmap(bundle, sentence: str, png, beam: int = 1) -> str:
+    """Translate one sentence and draw its attention matrix; returns the translation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    result = Translator.load(bundle).translate_with_attention([sentence], beam=beam)[0]
+    if not result.source_tokens:
+        raise ValueError("the sentence is empty after tokenization; nothing to plot")
+    height = max(3.0, 0.35 * len(result.target_tokens) + 1.5)
+    width = max(4.0, 0.45 * len(result.source_tokens) + 2.0)
+    fig, axis = plt.subplots(figsize=(width, height))
+    image = axis.imshow(result.attention, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+    axis.set_xticks(range(len(result.source_tokens)), result.source_tokens, rotation=60, ha="right")
+    axis.set_yticks(range(len(result.target_tokens)), result.target_tokens)
+    axis.set_xlabel("source")
+    axis.set_ylabel("target")
+    axis.set_title(result.text, fontsize=9)
+    fig.colorbar(image, ax=axis, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return result.text

@@ -1,0 +1,80 @@
+import pytest
+
+from pipelines.corpus import ParallelCorpus
+from pipelines.dataset import BatchingConfig, length_statistics, make_dataset, tokenized_pairs
+from pipelines.dates import date_corpus
+from pipelines.tokenizer import BOS_ID, EOS_ID, load_processor, train_sentencepiece
+
+
+@pytest.fixture(scope="module")
+def dates_models():
+    corpus = date_corpus(2000, seed=0)
+    return corpus, train_sentencepiece(corpus.sources, 300), train_sentencepiece(corpus.targets, 40)
+
+
+def test_sentencepiece_and_tensorflow_text_give_identical_ids(dates_models):
+    corpus, src_model, tgt_model = dates_models
+    valid = date_corpus(300, seed=1)
+    src_sp, tgt_sp = load_processor(src_model), load_processor(tgt_model)
+    for (src_ids, tgt_ids), src, tgt in zip(tokenized_pairs(valid, src_model, tgt_model).as_numpy_iterator(),
+                                            valid.sources, valid.targets):
+        assert list(src_ids) == src_sp.encode(src)
+        assert list(tgt_ids) == tgt_sp.encode(tgt)
+
+
+def test_special_ids_are_fixed(dates_models):
+    _, src_model, _ = dates_models
+    sp = load_processor(src_model)
+    assert (sp.pad_id(), sp.unk_id(), sp.bos_id(), sp.eos_id()) == (0, 1, 2, 3)
+
+
+def test_batches_pre_pad_sources_post_pad_targets_and_shift_for_teacher_forcing(dates_models):
+    corpus, src_model, tgt_model = dates_models
+    src_sp, tgt_sp = load_processor(src_model), load_processor(tgt_model)
+    expected = {tuple(src_sp.encode(s)): tgt_sp.encode(t) for s, t in zip(corpus.sources, corpus.targets)}
+    ds = make_dataset(corpus, src_model, tgt_model, BatchingConfig(batch_size=16), training=True)
+    for inputs, target_out in ds.take(20).as_numpy_iterator():
+        source, target_in = inputs["source"], inputs["target_in"]
+        assert source.shape[0] == target_in.shape[0] == target_out.shape[0]
+        assert target_in.shape == target_out.shape
+        for row in range(source.shape[0]):
+            src_real = source[row] != 0
+            n_src = src_real.sum()
+            assert src_real[source.shape[1] - n_src:].all() and not src_real[: source.shape[1] - n_src].any()
+            n_tgt = (target_out[row] != 0).sum()
+            assert (target_out[row, n_tgt:] == 0).all() and (target_in[row, n_tgt:] == 0).all()
+            gold = expected[tuple(source[row, source.shape[1] - n_src:])]
+            assert list(target_out[row, :n_tgt]) == gold + [EOS_ID]
+            assert list(target_in[row, :n_tgt]) == [BOS_ID] + gold
+
+
+def test_length_filter_and_statistics():
+    corpus = ParallelCorpus(["a b c d e f g h i j k", "a", "b"], ["x", "y y y y y y y y y y y y", "z"])
+    src_model = train_sentencepiece(["a b c d e f g h i j k"] * 20 + ["a", "b"], 20, model_type="char")
+    tgt_model = train_sentencepiece(["x y z"] * 20, 10, model_type="char")
+    too_long, tokens = length_statistics(tokenized_pairs(corpus, src_model, tgt_model), max_len=5)
+    assert too_long == 2
+    ds = make_dataset(corpus, src_model, tgt_model, BatchingConfig(max_len=5, batch_size=8), training=False)
+    batches = list(ds.as_numpy_iterator())
+    assert sum(len(b[1]) for b in batches) == 1
+    assert tokens == (batches[0][1] != 0).sum()
+
+
+def test_token_budget_batches_stay_within_budget(dates_models):
+    corpus, src_model, tgt_model = dates_models
+    budget = 200
+    ds = make_dataset(corpus, src_model, tgt_model, BatchingConfig(batch_tokens=budget, batch_size=None,
+                                                                   max_len=50), training=True)
+    sizes = []
+    for inputs, target_out in ds.as_numpy_iterator():
+        longest = max((inputs["source"] != 0).sum(1).max(), (target_out != 0).sum(1).max())
+        assert len(target_out) * longest <= budget
+        sizes.append(len(target_out))
+    assert sum(sizes) == len(corpus) and max(sizes) > 16
+
+
+def test_batching_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="max_len"):
+        BatchingConfig(max_len=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        BatchingConfig(batch_size=0)

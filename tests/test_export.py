@@ -1,0 +1,173 @@
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_attn.runtime import BundleError, Translator
+from keras_attn.runtime.translator import pre_pad
+from keras_attn.saving import load_model
+from keras_attn.search import InferenceModel, strip_special
+from pipelines import cli
+from pipelines.dates import date_corpus
+from pipelines.export import ExportError, export
+
+
+@pytest.fixture(scope="module")
+def held_out():
+    return date_corpus(200, seed=99)
+
+
+@pytest.fixture(scope="module")
+def tf_side(dates_run, dates_bundle):
+    model = load_model(dates_run[0] / "model.keras")
+    return model, InferenceModel(model), Translator.load(dates_bundle)
+
+
+def test_bundle_contents_and_config(dates_bundle):
+    names = {p.name for p in dates_bundle.iterdir()}
+    assert names == {"config.json", "model.onnx", "model_beam.onnx", "model.int8.onnx", "model_beam.int8.onnx",
+                     "src.spm.model", "tgt.spm.model"}
+    config = json.loads((dates_bundle / "config.json").read_text())
+    assert config["opset"] == 17 and config["beam"] == 3 and config["eos_id"] == 3
+    assert len(config["tokenizers"]["src"]["sha256"]) == 64
+    assert not list(dates_bundle.parent.glob(".dates.*"))  # no staging folder left behind
+
+
+def test_graphs_use_standard_ops_and_a_loop(dates_bundle):
+    import onnx
+
+    from pipelines.export import iter_nodes
+
+    for name in ("model.onnx", "model_beam.onnx"):
+        proto = onnx.load(str(dates_bundle / name))
+        onnx.checker.check_model(proto)
+        ops = [n for n in iter_nodes(proto.graph)]
+        assert any(n.op_type == "Loop" for n in ops)
+        assert {n.domain for n in ops} <= {"", "ai.onnx"}
+
+
+def test_inference_greedy_equals_a_step_by_step_keras_loop(tf_side, held_out, dates_run):
+    model, inference, translator = tf_side
+    rows = translator.encode(held_out.sources[:20])
+    source = pre_pad(rows)
+    graph_ids = inference.translate_ids(source, 16)["ids"].numpy()
+    # Plain Keras: re-run the teacher-forcing model on the growing prefix each step.
+    prefix = np.full((len(rows), 1), model.config.bos_id, np.int32)
+    for _ in range(graph_ids.shape[1]):
+        logits = model({"source": source, "target_in": prefix}).numpy()
+        prefix = np.concatenate([prefix, logits[:, -1].argmax(-1)[:, None].astype(np.int32)], 1)
+    for row in range(len(rows)):
+        assert strip_special(graph_ids[row]) == strip_special(prefix[row, 1:])
+
+
+def test_onnx_greedy_and_beam_ids_equal_tensorflow_on_200_sentences(tf_side, held_out):
+    _, inference, translator = tf_side
+    rows = translator.encode(held_out.sources)
+    for start in range(0, len(rows), 64):
+        source = pre_pad(rows[start:start + 64])
+        for beam in (1, 3):
+            onnx_out = translator.decode_ids(source, beam, 20, 0.6)
+            tf_out = inference.translate_ids(source, 20, beam, 0.6)
+            np.testing.assert_array_equal(onnx_out["ids"], tf_out["ids"].numpy())
+            np.testing.assert_allclose(onnx_out["log_probs"], tf_out["log_probs"].numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_beam_one_equals_greedy_and_beam_is_never_worse(tf_side, held_out):
+    _, inference, translator = tf_side
+    source = pre_pad(translator.encode(held_out.sources[:64]))
+    greedy = inference.translate_ids(source, 20)
+    beam1 = inference.translate_ids(source, 20, beam_size=1)
+    np.testing.assert_array_equal(greedy["ids"].numpy(), beam1["ids"].numpy())
+    beam4 = inference.beam_search(tf.constant(source), tf.constant(20), tf.constant(4), tf.constant(0.0))
+    assert np.all(beam4["log_probs"].numpy() >= greedy["log_probs"].numpy() - 1e-4)
+
+
+def test_translator_translates_in_order_and_keeps_empty_lines(dates_bundle, held_out):
+    translator = Translator.load(dates_bundle)
+    sources = held_out.sources[:30]
+    outputs = translator.translate(["", *sources[:10], "   ", *sources[10:]], batch_size=7)
+    assert len(outputs) == 32 and outputs[0] == "" and outputs[11] == ""
+    assert outputs[1:11] + outputs[12:] == translator.translate(sources)
+    assert translator.translate([]) == []
+
+
+def test_translate_with_attention_rows_sum_to_one(dates_bundle):
+    result = Translator.load(dates_bundle).translate_with_attention(["Donnerstag, 25. Juni 2009"])[0]
+    assert result.attention.shape == (len(result.target_tokens), len(result.source_tokens))
+    np.testing.assert_allclose(result.attention.sum(1), 1.0, atol=1e-5)
+
+
+def test_runtime_never_imports_tensorflow(dates_bundle):
+    code = ("import sys; from keras_attn.runtime import Translator; "
+            f"t = Translator.load({str(dates_bundle)!r}); print(t.translate(['25 June 2009'])[0]); "
+            "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'tensorflow imported'")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+def test_int8_graph_runs_and_mostly_agrees(dates_bundle, held_out):
+    fp32 = Translator.load(dates_bundle).translate(held_out.sources[:100])
+    int8 = Translator.load(dates_bundle, int8=True).translate(held_out.sources[:100])
+    assert len(int8) == 100
+    assert sum(a == b for a, b in zip(fp32, int8)) >= 80
+
+
+def copy_bundle(dates_bundle, tmp_path):
+    target = tmp_path / "bundle"
+    shutil.copytree(dates_bundle, target)
+    return target
+
+
+def test_bundle_errors_are_clear(dates_bundle, tmp_path):
+    bundle = copy_bundle(dates_bundle, tmp_path)
+    (bundle / "model.onnx").write_bytes((bundle / "model.onnx").read_bytes()[:1000])
+    with pytest.raises(BundleError, match="model.onnx: checksum does not match"):
+        Translator.load(bundle)
+    shutil.copy(dates_bundle / "model.onnx", bundle / "model.onnx")
+    shutil.copy(bundle / "src.spm.model", bundle / "tgt.spm.model")
+    with pytest.raises(BundleError, match="tgt.spm.model: does not match config.json"):
+        Translator.load(bundle)
+    (bundle / "model_beam.onnx").unlink()
+    with pytest.raises(BundleError, match="missing model_beam.onnx"):
+        Translator.load(bundle)
+    with pytest.raises(BundleError, match="not found"):
+        Translator.load(tmp_path / "nothing")
+
+
+def test_truncated_graph_without_checksum_still_fails_at_load(dates_bundle, tmp_path):
+    bundle = copy_bundle(dates_bundle, tmp_path)
+    config = json.loads((bundle / "config.json").read_text())
+    config["graphs"] = {}
+    (bundle / "config.json").write_text(json.dumps(config))
+    (bundle / "model.onnx").write_bytes(b"\x08\x07garbage")
+    with pytest.raises(BundleError, match="onnxruntime cannot load it"):
+        Translator.load(bundle)
+
+
+def test_failed_export_leaves_nothing_behind(dates_run, tmp_path, monkeypatch):
+    import pipelines.export as export_module
+
+    def mismatch(*args, **kwargs):
+        raise ExportError("greedy ONNX output differs from TensorFlow")
+
+    monkeypatch.setattr(export_module, "check_parity", mismatch)
+    with pytest.raises(ExportError):
+        export(dates_run[0], tmp_path / "out", log=lambda *a: None)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_translate_and_attention_commands(dates_bundle, tmp_path, capsys, monkeypatch):
+    src = tmp_path / "in.txt"
+    src.write_text("25 June 2009\n\n2009년 6월 25일\n", encoding="utf-8")
+    assert cli.main(["translate", str(dates_bundle), "--input", str(src), "--output", str(tmp_path / "o.txt")]) == 0
+    lines = (tmp_path / "o.txt").read_text().splitlines()
+    assert len(lines) == 3 and lines[1] == ""
+    png = tmp_path / "a.png"
+    assert cli.main(["attention", str(dates_bundle), "25 June 2009", "--png", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert cli.main(["translate", str(dates_bundle), "--input", str(tmp_path / "missing.txt")]) == 2
+    assert "missing.txt: no such input file" in capsys.readouterr().err

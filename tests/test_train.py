@@ -1,0 +1,126 @@
+import csv
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from pipelines import cli
+from pipelines.train import TrainConfig, build_model, callbacks, model_config, run
+
+
+def test_dates_run_writes_every_artifact_and_learns(dates_run):
+    out, metrics = dates_run
+    for name in ("model.keras", "src.spm.model", "tgt.spm.model", "config.json", "history.csv",
+                 "training_curve.png", "metrics.json"):
+        assert (out / name).is_file(), name
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"]["tgt_vocab_size"] > 4 and config["train"]["corpus"] == "dates"
+    rows = list(csv.DictReader(open(out / "history.csv")))
+    assert len(rows) == metrics["epochs_run"] and float(rows[-1]["target_tokens_per_second"]) > 0
+    assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
+    # a deliberately small model and budget: far from the demo's 99 %, far above chance
+    assert metrics["held_out"]["exact_match"] > 0.3
+
+
+class Interrupt(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 1:
+            raise KeyboardInterrupt("simulated kill")
+
+
+def tiny_data(n=64):
+    rng = np.random.default_rng(0)
+    x = {"source": rng.integers(4, 20, (n, 5)).astype("int32"), "target_in": rng.integers(4, 20, (n, 4)).astype("int32")}
+    return x, rng.integers(4, 20, (n, 4)).astype("int32")
+
+
+class FakeSp:
+    def get_piece_size(self):
+        return 20
+
+
+def test_a_killed_run_resumes_without_losing_finished_epochs(tmp_path):
+    cfg = TrainConfig(out=str(tmp_path), embedding_dim=8, encoder_units=8, decoder_units=8, epochs=4)
+    x, y = tiny_data()
+    model = build_model(cfg, model_config(cfg, FakeSp(), FakeSp()))
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(x, y, validation_data=(x, y), epochs=4, verbose=0,
+                  callbacks=callbacks(cfg, tmp_path, 100) + [Interrupt()])
+    weights_after_two = model.get_weights()
+    assert (tmp_path / "backup").is_dir()
+    fresh = build_model(cfg, model_config(cfg, FakeSp(), FakeSp()))
+    seen = []
+    history = fresh.fit(x, y, validation_data=(x, y), epochs=4, verbose=0,
+                        callbacks=callbacks(cfg, tmp_path, 100)
+                        + [keras.callbacks.LambdaCallback(on_epoch_begin=lambda e, logs: seen.append(e))])
+    assert seen == [2, 3]  # epochs 0 and 1 were finished before the kill and are not redone
+    assert len(history.history["loss"]) == 2
+    rows = list(csv.DictReader(open(tmp_path / "history.csv")))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
+    assert not (tmp_path / "backup").exists()  # removed once training completes
+    assert len(weights_after_two) == len(fresh.get_weights())
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    cfg = TrainConfig(out=str(tmp_path), embedding_dim=8, encoder_units=8, decoder_units=8)
+    x, y = tiny_data()
+    model = build_model(cfg, model_config(cfg, FakeSp(), FakeSp()))
+    model.fit(x, y, validation_data=(x, y), epochs=1, verbose=0, callbacks=callbacks(cfg, tmp_path, 100))
+    good = (tmp_path / "model.keras").read_bytes()
+
+    class Poison(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            for w in self.model.decoder.generator.weights:
+                w.assign(np.full(w.shape, np.nan, "float32"))
+
+    history = model.fit(x, y, validation_data=(x, y), epochs=3, verbose=0, batch_size=16,
+                        callbacks=[Poison()] + callbacks(cfg, tmp_path, 100))
+    assert len(history.history["loss"]) <= 1
+    assert (tmp_path / "model.keras").read_bytes() == good
+
+
+def test_multi30k_smoke_run(multi30k_dir, tmp_path):
+    cfg = TrainConfig(corpus="multi30k", data_dir=str(multi30k_dir), limit_train=300, vocab_size=300,
+                      embedding_dim=16, encoder_units=16, decoder_units=32, epochs=1, max_len=40,
+                      out=str(tmp_path), verbose=0)
+    metrics = run(cfg)
+    assert metrics["epochs_run"] == 1
+    assert metrics["held_out"]["split"].startswith("multi30k/test_2016_flickr")
+    assert metrics["held_out"]["sentences"] == 1000
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train", "--corpus", "files", "--train-src", "{d}/missing.de", "--train-tgt", "{d}/missing.en"],
+     "missing.de: no such file"),
+    (["train", "--corpus", "files", "--train-src", "{d}/a.txt", "--train-tgt", "{d}/b.txt"],
+     "misaligned corpus"),
+    (["train", "--corpus", "files", "--train-src", "{d}/bad.txt", "--train-tgt", "{d}/a.txt"],
+     "bad.txt:2: invalid UTF-8"),
+    (["train", "--corpus", "nothing"], "--corpus must be dates, multi30k or files"),
+    (["train", "--config", "{d}/nope.yaml"], "nope.yaml: config file not found"),
+])
+def test_cli_errors_are_one_line_with_status_2(tmp_path, capsys, argv, message):
+    (tmp_path / "a.txt").write_text("eins\nzwei\ndrei\n")
+    (tmp_path / "b.txt").write_text("one\ntwo\n")
+    (tmp_path / "bad.txt").write_bytes(b"gut\nschlecht \xfe\nja\n")
+    status = cli.main([a.format(d=tmp_path) for a in argv])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_rejects_non_positive_numbers(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--epochs", "0"])
+    assert exit_info.value.code == 2
+    assert "expected a positive integer" in capsys.readouterr().err
+
+
+def test_config_file_keys_are_checked(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("epochs: 3\nhidden: 5\n")
+    with pytest.raises(ValueError, match=r"unknown keys \['hidden'\]"):
+        TrainConfig.from_file(path)
+    path.write_text("epochs: 3\nbatch-size: 8\n")
+    assert TrainConfig.from_file(path) == {"epochs": 3, "batch_size": 8}

@@ -67,20 +67,25 @@ class InputFeedingDecoder(keras.layers.Layer):
         self.generator.build((batch, units))
 
     # ----------------------------------------------------------------- step math
-    def _input_projection(self, tokens, training=False):
+    def step_weights(self):
+        """The kernels a step multiplies by, sliced and fused once (outside any loop).
+
+        `input`: the embedding part of the first LSTM layer's kernel;
+        `state`: per layer, the kernel applied to `[layer input from the state; h]`
+        (for layer 0 the state part of its input is h̃_{t-1}).
+        """
+        first = tf.concat([self.lstm_kernels[0][self.embedding_dim:], self.lstm_recurrent_kernels[0]], axis=0)
+        rest = [tf.concat([k, r], axis=0) for k, r in
+                zip(self.lstm_kernels[1:], self.lstm_recurrent_kernels[1:])]
+        return {"input": self.lstm_kernels[0][: self.embedding_dim], "state": [first] + rest}
+
+    def _input_projection(self, tokens, input_kernel, training=False):
         """Embedding part of the first LSTM layer's gates, bias included."""
         embedded = self.embedding(tokens)
         if training and self.dropout > 0:
             embedded = keras.random.dropout(embedded, self.dropout, seed=self.seed_generator)
         # |projection| = (..., 4 * units)
-        return tf.matmul(embedded, self.lstm_kernels[0][: self.embedding_dim]) + self.lstm_biases[0]
-
-    def _state_kernels(self):
-        """Per layer, the kernel applied to `[layer input from the state; h]`."""
-        first = tf.concat([self.lstm_kernels[0][self.embedding_dim:], self.lstm_recurrent_kernels[0]], axis=0)
-        rest = [tf.concat([k, r], axis=0) for k, r in
-                zip(self.lstm_kernels[1:], self.lstm_recurrent_kernels[1:], strict=False)]
-        return [first] + rest
+        return tf.matmul(embedded, input_kernel) + self.lstm_biases[0]
 
     def _recurrent_step(self, input_projection, state, kernels, keys, memory, mask):
         """One step from the precomputed input projection; returns (h̃, weights, state)."""
@@ -110,7 +115,7 @@ class InputFeedingDecoder(keras.layers.Layer):
             "c": [c for _, c in encoder_states],
         }
 
-    def step(self, y_prev, state, memory_keys, memory, mask):
+    def step(self, y_prev, state, memory_keys, memory, mask, weights=None):
         """One autoregressive step (inference, no dropout).
 
         Args:
@@ -118,14 +123,17 @@ class InputFeedingDecoder(keras.layers.Layer):
             state: dict from `initial_state` or the previous step.
             memory_keys: `self.attention.memory_keys(memory)`, computed once.
             memory: `(batch, src_len, memory_dim)`; mask: bool `(batch, src_len)`.
+            weights: `self.step_weights()`; pass it in from outside a decode loop so
+                the slicing and fusing is not redone every step.
 
         Returns:
             `(logits (batch, vocab), weights (batch, src_len), new_state)`.
         """
-        projection = self._input_projection(tf.cast(y_prev, tf.int32))
-        attentional, weights, state = self._recurrent_step(
-            projection, state, self._state_kernels(), memory_keys, memory, mask)
-        return self.generator(attentional), weights, state
+        weights = weights or self.step_weights()
+        projection = self._input_projection(tf.cast(y_prev, tf.int32), weights["input"])
+        attentional, attention, state = self._recurrent_step(
+            projection, state, weights["state"], memory_keys, memory, mask)
+        return self.generator(attentional), attention, state
 
     def decode_sequence(self, target_in, memory, mask, initial_states, training=False):
         """Teacher-forced h̃ for every step: `(attentional, weights)`,
@@ -133,9 +141,11 @@ class InputFeedingDecoder(keras.layers.Layer):
         target_in = tf.cast(target_in, tf.int32)
         batch, length = tf.shape(target_in)[0], tf.shape(target_in)[1]
         # Time-major so each loop iteration reads one contiguous slice.
-        projections = unstack(tf.transpose(self._input_projection(target_in, training), [1, 0, 2]))
+        weights = self.step_weights()
+        projections = unstack(tf.transpose(self._input_projection(target_in, weights["input"], training),
+                                           [1, 0, 2]))
         # |projections| = (tgt_len, batch, 4 * units)
-        keys, kernels = self.attention.memory_keys(memory), self._state_kernels()
+        keys, kernels = self.attention.memory_keys(memory), weights["state"]
         keep = None
         if training and self.dropout > 0:  # one dropout mask per step, drawn up front
             keep = unstack(keras.random.dropout(tf.ones((length, batch, self.units), self.compute_dtype),

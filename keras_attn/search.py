@@ -43,32 +43,46 @@ class InferenceModel(tf.Module):
 
     @tf.function(input_signature=[SOURCE_SPEC, MAX_LEN_SPEC])
     def greedy(self, source_ids, max_len):
+        """Greedy search that drops finished sentences from the batch as it goes.
+
+        The loop works on the `alive` rows only: when a sentence emits EOS its row
+        leaves the state, memory and mask, so later steps cost what the sentences
+        still being written need, not what the longest one in the batch needs.
+        """
         cfg, decoder = self.config, self.seq2seq.decoder
         batch, src_len = tf.shape(source_ids)[0], tf.shape(source_ids)[1]
         memory, mask, states = self._encode(source_ids)
-        keys = decoder.attention.memory_keys(memory)
         # |memory| = (batch, src_len, memory_dim)
+        rows = {"alive": tf.range(batch), "y_prev": tf.fill([batch], cfg.bos_id),
+                "state": decoder.initial_state(states, batch), "memory": memory,
+                "keys": decoder.attention.memory_keys(memory), "mask": mask}
+        step_weights = decoder.step_weights()
 
-        def body(t, y_prev, state, finished, log_prob, ids, attention):
-            logits, weights, state = decoder.step(y_prev, state, keys, memory, mask)
-            # |logits| = (batch, vocab)
+        def body(t, rows, log_prob, ids, attention):
+            logits, weights, state = decoder.step(
+                rows["y_prev"], rows["state"], rows["keys"], rows["memory"], rows["mask"], step_weights)
+            # |logits| = (alive, vocab), |weights| = (alive, src_len)
             token = tf.argmax(logits, axis=-1, output_type=tf.int32)
             token_log_prob = tf.reduce_max(logits, -1) - tf.reduce_logsumexp(logits, -1)
-            token = tf.where(finished, cfg.pad_id, token)
-            log_prob += tf.where(finished, 0.0, token_log_prob)
-            weights = tf.where(finished[:, None], tf.zeros_like(weights), weights)
-            finished = tf.logical_or(finished, tf.equal(token, cfg.eos_id))
-            return t + 1, token, state, finished, log_prob, ids.write(t, token), attention.write(t, weights)
+            # Back to full-batch positions; rows already finished get pad and zeros.
+            where = rows["alive"][:, None]
+            ids = ids.write(t, tf.scatter_nd(where, token, [batch]))
+            attention = attention.write(t, tf.scatter_nd(where, weights, [batch, src_len]))
+            log_prob += tf.scatter_nd(where, token_log_prob, [batch])
+            rows = {**rows, "y_prev": token, "state": state}
+            open_rows = tf.not_equal(token, cfg.eos_id)
+            rows = tf.cond(tf.reduce_all(open_rows), lambda: rows,
+                           lambda: tf.nest.map_structure(lambda x: tf.boolean_mask(x, open_rows), rows))
+            return t + 1, rows, log_prob, ids, attention
 
-        def running(t, y_prev, state, finished, *_):
-            return tf.logical_and(t < max_len, tf.logical_not(tf.reduce_all(finished)))
+        def running(t, rows, *_):
+            return tf.logical_and(t < max_len, tf.size(rows["alive"]) > 0)
 
         loop_vars = (
-            tf.constant(0), tf.fill([batch], cfg.bos_id), decoder.initial_state(states, batch),
-            tf.zeros([batch], tf.bool), tf.zeros([batch], tf.float32),
+            tf.constant(0), rows, tf.zeros([batch], tf.float32),
             tf.TensorArray(tf.int32, size=0, dynamic_size=True, element_shape=[None]),
             tf.TensorArray(tf.float32, size=0, dynamic_size=True, element_shape=[None, None]))
-        _, _, _, _, log_prob, ids, attention = tf.while_loop(running, body, loop_vars)
+        _, _, log_prob, ids, attention = tf.while_loop(running, body, loop_vars)
         ids = tf.reshape(ids.stack(), [-1, batch])
         attention = tf.reshape(attention.stack(), [-1, batch, src_len])
         return {"ids": tf.transpose(ids), "attention": tf.transpose(attention, [1, 0, 2]),
@@ -87,7 +101,7 @@ class InferenceModel(tf.Module):
         memory, mask, states = self._encode(source_ids)
         memory, mask = tf.repeat(memory, k, axis=0), tf.repeat(mask, k, axis=0)
         states = tf.nest.map_structure(lambda s: tf.repeat(s, k, axis=0), states)
-        keys = decoder.attention.memory_keys(memory)
+        keys, step_weights = decoder.attention.memory_keys(memory), decoder.step_weights()
         # |memory| = (batch * k, src_len, memory_dim)
         # Only beam 0 is alive at the start, so the first expansion is not k copies.
         # (comparisons with tf.range rather than tf.one_hot: tf2onnx converts rank-1 one_hot only)
@@ -99,7 +113,8 @@ class InferenceModel(tf.Module):
         beam_offsets = tf.range(batch)[:, None] * k
 
         def body(t, y_prev, state, finished, scores, lengths, ids, attention):
-            logits, weights, state = decoder.step(tf.reshape(y_prev, [-1]), state, keys, memory, mask)
+            logits, weights, state = decoder.step(tf.reshape(y_prev, [-1]), state, keys, memory, mask,
+                                                  step_weights)
             log_probs = tf.reshape(tf.nn.log_softmax(logits), [batch, k, vocab])
             log_probs = tf.where(finished[:, :, None], finished_row, log_probs)
             total = scores[:, :, None] + log_probs

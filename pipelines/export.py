@@ -39,11 +39,54 @@ def convert(function, opset: int):
     import tf2onnx
 
     proto, _ = tf2onnx.convert.from_function(function, input_signature=function.input_signature, opset=opset)
+    hoist_loop_constants(proto)
     onnx.checker.check_model(proto)
     bad = sorted({node.domain for node in iter_nodes(proto.graph) if node.domain not in ("", "ai.onnx")})
     if bad:
         raise ExportError(f"the exported graph uses non-standard op domains {bad}")
     return proto
+
+
+def hoist_loop_constants(model) -> int:
+    """Make weights that tf2onnx threads through a `Loop` as loop-carried values
+    initializers of the loop body instead.
+
+    tf2onnx passes captured tensors into a Loop as state that every iteration
+    returns unchanged. As body inputs they cannot be constant-folded, pre-packed by
+    onnxruntime's GEMM, or quantized; as body initializers they can. Measured on the
+    Multi30k model: fp32 greedy ~1.3x faster, and int8 quantization then reaches the
+    matmuls inside the loop at all. Returns how many weights were moved.
+    """
+    import onnx
+
+    graph = model.graph
+    initializers = {i.name: i for i in graph.initializer}
+    moved = 0
+    for node in graph.node:
+        if node.op_type != "Loop":
+            continue
+        body = next(a.g for a in node.attribute if a.name == "body")
+        # Loop inputs: (max trip count, cond, carried...); body inputs: (iteration,
+        # cond, carried...); body outputs: (cond, carried..., scans...); node outputs:
+        # (carried..., scans...).
+        pass_through = [j for j in range(len(node.input) - 2)
+                        if node.input[2 + j] in initializers
+                        and body.input[2 + j].name == body.output[1 + j].name]
+        consumed = {name for n in graph.node for name in n.input} | {o.name for o in graph.output}
+        for j in reversed(pass_through):
+            if node.output[j] in consumed:
+                continue
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(initializers[node.input[2 + j]])
+            tensor.name = body.input[2 + j].name
+            body.initializer.append(tensor)
+            del node.input[2 + j], body.input[2 + j], body.output[1 + j], node.output[j]
+            moved += 1
+    used = {name for n in graph.node for name in n.input}
+    kept = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    return moved
 
 
 def iter_nodes(graph):
@@ -100,6 +143,9 @@ def export(train_dir, out, beam: int = 5, alpha: float = 0.6, quantize: str | No
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; a bundle is for sharing
     try:
         graphs = {}
         for name, function in (("model.onnx", inference.greedy), ("model_beam.onnx", inference.beam_search)):

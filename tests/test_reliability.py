@@ -1,0 +1,169 @@
+"""Dirty input, fuzzing, concurrency, distribution and safe loading."""
+
+import json
+import subprocess
+import sys
+import threading
+import warnings
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from keras_attn.runtime import Translator
+from keras_attn.saving import load_model
+from pipelines import cli
+
+DIRTY = ["", "   \t ", "25 June\x00 2009\x07", "🎉 25 June 2009 🎉", "\U000e0001\U0010fffd", "2009年6月25日 Juni 25",
+         "\u200b\u202e25.06.09", ("25 June 2009 " * 800)[:10_000], "Donnerstag, 25. Juni 2009"]
+
+
+@pytest.fixture(scope="module")
+def translator(dates_bundle):
+    return Translator.load(dates_bundle)
+
+
+def test_dirty_batch_gives_one_output_per_input(translator):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        outputs = translator.translate(DIRTY)
+    assert len(outputs) == len(DIRTY)
+    assert outputs[0] == "" and outputs[1] == ""
+    assert all(isinstance(o, str) for o in outputs)
+    # the 10,000-character line is truncated with exactly one warning
+    truncation = [w for w in caught if "truncated" in str(w.message)]
+    assert len(truncation) == 1 and "1 input(s)" in str(truncation[0].message)
+
+
+def test_control_characters_do_not_change_the_translation(translator):
+    clean, dirty = translator.translate(["25 June 2009", "25 June\x00 2009\x07"])
+    assert clean == dirty
+
+
+def test_long_line_alone_is_truncated_not_an_error(translator):
+    with pytest.warns(UserWarning, match="truncated"):
+        assert len(translator.translate(["7 " * 5000])) == 1
+
+
+@pytest.mark.parametrize("beam,max_len", [(0, None), (-1, None), (1.5, None), (1, 0)])
+def test_bad_beam_or_max_len_raise_value_errors(translator, beam, max_len):
+    with pytest.raises(ValueError, match="must be a positive integer"):
+        translator.translate(["25 June 2009"], beam=beam, max_len=max_len)
+
+
+def test_non_string_input_is_a_type_error(translator):
+    with pytest.raises(TypeError):
+        translator.translate("25 June 2009")
+    with pytest.raises(TypeError, match="sentences must be str"):
+        translator.translate([b"bytes"])
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["translate", "{b}", "--beam", "0"], "expected a positive integer"),
+    (["translate", "{b}", "--max-len", "-3"], "expected a positive integer"),
+    (["translate", "{d}/no-bundle"], "export bundle folder not found"),
+])
+def test_cli_bad_values_exit_2(dates_bundle, tmp_path, capsys, argv, message):
+    argv = [a.format(b=dates_bundle, d=tmp_path) for a in argv]
+    try:
+        status = cli.main(argv)
+    except SystemExit as exit_info:  # argparse rejects before our handler runs
+        status = exit_info.code
+    err = capsys.readouterr().err
+    assert status == 2 and message in err and "Traceback" not in err
+
+
+def test_cli_invalid_utf8_input_names_the_line(dates_bundle, tmp_path, capsys):
+    bad = tmp_path / "in.txt"
+    bad.write_bytes(b"25 June 2009\n\xff\xfe\n")
+    assert cli.main(["translate", str(dates_bundle), "--input", str(bad)]) == 2
+    assert "in.txt:2: invalid UTF-8" in capsys.readouterr().err
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(st.text(max_size=40), max_size=4))
+def test_fuzz_translate_never_fails_and_is_deterministic(translator, sentences):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        first = translator.translate(sentences)
+        second = translator.translate(sentences)
+    assert len(first) == len(sentences) and first == second
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from(DIRTY[2:7] + ["6/25/09", "2009년 6월 25일", "lunes 3 de mayo de 1999"]),
+                min_size=1, max_size=6), st.integers(1, 4))
+def test_fuzz_batch_neighbours_and_batch_size_never_change_a_translation(translator, sentences, batch_size):
+    alone = [translator.translate([s])[0] for s in sentences]
+    assert translator.translate(sentences, batch_size=batch_size) == alone
+
+
+def test_one_translator_shared_by_8_threads(translator):
+    rng = np.random.default_rng(0)
+    pool = ["25 June 2009", "Donnerstag, 25. Juni 2009", "2009년 6월 25일", "6/25/09", "",
+            "jeudi 25 juin 2009", "jueves, 25 de junio de 2009 " * 3]
+    requests = [[pool[i] for i in rng.integers(0, len(pool), rng.integers(1, 5))] for _ in range(8 * 200)]
+    expected = [translator.translate(r) for r in requests]
+    results = [None] * len(requests)
+    errors = []
+
+    def worker(k):
+        try:
+            for i in range(k, len(requests), 8):
+                results[i] = translator.translate(requests[i])
+        except Exception as error:  # pragma: no cover - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and results == expected
+
+
+def test_loader_refuses_a_model_with_a_lambda_layer(tmp_path):
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Lambda(lambda x: x * 2)(inputs))
+    model.save(tmp_path / "evil.keras")
+    with pytest.raises(ValueError, match="(?i)lambda|safe_mode"):
+        load_model(tmp_path / "evil.keras")
+
+
+MIRRORED = r'''
+import json, sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras, numpy as np
+from keras_attn import Seq2Seq, Seq2SeqConfig
+cfg = Seq2SeqConfig(30, 25, 16, 16, 1, True, 32, 1, "general", 0.0)
+rng = np.random.default_rng(0)
+x = {"source": rng.integers(4, 30, (64, 7)).astype("int32"), "target_in": rng.integers(4, 25, (64, 6)).astype("int32")}
+y = rng.integers(4, 25, (64, 6)).astype("int32")
+losses = {}
+for name in ("single", "mirrored"):
+    keras.utils.set_random_seed(0)
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]) if name == "mirrored" else tf.distribute.get_strategy()
+    with strategy.scope():
+        model = Seq2Seq(cfg)
+        model.build()
+        model.compile_for_training(learning_rate=1e-2)
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(32)
+    history = model.fit(ds, epochs=3, verbose=0)
+    losses[name] = history.history["loss"]
+    losses[name + "_replicas"] = strategy.num_replicas_in_sync
+print(json.dumps(losses))
+'''
+
+
+def test_mirrored_strategy_on_two_cpu_devices_matches_single_device():
+    result = subprocess.run([sys.executable, "-c", MIRRORED], capture_output=True, text=True, timeout=300,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stderr[-2000:]
+    losses = json.loads(result.stdout.strip().splitlines()[-1])
+    assert losses["mirrored_replicas"] == 2 and losses["single_replicas"] == 1
+    np.testing.assert_allclose(losses["mirrored"], losses["single"], rtol=2e-3)

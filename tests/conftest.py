@@ -9,8 +9,10 @@ import pytest  # noqa: E402
 
 try:
     from hypothesis import settings
-    settings.register_profile("default", deadline=None, max_examples=100)
-    settings.register_profile("long", deadline=None, max_examples=5000)
+    # `pytest --hypothesis-profile=long` for a longer fuzzing run.
+    settings.register_profile("default", deadline=None, max_examples=1000)
+    settings.register_profile("long", deadline=None, max_examples=10000)
+    settings.load_profile("default")
 except ImportError:  # pragma: no cover - hypothesis is a dev dependency
     pass
 

@@ -171,3 +171,23 @@ def test_translate_and_attention_commands(dates_bundle, tmp_path, capsys, monkey
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert cli.main(["translate", str(dates_bundle), "--input", str(tmp_path / "missing.txt")]) == 2
     assert "missing.txt: no such input file" in capsys.readouterr().err
+
+
+def test_evaluate_command_reports_bleu_chrf_and_speed(dates_bundle, held_out, tmp_path, capsys):
+    src, ref = tmp_path / "src.txt", tmp_path / "ref.txt"
+    src.write_text("\n".join(held_out.sources[:50]) + "\n", encoding="utf-8")
+    ref.write_text("\n".join(held_out.targets[:50]) + "\n", encoding="utf-8")
+    report_path = tmp_path / "report.json"
+    assert cli.main(["evaluate", str(dates_bundle), "--src", str(src), "--ref", str(ref),
+                     "--json", str(report_path)]) == 0
+    report = json.loads(report_path.read_text())
+    hyps = Translator.load(dates_bundle).translate(held_out.sources[:50])
+    import sacrebleu
+
+    assert report["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [held_out.targets[:50]]).score, abs=0.01)
+    assert report["exact_match"] == sum(h == r for h, r in zip(hyps, held_out.targets[:50])) / 50
+    assert "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp" in report["bleu_signature"]
+    assert report["chrf_signature"].startswith("nrefs:1") and report["sentences_per_second"] > 0
+    assert "| bleu |" in capsys.readouterr().out
+    ref.write_text("only one line\n")
+    assert cli.main(["evaluate", str(dates_bundle), "--src", str(src), "--ref", str(ref)]) == 2

@@ -83,8 +83,7 @@ def test_cli_invalid_utf8_input_names_the_line(dates_bundle, tmp_path, capsys):
     assert "in.txt:2: invalid UTF-8" in capsys.readouterr().err
 
 
-@settings(max_examples=1000, deadline=None)
-@given(st.lists(st.text(max_size=40), max_size=4))
+@given(st.lists(st.text(max_size=40), max_size=4))  # examples: the hypothesis profile (1,000 by default)
 def test_fuzz_translate_never_fails_and_is_deterministic(translator, sentences):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -1,0 +1,102 @@
+"""The machine's limit for our work: only the matrix products, nothing else.
+
+Decode limit: a NumPy loop doing the greedy decoder's per-step matrix products
+(LSTM gates on [embedding; h̃; h], attention energy and context, W_c, generator) at
+batch B for S steps, the same shapes as the reference model. Training limit: the
+matrix products of one teacher-forced training step (forward, plus the two backward
+products per forward product) for a batch of B x T target tokens.
+
+    python benchmarks/bench_limit.py [--vocab 8000] [--batch 128] [--steps 16] [--src-len 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import write_results  # noqa: E402
+
+
+def decoder_products(rng, batch, steps, src_len, emb, hidden, memory_dim, vocab):
+    w_gates = rng.standard_normal((emb + 2 * hidden, 4 * hidden), dtype=np.float32) * 0.02
+    w_combine = rng.standard_normal((memory_dim + hidden, hidden), dtype=np.float32) * 0.02
+    w_gen = rng.standard_normal((hidden, vocab), dtype=np.float32) * 0.02
+    keys = rng.standard_normal((batch, src_len, hidden), dtype=np.float32)
+    memory = rng.standard_normal((batch, src_len, memory_dim), dtype=np.float32)
+    x = rng.standard_normal((batch, emb + 2 * hidden), dtype=np.float32)
+    start = time.perf_counter()
+    for _ in range(steps):
+        gates = x @ w_gates
+        h = gates[:, :hidden]
+        energy = np.matmul(h[:, None, :], keys.transpose(0, 2, 1))
+        context = np.matmul(energy, memory)[:, 0]
+        attentional = np.concatenate([context, h], 1) @ w_combine
+        logits = attentional @ w_gen
+        x[:, :hidden] = logits[:, :hidden]
+    return time.perf_counter() - start
+
+
+def training_products(rng, batch, steps, src_len, emb, enc_units, hidden, vocab):
+    """Seconds for the matmuls of one training step: each forward product A@B also
+    costs dA = dC@Bᵀ and dB = Aᵀ@dC backward."""
+    def three(a, b):
+        c = a @ b
+        _ = c @ b.T
+        _ = a.T @ c
+
+    tokens = batch * steps
+    enc_in = rng.standard_normal((batch, emb), dtype=np.float32)
+    enc_h = rng.standard_normal((batch, enc_units), dtype=np.float32)
+    w_enc_in = rng.standard_normal((emb, 4 * enc_units), dtype=np.float32)
+    w_enc_rec = rng.standard_normal((enc_units, 4 * enc_units), dtype=np.float32)
+    dec_in = rng.standard_normal((batch, emb + 2 * hidden), dtype=np.float32)
+    w_dec = rng.standard_normal((emb + 2 * hidden, 4 * hidden), dtype=np.float32)
+    comb_in = rng.standard_normal((batch, 2 * enc_units + hidden), dtype=np.float32)
+    w_comb = rng.standard_normal((2 * enc_units + hidden, hidden), dtype=np.float32)
+    gen_in = rng.standard_normal((tokens, hidden), dtype=np.float32)
+    w_gen = rng.standard_normal((hidden, vocab), dtype=np.float32)
+    start = time.perf_counter()
+    for _ in range(2 * src_len):  # two directions
+        three(enc_in, w_enc_in)
+        three(enc_h, w_enc_rec)
+    for _ in range(steps):
+        three(dec_in, w_dec)
+        three(comb_in, w_comb)
+    three(gen_in, w_gen)
+    return time.perf_counter() - start
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--vocab", type=int, default=8000)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--src-len", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=10)
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    shapes = dict(emb=256, hidden=512, vocab=args.vocab)
+    decode = [decoder_products(rng, args.batch, args.steps, args.src_len, memory_dim=512, **shapes)
+              for _ in range(args.repeats)]
+    train = [training_products(rng, args.batch, args.steps, args.src_len, enc_units=256, **shapes)
+             for _ in range(args.repeats)]
+    decode_s, train_s = float(np.median(decode)), float(np.median(train))
+    rows = [
+        {"limit": "greedy decode, decoder matmuls only", "shape": f"batch {args.batch} x {args.steps} steps",
+         "seconds": round(decode_s, 4), "throughput": round(args.batch / decode_s, 1), "unit": "sentences/s"},
+        {"limit": "training step, forward+backward matmuls only",
+         "shape": f"batch {args.batch} x {args.steps} target tokens",
+         "seconds": round(train_s, 4), "throughput": round(args.batch * args.steps / train_s, 1),
+         "unit": "target tokens/s"},
+    ]
+    write_results("bench_limit", rows, {"numpy": np.__version__, "dtype": "float32",
+                                        "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE", "(unset)")})
+
+
+if __name__ == "__main__":
+    main()

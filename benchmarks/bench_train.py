@@ -1,0 +1,94 @@
+"""Training throughput of `model.fit` on the Multi30k reference recipe.
+
+    python benchmarks/bench_train.py [--data-dir ../shared/data/multi30k] [--steps 60]
+
+Target tokens/s (real bucketed Multi30k batches of 2,048 target tokens, after a
+warm-up epoch of `--warmup` steps) for float32 and mixed bfloat16, with and without
+XLA (`jit_compile`), and the process's peak memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from common import DEFAULT_DATA, write_results  # noqa: E402
+
+
+def one_setting(data_dir, precision, jit, steps, warmup, batch_tokens):
+    """Run in a fresh process (precision policy and memory are per process)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+
+    from pipelines.dataset import BatchingConfig, make_dataset
+    from pipelines.tokenizer import load_processor, train_sentencepiece
+    from pipelines.train import TrainConfig, build_model, load_corpora, model_config
+
+    cfg = TrainConfig(**{**TrainConfig.from_file(os.path.join(ROOT, "configs", "multi30k_deen.yaml")),
+                         "data_dir": data_dir, "precision": precision, "jit": jit,
+                         "batch_tokens": batch_tokens})
+    keras.mixed_precision.set_global_policy(precision)
+    train, _, _ = load_corpora(cfg)
+    src_model, tgt_model = train_sentencepiece(train.sources, 8000), train_sentencepiece(train.targets, 8000)
+    ds = make_dataset(train, src_model, tgt_model, BatchingConfig(max_len=cfg.max_len, batch_size=None,
+                                                                  batch_tokens=cfg.batch_tokens), training=True)
+    ds = ds.repeat()
+    model = build_model(cfg, model_config(cfg, load_processor(src_model), load_processor(tgt_model)))
+    # Real (non-pad) target tokens per batch, averaged over 300 shuffled batches.
+    per_batch = [int((y != 0).sum()) for _, y in ds.take(300).as_numpy_iterator()]
+    tokens = round(steps * sum(per_batch) / len(per_batch))
+    model.fit(ds, steps_per_epoch=warmup, epochs=1, verbose=0)
+    start = time.perf_counter()
+    model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
+    seconds = time.perf_counter() - start
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"precision": precision, "xla": jit, "batch tokens": batch_tokens, "steps": steps, "target tokens": tokens,
+            "seconds": round(seconds, 2), "target tokens/s": round(tokens / seconds, 1),
+            "peak memory MB": round(peak_mb)}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", default=str(DEFAULT_DATA))
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--batch-tokens", type=int, nargs="+", default=[2048])
+    parser.add_argument("--precisions", nargs="+", default=["float32", "mixed_bfloat16"])
+    parser.add_argument("--xla", nargs="+", default=["0", "1"], help="0 = off, 1 = jit_compile")
+    parser.add_argument("--one", nargs=2, metavar=("PRECISION", "JIT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        import json
+
+        print(json.dumps(one_setting(args.data_dir, args.one[0], args.one[1] == "1", args.steps, args.warmup,
+                                     args.batch_tokens[0])))
+        return
+    import json
+
+    rows = []
+    settings = [(p, j, b) for b in args.batch_tokens for p in args.precisions for j in args.xla]
+    for precision, jit, batch_tokens in settings:
+        result = subprocess.run([sys.executable, __file__, "--data-dir", args.data_dir, "--steps",
+                                 str(args.steps), "--warmup", str(args.warmup), "--batch-tokens",
+                                 str(batch_tokens), "--one", precision, jit],
+                                capture_output=True, text=True)
+        if result.returncode == 0:
+            rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
+        else:
+            last = [line for line in result.stderr.splitlines() if line.strip()][-1:]
+            rows.append({"precision": precision, "xla": jit == "1", "batch tokens": batch_tokens,
+                         "error": (last[0] if last else "failed")[:160]})
+        print(rows[-1], flush=True)
+    write_results("bench_train", rows, {"recipe": "configs/multi30k_deen.yaml, batch tokens as listed",
+                                        "timing": f"{args.steps} steps after {args.warmup} warm-up steps"})
+
+
+if __name__ == "__main__":
+    main()

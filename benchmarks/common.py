@@ -1,0 +1,49 @@
+"""Shared helpers for the benchmark scripts: machine facts and result files."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "multi30k"
+
+
+def machine() -> dict:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": model or platform.processor(), "cores": os.cpu_count(), "python": platform.python_version(),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def write_results(name: str, rows: list[dict], notes: dict | None = None) -> Path:
+    """`results/NAME.json` and `results/NAME.md` (a table of `rows`)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    payload = {"machine": machine(), "notes": notes or {}, "rows": rows}
+    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    lines = [f"# {name}", "", f"Machine: {payload['machine']['cpu']}, {payload['machine']['cores']} cores, "
+             f"{payload['machine']['date']}", ""]
+    lines += ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for row in rows:
+        lines.append("| " + " | ".join(fmt(row.get(k, "")) for k in keys) + " |")
+    for key, value in (notes or {}).items():
+        lines.append(f"\n{key}: {value}")
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print("\n".join(lines))
+    return RESULTS / f"{name}.md"
+
+
+def fmt(value):
+    if isinstance(value, float):
+        return f"{value:,.1f}" if abs(value) >= 10 else f"{value:.3g}"
+    return str(value)

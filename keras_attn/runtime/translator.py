@@ -151,15 +151,18 @@ class Translator:
             raise ValueError(f"max_len must be a positive integer, got {max_len!r}")
 
     def translate(self, sentences: list[str], beam: int = 1, max_len: int | None = None,
-                  batch_size: int = 128) -> list[str]:
-        """Translations in input order; an empty (or whitespace) line gives ""."""
-        return [t.text for t in self._translate(sentences, beam, max_len, batch_size, attention=False)]
+                  batch_size: int = 128, alpha: float | None = None) -> list[str]:
+        """Translations in input order; an empty (or whitespace) line gives "".
+
+        `alpha` is the beam length penalty (default: the bundle's `config.json`).
+        """
+        return [t.text for t in self._translate(sentences, beam, max_len, batch_size, False, alpha)]
 
     def translate_with_attention(self, sentences: list[str], beam: int = 1,
                                  max_len: int | None = None) -> list[Translation]:
         return self._translate(sentences, beam, max_len, 128, attention=True)
 
-    def _translate(self, sentences, beam, max_len, batch_size, attention):
+    def _translate(self, sentences, beam, max_len, batch_size, attention, alpha=None):
         self._check(beam, max_len)
         if isinstance(sentences, str):
             raise TypeError("translate takes a list of sentences, not a single string")
@@ -173,7 +176,7 @@ class Translator:
         for start in range(0, len(todo), batch_size):
             batch = todo[start:start + batch_size]
             rows = [encoded[i] for i in batch]
-            out = self.decode_ids(pre_pad(rows), beam, max_len)
+            out = self.decode_ids(pre_pad(rows), beam, max_len, alpha)
             width = out["attention"].shape[-1]
             for row, i in enumerate(batch):
                 results[i] = self._result(out, row, rows[row], width, attention)

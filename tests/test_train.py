@@ -80,14 +80,32 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert (tmp_path / "model.keras").read_bytes() == good
 
 
-def test_multi30k_smoke_run(multi30k_dir, tmp_path):
-    cfg = TrainConfig(corpus="multi30k", data_dir=str(multi30k_dir), limit_train=300, vocab_size=300,
-                      embedding_dim=16, encoder_units=16, decoder_units=32, epochs=1, max_len=40,
-                      out=str(tmp_path), verbose=0)
+def test_multi30k_smoke_run_and_onnx_parity(multi30k_dir, tmp_path):
+    """A few hundred real pairs: train, export, and onnxruntime ids == TensorFlow ids
+    for greedy and beam search on 200 validation sentences."""
+    from keras_attn.runtime import Translator
+    from keras_attn.runtime.translator import pre_pad
+    from keras_attn.saving import load_model
+    from keras_attn.search import InferenceModel
+    from pipelines.corpus import load_multi30k
+    from pipelines.export import export
+
+    cfg = TrainConfig(corpus="multi30k", data_dir=str(multi30k_dir), limit_train=600, vocab_size=400,
+                      embedding_dim=32, encoder_units=32, decoder_units=64, epochs=2, max_len=40,
+                      out=str(tmp_path / "run"), verbose=0)
     metrics = run(cfg)
-    assert metrics["epochs_run"] == 1
+    assert metrics["epochs_run"] == 2
     assert metrics["held_out"]["split"].startswith("multi30k/test_2016_flickr")
     assert metrics["held_out"]["sentences"] == 1000
+    bundle = export(tmp_path / "run", tmp_path / "bundle", beam=4, log=lambda *a: None)
+    translator = Translator.load(bundle)
+    inference = InferenceModel(load_model(tmp_path / "run" / "model.keras"))
+    rows = translator.encode(load_multi30k(multi30k_dir)["val"].sources[:200])
+    for start in range(0, 200, 100):
+        source = pre_pad(rows[start:start + 100])
+        for beam in (1, 4):
+            np.testing.assert_array_equal(translator.decode_ids(source, beam, 40)["ids"],
+                                          inference.translate_ids(source, 40, beam, 0.6)["ids"].numpy())
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -19,7 +19,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from common import DEFAULT_DATA, write_results  # noqa: E402
+from common import DEFAULT_DATA, RESULTS, write_results  # noqa: E402
 
 
 def one_setting(data_dir, precision, jit, steps, warmup, batch_tokens):
@@ -49,7 +49,7 @@ def one_setting(data_dir, precision, jit, steps, warmup, batch_tokens):
     model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
     seconds = time.perf_counter() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"precision": precision, "xla": jit, "batch tokens": batch_tokens, "steps": steps, "target tokens": tokens,
+    return {"precision": precision, "xla": jit, "batch tokens": batch_tokens, "warm-up": warmup, "steps": steps, "target tokens": tokens,
             "seconds": round(seconds, 2), "target tokens/s": round(tokens / seconds, 1),
             "peak memory MB": round(peak_mb)}
 
@@ -62,6 +62,7 @@ def main():
     parser.add_argument("--batch-tokens", type=int, nargs="+", default=[2048])
     parser.add_argument("--precisions", nargs="+", default=["float32", "mixed_bfloat16"])
     parser.add_argument("--xla", nargs="+", default=["0", "1"], help="0 = off, 1 = jit_compile")
+    parser.add_argument("--append", action="store_true", help="add rows to results/bench_train.json")
     parser.add_argument("--one", nargs=2, metavar=("PRECISION", "JIT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -73,6 +74,9 @@ def main():
     import json
 
     rows = []
+    previous = RESULTS / "bench_train.json"
+    if args.append and previous.is_file():
+        rows = json.loads(previous.read_text())["rows"]
     settings = [(p, j, b) for b in args.batch_tokens for p in args.precisions for j in args.xla]
     for precision, jit, batch_tokens in settings:
         result = subprocess.run([sys.executable, __file__, "--data-dir", args.data_dir, "--steps",
@@ -87,7 +91,7 @@ def main():
                          "error": (last[0] if last else "failed")[:160]})
         print(rows[-1], flush=True)
     write_results("bench_train", rows, {"recipe": "configs/multi30k_deen.yaml, batch tokens as listed",
-                                        "timing": f"{args.steps} steps after {args.warmup} warm-up steps"})
+                                        "timing": "steps and warm-up steps as listed"})
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from keras_attn.rnn import dense_3d
+
 
 def masked_softmax(scores, mask):
     """Softmax over the last axis that gives masked positions probability exactly 0.
@@ -82,10 +84,10 @@ class LuongAttention(keras.layers.Layer):
         """The query-independent part of the score, computed once per sentence."""
         if self.score == "general":
             # |keys| = (batch, src_len, q_dim)
-            return tf.matmul(memory, self.kernel, transpose_b=True)
+            return dense_3d(memory, self.kernel, transpose_b=True)
         if self.score == "concat":
             # |keys| = (batch, src_len, units)
-            return tf.matmul(memory, self.memory_kernel) + self.bias
+            return dense_3d(memory, self.memory_kernel) + self.bias
         return memory
 
     def energy(self, query, keys):

@@ -26,8 +26,7 @@ def keras_step_loop(model, sources, src_sp, tgt_sp, max_len, batch_size=128):
     """Plain Python loop over `decoder.step`, eager: the baseline without graphs."""
     import tensorflow as tf
 
-    from keras_attn.runtime.translator import pre_pad
-    from keras_attn.search import strip_special
+    from keras_attn.runtime.translator import decode_limit, pre_pad, strip_special
     from pipelines.decode import length_sorted_batches
 
     encoded = [src_sp.encode(s)[:max_len] for s in sources]
@@ -40,7 +39,7 @@ def keras_step_loop(model, sources, src_sp, tgt_sp, max_len, batch_size=128):
         state = decoder.initial_state(states, len(batch))
         token = tf.fill([len(batch)], model.config.bos_id)
         rows = []
-        for _ in range(min(max_len, 2 * source.shape[1] + 10)):
+        for _ in range(decode_limit(source.shape[1], max_len)):
             logits, _, state = decoder.step(token, state, keys, memory, mask, weights)
             token = tf.argmax(logits, -1, output_type=tf.int32)
             rows.append(token.numpy())

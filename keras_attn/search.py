@@ -161,15 +161,3 @@ class InferenceModel(tf.Module):
             return self.greedy(source_ids, tf.constant(max_len, tf.int32))
         return self.beam_search(source_ids, tf.constant(max_len, tf.int32),
                                 tf.constant(beam_size, tf.int32), tf.constant(alpha, tf.float32))
-
-
-def strip_special(ids, eos_id=3, pad_id=0):
-    """Token ids up to (not including) EOS, pads dropped; `ids` a list/array row."""
-    out = []
-    for token in ids:
-        token = int(token)
-        if token == eos_id:
-            break
-        if token != pad_id:
-            out.append(token)
-    return out

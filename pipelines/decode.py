@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from keras_attn.runtime.translator import pre_pad
-from keras_attn.search import strip_special
+from keras_attn.runtime.translator import decode_limit, pre_pad, strip_special
 from pipelines.tokenizer import EOS_ID, PAD_ID
 
 
@@ -16,11 +15,6 @@ def length_sorted_batches(lengths: list[int], batch_size: int):
     """Index batches of similar length (less padding); callers restore the order."""
     order = np.argsort(lengths, kind="stable")
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-def decode_limit(src_len: int, max_len: int) -> int:
-    """Output length cap for a source of `src_len` tokens."""
-    return int(min(max_len, 2 * src_len + 10))
 
 
 def translate_tf(inference, sources: list[str], src_sp, tgt_sp, max_len: int = 100,

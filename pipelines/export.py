@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_attn.runtime.translator import BUNDLE_FORMAT, Translator, sha256
+from keras_attn.runtime.translator import BUNDLE_FORMAT, Translator, decode_limit, sha256
 
 VALIDATION_SENTENCES = 16
 
@@ -131,7 +131,7 @@ def check_parity(translator: Translator, inference, sentences: list[str], beam: 
 
     rows = [r for r in translator.encode(sentences) if r]
     source = pre_pad(rows)
-    limit = min(translator.max_tgt_len, 2 * source.shape[1] + 10)
+    limit = decode_limit(source.shape[1], translator.max_tgt_len)
     for kind, size in (("greedy", 1), ("beam", beam)):
         onnx_ids = translator.decode_ids(source, size, limit, alpha)["ids"]
         tf_ids = inference.translate_ids(source, limit, size, alpha)["ids"].numpy()

@@ -289,19 +289,16 @@ def plot_history(history_csv: Path, png: Path):
 # ------------------------------------------------------------------- the run
 def evaluate_held_out(model, corpus, src_sp, tgt_sp, max_len, limit=1000) -> dict:
     """Greedy translation of (up to `limit`) held-out pairs: exact match and BLEU."""
-    import sacrebleu
-
     from keras_attn.search import InferenceModel
     from pipelines.decode import translate_tf
+    from pipelines.evaluate import score
 
     sources, refs = corpus.sources[:limit], corpus.targets[:limit]
     start = time.perf_counter()
     hyps = translate_tf(InferenceModel(model), sources, src_sp, tgt_sp, max_len=max_len)
     seconds = time.perf_counter() - start
     return {
-        "split": corpus.name, "sentences": len(sources),
-        "exact_match": sum(h == r for h, r in zip(hyps, refs)) / max(1, len(refs)),
-        "bleu": sacrebleu.corpus_bleu(hyps, [refs]).score,
+        "split": corpus.name, "sentences": len(sources), **score(hyps, refs),
         "sentences_per_second": len(sources) / seconds,
         "examples": [{"source": s, "hypothesis": h, "reference": r}
                      for s, h, r in list(zip(sources, hyps, refs))[:5]],

@@ -8,9 +8,9 @@ import pytest
 import tensorflow as tf
 
 from keras_attn.runtime import BundleError, Translator
-from keras_attn.runtime.translator import pre_pad
+from keras_attn.runtime.translator import pre_pad, strip_special
 from keras_attn.saving import load_model
-from keras_attn.search import InferenceModel, strip_special
+from keras_attn.search import InferenceModel
 from pipelines import cli
 from pipelines.dates import date_corpus
 from pipelines.export import ExportError, export

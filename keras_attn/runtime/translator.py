@@ -47,6 +47,23 @@ def pre_pad(rows: list[list[int]]) -> np.ndarray:
     return out
 
 
+def strip_special(ids, eos_id=3, pad_id=0) -> list[int]:
+    """Token ids up to (not including) EOS, pads dropped."""
+    out = []
+    for token in ids:
+        token = int(token)
+        if token == eos_id:
+            break
+        if token != pad_id:
+            out.append(token)
+    return out
+
+
+def decode_limit(src_len: int, max_len: int) -> int:
+    """Output length cap for a batch whose longest source has `src_len` tokens."""
+    return int(min(max_len, 2 * src_len + 10))
+
+
 def session_options(threads: int | None):
     import onnxruntime as ort
 
@@ -134,7 +151,7 @@ class Translator:
     def decode_ids(self, source_ids: np.ndarray, beam: int = 1, max_len: int | None = None,
                    alpha: float | None = None) -> dict:
         """One `InferenceSession.run` over a pre-padded id batch."""
-        limit = max_len or min(self.max_tgt_len, 2 * source_ids.shape[1] + 10)
+        limit = max_len or decode_limit(source_ids.shape[1], self.max_tgt_len)
         feeds = {"source_ids": source_ids.astype(np.int32), "max_len": np.array(limit, np.int32)}
         session = self.sessions["greedy"]
         if beam > 1:
@@ -185,8 +202,7 @@ class Translator:
     def _result(self, out, row, src_ids, width, attention) -> Translation:
         ids = [int(t) for t in out["ids"][row]]
         n_out = ids.index(self.eos_id) + 1 if self.eos_id in ids else len([t for t in ids if t != self.pad_id])
-        words = [t for t in ids[:n_out] if t not in (self.eos_id, self.pad_id)]
-        text = self.tgt_sp.decode(words)
+        text = self.tgt_sp.decode(strip_special(ids, self.eos_id, self.pad_id))
         if not attention:
             return Translation(text, [], [], np.zeros((0, 0), np.float32), float(out["log_probs"][row]))
         matrix = out["attention"][row, :n_out, width - len(src_ids):]

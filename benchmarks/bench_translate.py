@@ -83,7 +83,8 @@ def main():
     max_len = int(run_config["train"]["max_len"])
     fp32, int8 = Translator.load(args.bundle), Translator.load(args.bundle, int8=True)
     systems = {
-        "tf.function": lambda beam: translate_tf(inference, sources, src_sp, tgt_sp, max_len, 128, beam),
+        "tf.function": lambda beam: translate_tf(inference, sources, src_sp, tgt_sp, max_len, 128, beam,
+                                                 fp32.config["alpha"]),
         "onnxruntime fp32": lambda beam: fp32.translate(sources, beam=beam),
         "onnxruntime int8": lambda beam: int8.translate(sources, beam=beam),
     }
@@ -116,6 +117,7 @@ def main():
         print(rows[-1], flush=True)
     write_results("bench_translate", rows, {
         "test set": f"Multi30k test2016 ({len(sources)} sentences), batches of 128 sorted by length",
+        "beam length penalty alpha": fp32.config["alpha"],
         "threads": "onnxruntime intra-op = all cores, inter-op 1; TensorFlow defaults"})
 
 

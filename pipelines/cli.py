@@ -15,10 +15,6 @@ from pathlib import Path
 EXIT_USAGE = 2
 
 
-class UsageError(Exception):
-    """A bad argument or input: reported as one line, exit status 2."""
-
-
 def positive_int(text):
     try:
         value = int(text)
@@ -210,7 +206,8 @@ def main(argv=None):
 
     try:
         args.handler(args)
-    except (UsageError, CorpusError, ValueError, FileNotFoundError, PermissionError, IsADirectoryError) as error:
+    # Bad input of any kind (CorpusError and BundleError are ValueErrors): one line, status 2.
+    except (CorpusError, ValueError, FileNotFoundError, PermissionError, IsADirectoryError) as error:
         print(f"keras-attn {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

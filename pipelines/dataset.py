@@ -77,7 +77,7 @@ def _pre_pad_source(inputs, target_out):
 
 def make_dataset(corpus: ParallelCorpus, src_model: bytes, tgt_model: bytes, batching: BatchingConfig,
                  training: bool, seed: int = 0) -> tf.data.Dataset:
-    """Batched, padded training (shuffled, bucketed) or evaluation (ordered) dataset."""
+    """Batched, padded, bucketed dataset; shuffled when `training`."""
     max_len = batching.max_len
     ds = tokenized_pairs(corpus, src_model, tgt_model)
     ds = ds.filter(lambda s, t: tf.logical_and(tf.size(s) <= max_len, tf.size(t) <= max_len))
@@ -94,8 +94,5 @@ def make_dataset(corpus: ParallelCorpus, src_model: bytes, tgt_model: bytes, bat
     def length(inputs, target_out):
         return tf.maximum(tf.size(inputs[0]), tf.size(target_out))
 
-    if training:
-        ds = ds.bucket_by_sequence_length(length, boundaries, sizes, drop_remainder=False)
-    else:  # keep the corpus order for evaluation
-        ds = ds.padded_batch(sizes[0] if not batching.batch_tokens else max(1, batching.batch_tokens // 32))
+    ds = ds.bucket_by_sequence_length(length, boundaries, sizes, drop_remainder=False)
     return ds.map(_pre_pad_source, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -219,7 +220,6 @@ def best_checkpoint(out: Path):
     """ModelCheckpoint (best val_loss) that never saves a non-finite loss and, when a
     run resumes, only overwrites the checkpoint with a better one than it holds."""
     import csv
-    import math
 
     import keras
 
@@ -245,8 +245,9 @@ def best_checkpoint(out: Path):
 def callbacks(cfg: TrainConfig, out: Path, target_tokens: int):
     import keras
 
-    return [
-        throughput_callback(target_tokens) if not cfg.steps_per_epoch else keras.callbacks.Callback(),
+    # With a fixed steps_per_epoch an "epoch" is not the corpus, so tokens/s is unknown.
+    throughput = [] if cfg.steps_per_epoch else [throughput_callback(target_tokens)]
+    return throughput + [
         keras.callbacks.TerminateOnNaN(),
         keras.callbacks.BackupAndRestore(str(out / "backup"), delete_checkpoint=True),
         best_checkpoint(out),
@@ -349,7 +350,7 @@ def run(cfg: TrainConfig) -> dict:
     train_seconds = time.perf_counter() - start
     if not (out / "model.keras").is_file():
         raise RuntimeError("training ended without a checkpoint (was the loss NaN from the start?)")
-    if history.history.get("loss") and not all(map(lambda v: v == v, history.history["loss"])):
+    if not all(math.isfinite(v) for v in history.history.get("loss", [])):
         log("[train] stopped on a NaN loss; the last good checkpoint is kept")
     plot_history(out / "history.csv", out / "training_curve.png")
 

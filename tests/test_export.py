@@ -191,3 +191,14 @@ def test_evaluate_command_reports_bleu_chrf_and_speed(dates_bundle, held_out, tm
     assert "| bleu |" in capsys.readouterr().out
     ref.write_text("only one line\n")
     assert cli.main(["evaluate", str(dates_bundle), "--src", str(src), "--ref", str(ref)]) == 2
+
+
+def test_demo_command_trains_exports_and_translates(tmp_path, capsys):
+    """The README main command's path, shortened to one epoch."""
+    run, bundle = tmp_path / "run", tmp_path / "bundle"
+    assert cli.main(["demo", "--out", str(run), "--bundle", str(bundle), "--epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "[onnxruntime] translations by the exported model" in out
+    assert out.count(" -> ") == len(cli.DEMO_DATES)
+    assert (run / "attention.png").read_bytes()[:4] == b"\x89PNG"
+    assert (bundle / "model.int8.onnx").is_file() and json.loads((run / "metrics.json").read_text())

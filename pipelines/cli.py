@@ -163,7 +163,7 @@ def add_demo(sub):
     p = sub.add_parser("demo", help="train the dates demo, export it, translate through onnxruntime")
     p.add_argument("--out", default="runs/dates", help="training folder")
     p.add_argument("--bundle", default="exported/dates", help="export folder")
-    p.add_argument("--epochs", type=positive_int, default=5)
+    p.add_argument("--epochs", type=positive_int, default=6)
     p.set_defaults(handler=cmd_demo)
 
 

@@ -44,7 +44,7 @@ class TrainConfig:
     attention: str = "general"
     dropout: float = 0.1
     # optimization
-    epochs: int = 5
+    epochs: int = 6
     batch_size: int | None = 64
     batch_tokens: int | None = None
     lr: float = 3e-3

@@ -26,8 +26,7 @@ def keras_step_loop(model, sources, src_sp, tgt_sp, max_len, batch_size=128):
     """Plain Python loop over `decoder.step`, eager: the baseline without graphs."""
     import tensorflow as tf
 
-    from keras_attn.runtime.translator import decode_limit, pre_pad, strip_special
-    from pipelines.decode import length_sorted_batches
+    from keras_attn.runtime.translator import decode_limit, length_sorted_batches, pre_pad, strip_special
 
     encoded = [src_sp.encode(s)[:max_len] for s in sources]
     out = [""] * len(sources)

@@ -33,20 +33,14 @@ class BatchingConfig:
             raise ValueError(f"batch_tokens ({self.batch_tokens}) must exceed max_len ({self.max_len})")
 
 
-class TextEncoder:
-    """In-graph SentencePiece tokenization of one side (tensorflow-text)."""
-
-    def __init__(self, model: bytes):
-        self.model = model
-        self.tokenizer = tf_text.SentencepieceTokenizer(model=model, out_type=tf.int32)
-
-    def __call__(self, text):
-        return self.tokenizer.tokenize(text)
+def in_graph_tokenizer(model: bytes):
+    """SentencePiece tokenization inside the tf.data graph (tensorflow-text)."""
+    return tf_text.SentencepieceTokenizer(model=model, out_type=tf.int32).tokenize
 
 
 def tokenized_pairs(corpus: ParallelCorpus, src_model: bytes, tgt_model: bytes) -> tf.data.Dataset:
     """`(source_ids, target_ids)` variable-length int32 vectors, no specials."""
-    src_tok, tgt_tok = TextEncoder(src_model), TextEncoder(tgt_model)
+    src_tok, tgt_tok = in_graph_tokenizer(src_model), in_graph_tokenizer(tgt_model)
     ds = tf.data.Dataset.from_tensor_slices((corpus.sources, corpus.targets))
     # Tokenize whole chunks at once: much faster than one string per call.
     ds = ds.batch(1024).map(lambda s, t: (src_tok(s), tgt_tok(t)), num_parallel_calls=tf.data.AUTOTUNE)

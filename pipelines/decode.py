@@ -5,16 +5,8 @@ The deployment path (`keras_attn.runtime`) mirrors this with onnxruntime.
 
 from __future__ import annotations
 
-import numpy as np
-
-from keras_attn.runtime.translator import decode_limit, pre_pad, strip_special
+from keras_attn.runtime.translator import decode_limit, length_sorted_batches, pre_pad, strip_special
 from pipelines.tokenizer import EOS_ID, PAD_ID
-
-
-def length_sorted_batches(lengths: list[int], batch_size: int):
-    """Index batches of similar length (less padding); callers restore the order."""
-    order = np.argsort(lengths, kind="stable")
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def translate_tf(inference, sources: list[str], src_sp, tgt_sp, max_len: int = 100,

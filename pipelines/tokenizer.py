@@ -6,7 +6,6 @@ pad=0, unk=1, bos=2, eos=3.
 
 from __future__ import annotations
 
-import hashlib
 import io
 from pathlib import Path
 
@@ -46,7 +45,3 @@ def load_processor(model: bytes | str | Path) -> spm.SentencePieceProcessor:
         model = Path(model).read_bytes()
     return spm.SentencePieceProcessor(model_proto=model)
 
-
-def model_hash(model: bytes) -> str:
-    """SHA-256 of a serialized model: export bundles record it to catch mismatches."""
-    return hashlib.sha256(model).hexdigest()

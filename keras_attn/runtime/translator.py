@@ -59,6 +59,12 @@ def strip_special(ids, eos_id=3, pad_id=0) -> list[int]:
     return out
 
 
+def length_sorted_batches(lengths: list[int], batch_size: int) -> list[np.ndarray]:
+    """Index batches of similar length (less padding); callers restore the order."""
+    order = np.argsort(lengths, kind="stable")
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
 def decode_limit(src_len: int, max_len: int) -> int:
     """Output length cap for a batch whose longest source has `src_len` tokens."""
     return int(min(max_len, 2 * src_len + 10))
@@ -184,14 +190,10 @@ class Translator:
         if isinstance(sentences, str):
             raise TypeError("translate takes a list of sentences, not a single string")
         encoded = self.encode(list(sentences))
-        results: list[Translation | None] = [None] * len(encoded)
-        order = np.argsort([len(e) for e in encoded], kind="stable")
-        todo = [i for i in order if encoded[i]]
-        for i in order:
-            if not encoded[i]:
-                results[i] = Translation("", [], [], np.zeros((0, 0), np.float32), 0.0)
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start:start + batch_size]
+        results = [Translation("", [], [], np.zeros((0, 0), np.float32), 0.0) for _ in encoded]
+        todo = [i for i, ids in enumerate(encoded) if ids]  # empty inputs keep the empty result
+        for batch in length_sorted_batches([len(encoded[i]) for i in todo], batch_size):
+            batch = [todo[j] for j in batch]
             rows = [encoded[i] for i in batch]
             out = self.decode_ids(pre_pad(rows), beam, max_len, alpha)
             width = out["attention"].shape[-1]
@@ -201,10 +203,10 @@ class Translator:
 
     def _result(self, out, row, src_ids, width, attention) -> Translation:
         ids = [int(t) for t in out["ids"][row]]
-        n_out = ids.index(self.eos_id) + 1 if self.eos_id in ids else len([t for t in ids if t != self.pad_id])
         text = self.tgt_sp.decode(strip_special(ids, self.eos_id, self.pad_id))
         if not attention:
             return Translation(text, [], [], np.zeros((0, 0), np.float32), float(out["log_probs"][row]))
+        n_out = ids.index(self.eos_id) + 1 if self.eos_id in ids else len([t for t in ids if t != self.pad_id])
         matrix = out["attention"][row, :n_out, width - len(src_ids):]
         return Translation(text, [self.src_sp.id_to_piece(i) for i in src_ids],
                            [self.tgt_sp.id_to_piece(t) for t in ids[:n_out]], matrix,

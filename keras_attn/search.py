@@ -37,10 +37,6 @@ class InferenceModel(tf.Module):
         self.seq2seq = seq2seq
         self.config = seq2seq.config
 
-    def _encode(self, source_ids):
-        memory, mask, states = self.seq2seq.encoder(source_ids, training=False)
-        return memory, mask, states
-
     @tf.function(input_signature=[SOURCE_SPEC, MAX_LEN_SPEC])
     def greedy(self, source_ids, max_len):
         """Greedy search that drops finished sentences from the batch as it goes.
@@ -51,7 +47,7 @@ class InferenceModel(tf.Module):
         """
         cfg, decoder = self.config, self.seq2seq.decoder
         batch, src_len = tf.shape(source_ids)[0], tf.shape(source_ids)[1]
-        memory, mask, states = self._encode(source_ids)
+        memory, mask, states = self.seq2seq.encoder(source_ids, training=False)
         # |memory| = (batch, src_len, memory_dim)
         rows = {"alive": tf.range(batch), "y_prev": tf.fill([batch], cfg.bos_id),
                 "state": decoder.initial_state(states, batch), "memory": memory,
@@ -98,7 +94,7 @@ class InferenceModel(tf.Module):
         cfg, decoder = self.config, self.seq2seq.decoder
         batch, src_len = tf.shape(source_ids)[0], tf.shape(source_ids)[1]
         k, vocab = beam_size, cfg.tgt_vocab_size
-        memory, mask, states = self._encode(source_ids)
+        memory, mask, states = self.seq2seq.encoder(source_ids, training=False)
         memory, mask = tf.repeat(memory, k, axis=0), tf.repeat(mask, k, axis=0)
         states = tf.nest.map_structure(lambda s: tf.repeat(s, k, axis=0), states)
         keys, step_weights = decoder.attention.memory_keys(memory), decoder.step_weights()

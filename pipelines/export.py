@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_attn.runtime.translator import BUNDLE_FORMAT, Translator, decode_limit, sha256
+from keras_attn.runtime.translator import BUNDLE_FORMAT, Translator, decode_limit, pre_pad, sha256
 
 VALIDATION_SENTENCES = 16
 
@@ -127,8 +127,6 @@ def validation_sentences(run_config: dict, n: int = VALIDATION_SENTENCES) -> lis
 
 def check_parity(translator: Translator, inference, sentences: list[str], beam: int, alpha: float):
     """The ONNX graphs must give the TensorFlow model's ids for every sentence."""
-    from keras_attn.runtime.translator import pre_pad
-
     rows = [r for r in translator.encode(sentences) if r]
     source = pre_pad(rows)
     limit = decode_limit(source.shape[1], translator.max_tgt_len)

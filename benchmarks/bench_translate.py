@@ -5,13 +5,21 @@
 
 Batched greedy and beam-5 sentences/s (end to end: tokenize, batch, decode,
 detokenize), BLEU of each output, and batch-1 latency p50/p95 on single sentences.
+Each system translates the test set once to warm up, then `--repeats` more times;
+the table gives the median and the range (this VM's speed drifts by up to 20 %).
+The onnxruntime rows run in a child process that never imports TensorFlow, as a
+deployment would (a TensorFlow runtime in the same process slows onnxruntime down).
 onnxruntime uses its default intra-op threads (all cores); TensorFlow its defaults.
+If `results/bench_limit.json` exists, greedy rows also get a percentage of its limit.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import statistics
+import subprocess
 import sys
 import time
 
@@ -19,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import DEFAULT_DATA, write_results  # noqa: E402
+from common import DEFAULT_DATA, RESULTS, write_results  # noqa: E402
 
 
 def keras_step_loop(model, sources, src_sp, tgt_sp, max_len, batch_size=128):
@@ -50,63 +58,53 @@ def keras_step_loop(model, sources, src_sp, tgt_sp, max_len, batch_size=128):
     return out
 
 
-def timed(fn):
-    start = time.perf_counter()
-    result = fn()
-    return result, time.perf_counter() - start
+def timed_runs(run, repeats: int):
+    """`run()` returns hypotheses; returns the last ones and the seconds of each timed run."""
+    run()  # warm-up: tracing, session initialization, arena growth
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        hyps = run()
+        times.append(time.perf_counter() - start)
+    return hyps, times
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--train-dir", required=True)
-    parser.add_argument("--bundle", required=True)
-    parser.add_argument("--data-dir", default=str(DEFAULT_DATA))
-    parser.add_argument("--latency-sentences", type=int, default=200)
-    parser.add_argument("--skip-keras-loop", action="store_true")
-    args = parser.parse_args()
-
+def speed_row(system, beam, n_sentences, times, hyps, refs, limit=None):
     import sacrebleu
 
-    from keras_attn.runtime import Translator
-    from keras_attn.search import InferenceModel
-    from pipelines.corpus import read_lines
-    from pipelines.decode import translate_tf
-    from pipelines.export import load_training_run
-    from pipelines.tokenizer import load_processor
+    rates = sorted(n_sentences / t for t in times)
+    row = {"system": system, "search": "greedy" if beam == 1 else f"beam {beam}",
+           "sentences/s": round(statistics.median(rates), 1),
+           "range": f"{rates[0]:.0f}-{rates[-1]:.0f}" if len(rates) > 1 else "",
+           "BLEU": round(sacrebleu.corpus_bleu(hyps, [refs]).score, 2)}
+    if limit and beam == 1:
+        row["% of limit"] = round(100 * row["sentences/s"] / limit, 1)
+    print(row, flush=True)
+    return row
 
-    sources = read_lines(os.path.join(args.data_dir, "test_2016_flickr.de.gz"))
-    refs = read_lines(os.path.join(args.data_dir, "test_2016_flickr.en.gz"))
-    model, run_config, src_model, tgt_model = load_training_run(args.train_dir)
-    src_sp, tgt_sp = load_processor(src_model), load_processor(tgt_model)
-    inference = InferenceModel(model)
-    max_len = int(run_config["train"]["max_len"])
+
+def greedy_limit():
+    path = RESULTS / "bench_limit.json"
+    if not path.is_file():
+        return None
+    rows = json.loads(path.read_text())["rows"]
+    return next((r["throughput"] for r in rows if r["limit"].startswith("greedy")), None)
+
+
+def runtime_rows(args, sources, refs):
+    """The onnxruntime measurements (run in the child process, without TensorFlow)."""
+    from keras_attn.runtime import Translator
+
+    assert "tensorflow" not in sys.modules
     fp32, int8 = Translator.load(args.bundle), Translator.load(args.bundle, int8=True)
-    systems = {
-        "tf.function": lambda beam: translate_tf(inference, sources, src_sp, tgt_sp, max_len, 128, beam,
-                                                 fp32.config["alpha"]),
-        "onnxruntime fp32": lambda beam: fp32.translate(sources, beam=beam),
-        "onnxruntime int8": lambda beam: int8.translate(sources, beam=beam),
-    }
-    if not args.skip_keras_loop:
-        systems = {"keras step loop (eager)": None, **systems}
     rows = []
-    for name, run in systems.items():
+    for name, translator in (("onnxruntime fp32", fp32), ("onnxruntime int8", int8)):
         for beam in (1, 5):
-            if run is None and beam > 1:
-                continue
-            if run is None:
-                hyps, seconds = timed(lambda: keras_step_loop(model, sources, src_sp, tgt_sp, max_len))
-            else:
-                run(beam)  # warm-up: tracing / session initialization
-                hyps, seconds = timed(lambda run=run, beam=beam: run(beam))
-            rows.append({"system": name, "search": "greedy" if beam == 1 else f"beam {beam}",
-                         "sentences/s": round(len(sources) / seconds, 1),
-                         "BLEU": round(sacrebleu.corpus_bleu(hyps, [refs]).score, 2)})
-            print(rows[-1], flush=True)
-    singles = sources[: args.latency_sentences]
+            hyps, times = timed_runs(lambda t=translator, b=beam: t.translate(sources, beam=b), args.repeats)
+            rows.append(speed_row(name, beam, len(sources), times, hyps, refs, greedy_limit()))
     for name, translator in (("onnxruntime fp32", fp32), ("onnxruntime int8", int8)):
         times = []
-        for sentence in singles:
+        for sentence in sources[: args.latency_sentences]:
             start = time.perf_counter()
             translator.translate([sentence])
             times.append(time.perf_counter() - start)
@@ -114,10 +112,62 @@ def main():
                      "latency p50 ms": round(1000 * float(np.percentile(times, 50)), 2),
                      "latency p95 ms": round(1000 * float(np.percentile(times, 95)), 2)})
         print(rows[-1], flush=True)
+    assert "tensorflow" not in sys.modules
+    return rows, fp32.config["alpha"]
+
+
+def tensorflow_rows(args, sources, refs, alpha):
+    from keras_attn.search import InferenceModel
+    from pipelines.decode import translate_tf
+    from pipelines.export import load_training_run
+    from pipelines.tokenizer import load_processor
+
+    model, run_config, src_model, tgt_model = load_training_run(args.train_dir)
+    src_sp, tgt_sp = load_processor(src_model), load_processor(tgt_model)
+    inference = InferenceModel(model)
+    max_len = int(run_config["train"]["max_len"])
+    rows = []
+    if not args.skip_keras_loop:  # slow: one timed pass after the warm-up
+        hyps, times = timed_runs(lambda: keras_step_loop(model, sources, src_sp, tgt_sp, max_len), 1)
+        rows.append(speed_row("keras step loop (eager)", 1, len(sources), times, hyps, refs, greedy_limit()))
+    for beam in (1, 5):
+        hyps, times = timed_runs(
+            lambda b=beam: translate_tf(inference, sources, src_sp, tgt_sp, max_len, 128, b, alpha), args.repeats)
+        rows.append(speed_row("tf.function", beam, len(sources), times, hyps, refs, greedy_limit()))
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--train-dir", required=True)
+    parser.add_argument("--bundle", required=True)
+    parser.add_argument("--data-dir", default=str(DEFAULT_DATA))
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--latency-sentences", type=int, default=200)
+    parser.add_argument("--skip-keras-loop", action="store_true")
+    parser.add_argument("--runtime-child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    from pipelines.corpus import read_lines
+
+    sources = read_lines(os.path.join(args.data_dir, "test_2016_flickr.de.gz"))
+    refs = read_lines(os.path.join(args.data_dir, "test_2016_flickr.en.gz"))
+    if args.runtime_child:
+        rows, alpha = runtime_rows(args, sources, refs)
+        print("RESULT " + json.dumps({"rows": rows, "alpha": alpha}), flush=True)
+        return
+    child = subprocess.run([sys.executable, __file__, "--runtime-child", *sys.argv[1:]],
+                           stdout=subprocess.PIPE, text=True, check=True)
+    result = json.loads(next(line for line in child.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    rows = tensorflow_rows(args, sources, refs, result["alpha"]) + result["rows"]
     write_results("bench_translate", rows, {
         "test set": f"Multi30k test2016 ({len(sources)} sentences), batches of 128 sorted by length",
-        "beam length penalty alpha": fp32.config["alpha"],
-        "threads": "onnxruntime intra-op = all cores, inter-op 1; TensorFlow defaults"})
+        "timing": f"median of {args.repeats} passes after a warm-up pass (keras step loop: 1 pass); "
+                  "range = slowest-fastest pass",
+        "limit": "greedy limit from results/bench_limit.json (decoder matmuls only, NumPy)",
+        "beam length penalty alpha": result["alpha"],
+        "threads": "onnxruntime intra-op = all cores, inter-op 1, in a process without TensorFlow; "
+                   "TensorFlow defaults"})
 
 
 if __name__ == "__main__":

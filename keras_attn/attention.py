@@ -13,8 +13,9 @@ def masked_softmax(scores, mask):
 
     Args:
         scores: float tensor `(..., n)`.
-        mask: bool tensor broadcastable to `scores`, True = valid position. `None`
-            means every position is valid.
+        mask: bool tensor broadcastable to `scores`, True = valid position, or the
+            same as 0/1 floats of the scores' dtype (a decode loop casts its mask once,
+            outside the loop). `None` means every position is valid.
 
     Returns:
         Probabilities of the shape of `scores`. A row with no valid position is all
@@ -23,12 +24,14 @@ def masked_softmax(scores, mask):
     scores = tf.convert_to_tensor(scores)
     if mask is None:
         return tf.nn.softmax(scores, axis=-1)
-    mask = tf.broadcast_to(tf.cast(mask, tf.bool), tf.shape(scores))
+    keep = tf.cast(mask, scores.dtype)  # no op when the mask is already 0/1 floats
     # A large finite negative rather than -inf: a fully masked row then softmaxes to a
-    # uniform row (no inf - inf = NaN), which the final `where` turns into zeros.
+    # uniform row (no inf - inf = NaN), which the final product turns into zeros.
+    # Arithmetic rather than `tf.where`: the same values (x + 0 = x, x * 1 = x) in
+    # fewer ONNX ops per decode step.
     very_negative = tf.cast(-0.7 * scores.dtype.max, scores.dtype)
-    probs = tf.nn.softmax(tf.where(mask, scores, very_negative), axis=-1)
-    return tf.where(mask, probs, tf.zeros_like(probs))
+    probs = tf.nn.softmax(scores + (1.0 - keep) * very_negative, axis=-1)
+    return probs * keep
 
 
 @keras.saving.register_keras_serializable(package="keras_attn")

@@ -81,14 +81,23 @@ class InputFeedingDecoder(keras.layers.Layer):
 
     def _input_projection(self, tokens, input_kernel, training=False):
         """Embedding part of the first LSTM layer's gates, bias included."""
-        embedded = self.embedding(tokens)
+        # A plain gather (what the Embedding layer computes) avoids the layer's
+        # negative-index handling: seven fewer ONNX ops per decode step.
+        embedded = tf.cast(tf.gather(self.embedding.embeddings, tokens), self.compute_dtype)
         if training and self.dropout > 0:
             embedded = keras.random.dropout(embedded, self.dropout, seed=self.seed_generator)
         # |projection| = (..., 4 * units)
         return tf.matmul(embedded, input_kernel) + self.lstm_biases[0]
 
-    def _recurrent_step(self, input_projection, state, kernels, keys, memory, mask):
-        """One step from the precomputed input projection; returns (h̃, weights, state)."""
+    def _recurrent_step(self, input_projection, state, kernels, keys, memory, mask, rows=None):
+        """One step from the precomputed input projection; returns (h̃, weights, state).
+
+        `rows` (optional, int `(n,)`): the memory row of each state row, when the state
+        holds only some of the sentences (greedy search drops finished ones). The
+        attention then runs over the whole memory batch (rows without a query get a
+        zero query) and its outputs are gathered back: that reads the memory instead
+        of copying a compacted memory at every step.
+        """
         layer_input, new_h, new_c = state["feed"], [], []
         for layer in range(self.num_layers):
             h, c = state["h"][layer], state["c"][layer]
@@ -99,8 +108,14 @@ class InputFeedingDecoder(keras.layers.Layer):
             new_h.append(h)
             new_c.append(c)
             layer_input = h
+        query = h
+        if rows is not None:
+            batch = tf.shape(memory, out_type=rows.dtype)[0]
+            query = tf.scatter_nd(tf.expand_dims(rows, 1), h, tf.stack([batch, self.units]))
         # |context| = (batch, memory_dim), |weights| = (batch, src_len)
-        context, weights = self.attention.attend(h, keys, memory, mask)
+        context, weights = self.attention.attend(query, keys, memory, mask)
+        if rows is not None:
+            context, weights = tf.gather(context, rows), tf.gather(weights, rows)
         # |attentional| = (batch, units): h̃_t, the generator's input and the next feed
         attentional = tf.tanh(tf.matmul(tf.concat([context, h], axis=-1), self.combine_kernel)
                               + self.combine_bias)
@@ -115,16 +130,19 @@ class InputFeedingDecoder(keras.layers.Layer):
             "c": [c for _, c in encoder_states],
         }
 
-    def step(self, y_prev, state, memory_keys, memory, mask, weights=None):
+    def step(self, y_prev, state, memory_keys, memory, mask, weights=None, rows=None):
         """One autoregressive step (inference, no dropout).
 
         Args:
             y_prev: int `(batch,)` previous tokens (BOS at the first step).
             state: dict from `initial_state` or the previous step.
             memory_keys: `self.attention.memory_keys(memory)`, computed once.
-            memory: `(batch, src_len, memory_dim)`; mask: bool `(batch, src_len)`.
+            memory: `(batch, src_len, memory_dim)`; mask: `(batch, src_len)`, bool or
+                0/1 in the compute dtype (cast it once, outside a decode loop).
             weights: `self.step_weights()`; pass it in from outside a decode loop so
                 the slicing and fusing is not redone every step.
+            rows: optional int `(n,)`: the memory row of each of the `n` state rows
+                (see `_recurrent_step`); `None` when state and memory rows align.
 
         Returns:
             `(logits (batch, vocab), weights (batch, src_len), new_state)`.
@@ -132,7 +150,7 @@ class InputFeedingDecoder(keras.layers.Layer):
         weights = weights or self.step_weights()
         projection = self._input_projection(tf.cast(y_prev, tf.int32), weights["input"])
         attentional, attention, state = self._recurrent_step(
-            projection, state, weights["state"], memory_keys, memory, mask)
+            projection, state, weights["state"], memory_keys, memory, mask, rows)
         return self.generator(attentional), attention, state
 
     def decode_sequence(self, target_in, memory, mask, initial_states, training=False):
@@ -146,6 +164,7 @@ class InputFeedingDecoder(keras.layers.Layer):
                                            [1, 0, 2]))
         # |projections| = (tgt_len, batch, 4 * units)
         keys, kernels = self.attention.memory_keys(memory), weights["state"]
+        mask = tf.cast(mask, self.compute_dtype)  # once, not in every step
         keep = None
         if training and self.dropout > 0:  # one dropout mask per step, drawn up front
             keep = unstack(keras.random.dropout(tf.ones((length, batch, self.units), self.compute_dtype),

@@ -93,8 +93,8 @@ class MaskedLSTM(keras.layers.Layer):
         projection = tf.reshape(projection, (batch, time, d, 4 * units)) + self.bias
         # |projection| = (time, directions, batch, 4 * units)
         projection = tf.transpose(projection, [1, 2, 0, 3])
-        step_mask = tf.transpose(mask)
-        # |step_mask| = (time, batch)
+        step_mask = tf.cast(tf.transpose(mask)[:, :, None], self.compute_dtype)
+        # |step_mask| = (time, batch, 1): 1.0 at real steps, 0.0 at padding
         results = [self._run(projection[:, 0], step_mask, self.recurrent_kernel[0])]
         if self.bidirectional:  # the backward direction reads the steps in reverse
             out, h, c = self._run(tf.reverse(projection[:, 1], [0]), tf.reverse(step_mask, [0]),
@@ -109,13 +109,15 @@ class MaskedLSTM(keras.layers.Layer):
         TensorFlow runs them concurrently on two cores."""
         time, batch = tf.shape(projection)[0], tf.shape(projection)[1]
         zeros = tf.zeros((batch, self.units), self.compute_dtype)
-        projection, step_mask = unstack(projection), unstack(step_mask)
+        projection, real_steps, pad_steps = unstack(projection), unstack(step_mask), unstack(1.0 - step_mask)
 
         def body(t, h, c, outputs):
             new_h, new_c = lstm_update(projection.read(t) + tf.matmul(h, recurrent_kernel), c)
-            real = step_mask.read(t)[:, None]
-            h, c = tf.where(real, new_h, h), tf.where(real, new_c, c)
-            return t + 1, h, c, outputs.write(t, tf.where(real, new_h, tf.zeros_like(new_h)))
+            # Keep the old state at padding. With 0/1 factors this is exactly
+            # `tf.where(real, new, old)`, in three ONNX ops instead of seven.
+            real, pad = real_steps.read(t), pad_steps.read(t)
+            h, c = real * new_h + pad * h, real * new_c + pad * c
+            return t + 1, h, c, outputs.write(t, real * new_h)
 
         _, h, c, outputs = tf.while_loop(
             lambda t, *_: t < time, body,

@@ -42,33 +42,37 @@ class InferenceModel(tf.Module):
         """Greedy search that drops finished sentences from the batch as it goes.
 
         The loop works on the `alive` rows only: when a sentence emits EOS its row
-        leaves the state, memory and mask, so later steps cost what the sentences
-        still being written need, not what the longest one in the batch needs.
+        leaves the decoder state, so later steps cost what the sentences still being
+        written need, not what the longest one in the batch needs. The memory is not
+        compacted (copying it every step costs more than attending over its finished
+        rows): `alive` maps each state row to its memory row.
         """
         cfg, decoder = self.config, self.seq2seq.decoder
         batch, src_len = tf.shape(source_ids)[0], tf.shape(source_ids)[1]
         memory, mask, states = self.seq2seq.encoder(source_ids, training=False)
         # |memory| = (batch, src_len, memory_dim)
-        rows = {"alive": tf.range(batch), "y_prev": tf.fill([batch], cfg.bos_id),
-                "state": decoder.initial_state(states, batch), "memory": memory,
-                "keys": decoder.attention.memory_keys(memory), "mask": mask}
-        step_weights = decoder.step_weights()
+        keys, step_weights = decoder.attention.memory_keys(memory), decoder.step_weights()
+        mask = tf.cast(mask, memory.dtype)
+        rows = {"alive": tf.range(tf.cast(batch, tf.int64)), "y_prev": tf.fill([batch], cfg.bos_id),
+                "state": decoder.initial_state(states, batch)}
+        # Full-batch buffers the loop scatters the alive rows' results into.
+        no_ids, no_weights = tf.zeros([batch], tf.int32), tf.zeros([batch, src_len], memory.dtype)
 
         def body(t, rows, log_prob, ids, attention):
             logits, weights, state = decoder.step(
-                rows["y_prev"], rows["state"], rows["keys"], rows["memory"], rows["mask"], step_weights)
+                rows["y_prev"], rows["state"], keys, memory, mask, step_weights, rows["alive"])
             # |logits| = (alive, vocab), |weights| = (alive, src_len)
-            token = tf.argmax(logits, axis=-1, output_type=tf.int32)
-            token_log_prob = tf.reduce_max(logits, -1) - tf.reduce_logsumexp(logits, -1)
+            # top_k(k=1) gives the argmax and its log-prob in one op.
+            token_log_prob, token = tf.math.top_k(tf.nn.log_softmax(logits), k=1)
+            token, token_log_prob = tf.reshape(token, [-1]), tf.reshape(token_log_prob, [-1])
             # Back to full-batch positions; rows already finished get pad and zeros.
-            where = rows["alive"][:, None]
-            ids = ids.write(t, tf.scatter_nd(where, token, [batch]))
-            attention = attention.write(t, tf.scatter_nd(where, weights, [batch, src_len]))
-            log_prob += tf.scatter_nd(where, token_log_prob, [batch])
-            rows = {**rows, "y_prev": token, "state": state}
-            open_rows = tf.not_equal(token, cfg.eos_id)
-            rows = tf.cond(tf.reduce_all(open_rows), lambda: rows,
-                           lambda: tf.nest.map_structure(lambda x: tf.boolean_mask(x, open_rows), rows))
+            where = tf.expand_dims(rows["alive"], 1)
+            ids = ids.write(t, tf.tensor_scatter_nd_update(no_ids, where, token))
+            attention = attention.write(t, tf.tensor_scatter_nd_update(no_weights, where, weights))
+            log_prob = tf.tensor_scatter_nd_add(log_prob, where, token_log_prob)
+            keep = tf.reshape(tf.where(tf.not_equal(token, cfg.eos_id)), [-1])
+            rows = tf.nest.map_structure(lambda x: tf.gather(x, keep),
+                                         {**rows, "y_prev": token, "state": state})
             return t + 1, rows, log_prob, ids, attention
 
         def running(t, rows, *_):
@@ -95,7 +99,7 @@ class InferenceModel(tf.Module):
         batch, src_len = tf.shape(source_ids)[0], tf.shape(source_ids)[1]
         k, vocab = beam_size, cfg.tgt_vocab_size
         memory, mask, states = self.seq2seq.encoder(source_ids, training=False)
-        memory, mask = tf.repeat(memory, k, axis=0), tf.repeat(mask, k, axis=0)
+        memory, mask = tf.repeat(memory, k, axis=0), tf.cast(tf.repeat(mask, k, axis=0), memory.dtype)
         states = tf.nest.map_structure(lambda s: tf.repeat(s, k, axis=0), states)
         keys, step_weights = decoder.attention.memory_keys(memory), decoder.step_weights()
         # |memory| = (batch * k, src_len, memory_dim)

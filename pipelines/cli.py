@@ -15,14 +15,19 @@ from pathlib import Path
 EXIT_USAGE = 2
 
 
-def positive_int(text):
+def positive_int(text, minimum=1):
+    what = "a positive" if minimum == 1 else "a non-negative"
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+        raise argparse.ArgumentTypeError(f"expected {what} integer, got {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"expected {what} integer, got {value}")
     return value
+
+
+def non_negative_int(text):
+    return positive_int(text, minimum=0)
 
 
 def bool_flag(text):
@@ -48,7 +53,8 @@ def add_train(sub):
             p.add_argument(flag, type=bool_flag, default=argparse.SUPPRESS, metavar="true|false",
                            help=f"(default {field.default})")
         elif "int" in kind:
-            p.add_argument(flag, type=positive_int if field.name != "verbose" else int,
+            zero_ok = field.default == 0 or field.name == "verbose"  # seed, average_last, verbose
+            p.add_argument(flag, type=non_negative_int if zero_ok else positive_int,
                            default=argparse.SUPPRESS, help=f"(default {field.default})")
         elif "float" in kind:
             p.add_argument(flag, type=float, default=argparse.SUPPRESS, help=f"(default {field.default})")

@@ -54,6 +54,8 @@ class TrainConfig:
     lr_patience: int = 1
     lr_factor: float = 0.5
     min_lr: float = 1e-5
+    lr_schedule: str = "plateau"  # plateau (halve when val_loss stalls) | cosine (over `epochs`)
+    average_last: int = 0  # average the weights of the last N epochs if that lowers val_loss
     seed: int = 0
     jit: bool = False
     precision: str = "float32"  # float32 | mixed_bfloat16 (bf16 matmuls, fp32 weights)
@@ -88,6 +90,10 @@ class TrainConfig:
             raise ValueError(f"--corpus must be dates, multi30k or files, got {self.corpus!r}")
         if self.precision not in ("float32", "mixed_bfloat16"):
             raise ValueError(f"--precision must be float32 or mixed_bfloat16, got {self.precision!r}")
+        if self.lr_schedule not in ("plateau", "cosine"):
+            raise ValueError(f"--lr-schedule must be plateau or cosine, got {self.lr_schedule!r}")
+        if self.average_last < 0:
+            raise ValueError(f"--average-last must be >= 0, got {self.average_last}")
         if self.strategy not in ("none", "mirrored", "multiworker"):
             raise ValueError(f"--strategy must be none, mirrored or multiworker, got {self.strategy!r}")
         for name in ("epochs", "max_len", "vocab_size", "src_vocab_size", "tgt_vocab_size"):
@@ -242,6 +248,66 @@ def best_checkpoint(out: Path):
     return BestCheckpoint(str(out / "model.keras"), monitor="val_loss", save_best_only=True)
 
 
+def cosine_lr(epoch: int, epochs: int, lr: float, min_lr: float) -> float:
+    """Learning rate of `epoch` (0-based) on a cosine from `lr` down to `min_lr`,
+    reached at the last epoch."""
+    progress = epoch / max(1, epochs - 1)
+    return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def learning_rate_callback(cfg: TrainConfig):
+    import keras
+
+    if cfg.lr_schedule == "cosine":
+        return keras.callbacks.LearningRateScheduler(
+            lambda epoch, _: cosine_lr(epoch, cfg.epochs, cfg.lr, cfg.min_lr))
+    return keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=cfg.lr_factor,
+                                             patience=cfg.lr_patience, min_lr=cfg.min_lr)
+
+
+def epoch_weights(folder: Path, keep: int):
+    """Saves the weights after every epoch as `epoch_NNN.weights.h5`, keeping the last
+    `keep` files (for `average_checkpoints`); files survive a resumed run."""
+    import keras
+
+    class EpochWeights(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = folder / f".epoch_{epoch:03d}.weights.h5"
+            self.model.save_weights(tmp)
+            tmp.replace(folder / f"epoch_{epoch:03d}.weights.h5")
+            for old in sorted(folder.glob("epoch_*.weights.h5"))[:-keep]:
+                old.unlink()
+
+    return EpochWeights()
+
+
+def average_checkpoints(model, folder: Path, valid_ds, log) -> dict | None:
+    """Average the saved epoch weights; keep the average in `model` only if its
+    validation loss beats the weights `model` holds. Returns both losses."""
+    import numpy as np
+
+    files = sorted(folder.glob("epoch_*.weights.h5"))
+    if len(files) < 2:
+        return None
+    best = [w.copy() for w in model.get_weights()]
+    best_loss = model.evaluate(valid_ds, verbose=0, return_dict=True)["loss"]
+    total = None
+    for path in files:
+        model.load_weights(path)
+        weights = model.get_weights()
+        total = weights if total is None else [t + w for t, w in zip(total, weights, strict=True)]
+    model.set_weights([(t / len(files)).astype(b.dtype) for t, b in zip(total, best, strict=True)])
+    average_loss = model.evaluate(valid_ds, verbose=0, return_dict=True)["loss"]
+    kept = bool(np.isfinite(average_loss) and average_loss < best_loss)
+    if not kept:
+        model.set_weights(best)
+    log(f"[average] last {len(files)} epochs: val_loss {average_loss:.4f} vs best checkpoint "
+        f"{best_loss:.4f} -> {'average kept' if kept else 'best checkpoint kept'}")
+    return {"epochs": [p.name for p in files], "val_loss": average_loss,
+            "best_checkpoint_val_loss": best_loss, "kept": kept}
+
+
 def callbacks(cfg: TrainConfig, out: Path, target_tokens: int):
     import keras
 
@@ -252,8 +318,8 @@ def callbacks(cfg: TrainConfig, out: Path, target_tokens: int):
         keras.callbacks.BackupAndRestore(str(out / "backup"), delete_checkpoint=True),
         best_checkpoint(out),
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience),
-        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=cfg.lr_factor,
-                                          patience=cfg.lr_patience, min_lr=cfg.min_lr),
+        learning_rate_callback(cfg),
+        *([epoch_weights(out / "epochs", cfg.average_last)] if cfg.average_last > 1 else []),
         keras.callbacks.CSVLogger(str(out / "history.csv"), append=True),
         keras.callbacks.TensorBoard(str(out / "logs"), write_graph=False, profile_batch=0),
     ]
@@ -353,11 +419,19 @@ def run(cfg: TrainConfig) -> dict:
     if not all(math.isfinite(v) for v in history.history.get("loss", [])):
         log("[train] stopped on a NaN loss; the last good checkpoint is kept")
     plot_history(out / "history.csv", out / "training_curve.png")
+    averaged = None
+    if cfg.average_last > 1:
+        model.set_weights(load_model(out / "model.keras").get_weights())
+        averaged = average_checkpoints(model, out / "epochs", valid_ds, log)
+        if averaged and averaged["kept"]:
+            model.save(out / ".model.keras.tmp.keras")
+            (out / ".model.keras.tmp.keras").replace(out / "model.keras")
 
     keras.mixed_precision.set_global_policy("float32")
     best = load_model(out / "model.keras")
     held_out = test if test is not None else valid
     metrics = {"train_seconds": train_seconds, "epochs_run": len(history.history.get("loss", [])),
+               "checkpoint_average": averaged,
                "held_out": evaluate_held_out(best, held_out, src_sp, tgt_sp, cfg.max_len)}
     atomic_write(out / "metrics.json", json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
     h = metrics["held_out"]

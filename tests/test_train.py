@@ -1,12 +1,23 @@
 import csv
 import json
+from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from pipelines import cli
-from pipelines.train import TrainConfig, build_model, callbacks, model_config, run
+from pipelines.train import (
+    TrainConfig,
+    average_checkpoints,
+    build_model,
+    callbacks,
+    cosine_lr,
+    epoch_weights,
+    model_config,
+    run,
+)
 
 
 def test_dates_run_writes_every_artifact_and_learns(dates_run):
@@ -60,6 +71,62 @@ def test_a_killed_run_resumes_without_losing_finished_epochs(tmp_path):
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
     assert not (tmp_path / "backup").exists()  # removed once training completes
     assert len(weights_after_two) == len(fresh.get_weights())
+
+
+def test_cosine_schedule_runs_from_lr_down_to_min_lr():
+    rates = [cosine_lr(epoch, 10, 1e-3, 1e-5) for epoch in range(10)]
+    assert rates[0] == pytest.approx(1e-3) and rates[-1] == pytest.approx(1e-5)
+    assert all(a > b for a, b in zip(rates, rates[1:], strict=False))
+    # half-way (epoch 4.5 of 0..9) the rate is half-way between the ends
+    assert rates[4] > (1e-3 + 1e-5) / 2 > rates[5]
+    lr = callbacks(TrainConfig(lr_schedule="cosine", epochs=10, lr=1e-3, min_lr=1e-5), Path("."), 1)
+    assert any(isinstance(c, keras.callbacks.LearningRateScheduler) for c in lr)
+
+
+def test_epoch_weights_keep_the_last_n_epochs(tmp_path):
+    cfg = TrainConfig(embedding_dim=8, encoder_units=8, decoder_units=8)
+    x, y = tiny_data()
+    model = build_model(cfg, model_config(cfg, FakeSp(), FakeSp()))
+    model.fit(x, y, epochs=4, verbose=0, callbacks=[epoch_weights(tmp_path, 2)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch_002.weights.h5", "epoch_003.weights.h5"]
+    fresh = build_model(cfg, model_config(cfg, FakeSp(), FakeSp()))
+    fresh.load_weights(tmp_path / "epoch_003.weights.h5")
+    for a, b in zip(model.get_weights(), fresh.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_checkpoint_average_is_kept_only_when_it_lowers_val_loss(tmp_path):
+    cfg = TrainConfig(embedding_dim=8, encoder_units=8, decoder_units=8, lr=1e-2)
+    x, y = tiny_data()
+    model = build_model(cfg, model_config(cfg, FakeSp(), FakeSp()))
+    model.fit(x, y, epochs=3, verbose=0)
+    good = model.get_weights()
+    rng = np.random.default_rng(1)
+    bad = [w + rng.normal(0, 1.0, w.shape).astype(w.dtype) for w in good]
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+
+    # Files: the trained weights and a perturbed copy; the model holds the trained
+    # ones. The average is half-way to noise, so it loses and is not kept.
+    for epoch, weights in enumerate((good, bad)):
+        model.set_weights(weights)
+        model.save_weights(tmp_path / f"epoch_{epoch:03d}.weights.h5")
+    model.set_weights(good)
+    result = average_checkpoints(model, tmp_path, data, log=lambda *a: None)
+    assert result["val_loss"] > result["best_checkpoint_val_loss"] and not result["kept"]
+    for a, b in zip(model.get_weights(), good, strict=True):
+        np.testing.assert_array_equal(a, b)
+    model.set_weights([(g + b) / 2 for g, b in zip(good, bad, strict=True)])
+    assert model.evaluate(data, verbose=0, return_dict=True)["loss"] == pytest.approx(result["val_loss"], rel=1e-5)
+
+    # Files: twice the trained weights; the model holds the perturbed ones. The
+    # average (the trained weights) wins and is what the model holds afterwards.
+    model.set_weights(good)
+    model.save_weights(tmp_path / "epoch_001.weights.h5")
+    model.set_weights(bad)
+    result = average_checkpoints(model, tmp_path, data, log=lambda *a: None)
+    assert result["kept"] and result["val_loss"] < result["best_checkpoint_val_loss"]
+    for a, b in zip(model.get_weights(), good, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -116,6 +183,7 @@ def test_multi30k_smoke_run_and_onnx_parity(multi30k_dir, tmp_path):
     (["train", "--corpus", "files", "--train-src", "{d}/bad.txt", "--train-tgt", "{d}/a.txt"],
      "bad.txt:2: invalid UTF-8"),
     (["train", "--corpus", "nothing"], "--corpus must be dates, multi30k or files"),
+    (["train", "--lr-schedule", "linear"], "--lr-schedule must be plateau or cosine"),
     (["train", "--config", "{d}/nope.yaml"], "nope.yaml: config file not found"),
 ])
 def test_cli_errors_are_one_line_with_status_2(tmp_path, capsys, argv, message):
@@ -128,11 +196,15 @@ def test_cli_errors_are_one_line_with_status_2(tmp_path, capsys, argv, message):
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
-def test_cli_rejects_non_positive_numbers(capsys):
+@pytest.mark.parametrize("argv,message", [
+    (["--epochs", "0"], "--epochs: expected a positive integer, got 0"),
+    (["--average-last=-1"], "--average-last: expected a non-negative integer, got -1"),
+])
+def test_cli_rejects_out_of_range_numbers(capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:
-        cli.main(["train", "--epochs", "0"])
+        cli.main(["train", *argv])
     assert exit_info.value.code == 2
-    assert "expected a positive integer" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
 
 
 def test_config_file_keys_are_checked(tmp_path):

@@ -56,6 +56,7 @@ class TrainConfig:
     min_lr: float = 1e-5
     lr_schedule: str = "plateau"  # plateau (halve when val_loss stalls) | cosine (over `epochs`)
     average_last: int = 0  # average the weights of the last N epochs if that lowers val_loss
+    init_from: str | None = None  # a training folder: start from its weights and tokenizers
     seed: int = 0
     jit: bool = False
     precision: str = "float32"  # float32 | mixed_bfloat16 (bf16 matmuls, fp32 weights)
@@ -103,6 +104,10 @@ class TrainConfig:
             raise ValueError(f"--lr must be > 0, got {self.lr}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.init_from is not None:
+            for name in ("model.keras", "src.spm.model", "tgt.spm.model"):
+                if not (Path(self.init_from) / name).is_file():
+                    raise ValueError(f"--init-from {self.init_from}: missing {name} (not a training folder?)")
         if self.corpus == "files" and not (self.train_tsv or (self.train_src and self.train_tgt)):
             raise ValueError("--corpus files needs --train-src and --train-tgt (or --train-tsv)")
 
@@ -141,12 +146,19 @@ def load_corpora(cfg: TrainConfig):
 
 
 def tokenizers(cfg: TrainConfig, train, out: Path) -> tuple[bytes, bytes]:
-    """Train the two SentencePiece models, or reuse them when resuming a run."""
+    """Train the two SentencePiece models, or reuse them when resuming a run or
+    starting from another run's weights (`init_from`)."""
     from pipelines.tokenizer import train_sentencepiece
 
     src_path, tgt_path = out / "src.spm.model", out / "tgt.spm.model"
     if src_path.is_file() and tgt_path.is_file() and (out / "backup").is_dir():
         return src_path.read_bytes(), tgt_path.read_bytes()
+    if cfg.init_from:
+        src = (Path(cfg.init_from) / "src.spm.model").read_bytes()
+        tgt = (Path(cfg.init_from) / "tgt.spm.model").read_bytes()
+        atomic_write(src_path, src)
+        atomic_write(tgt_path, tgt)
+        return src, tgt
     src_size, tgt_size = vocab_sizes(cfg)
     src = train_sentencepiece(train.sources, src_size)
     tgt = train_sentencepiece(train.targets, tgt_size)
@@ -200,6 +212,17 @@ def build_model(cfg: TrainConfig, model_cfg, steps_per_execution: int = 1):
     model.compile_for_training(cfg.lr, cfg.label_smoothing, cfg.clipnorm, jit_compile=cfg.jit,
                                steps_per_execution=steps_per_execution)
     return model
+
+
+def start_from(model, folder: Path):
+    """Copy the weights of `folder/model.keras` into `model` (same architecture)."""
+    from keras_attn.saving import load_model
+
+    source = load_model(folder / "model.keras")
+    if source.config != model.config:
+        raise ValueError(f"--init-from {folder}: its model ({source.config}) differs from this run's "
+                         f"({model.config}); use the same model settings")
+    model.set_weights(source.get_weights())
 
 
 def throughput_callback(target_tokens: int):
@@ -406,6 +429,9 @@ def run(cfg: TrainConfig) -> dict:
         {"model": model_cfg.to_dict(), "train": dataclasses.asdict(cfg)}, indent=2) + "\n")
     with distribution_strategy(cfg.strategy).scope():
         model = build_model(cfg, model_cfg)
+    if cfg.init_from:
+        start_from(model, Path(cfg.init_from))
+        log(f"[model] starting from the weights of {cfg.init_from}/model.keras")
     log(f"[model] {model.count_params():,} parameters; training for up to {cfg.epochs} epochs")
     if cfg.steps_per_epoch:
         train_ds = train_ds.repeat()

@@ -129,6 +129,30 @@ def test_checkpoint_average_is_kept_only_when_it_lowers_val_loss(tmp_path):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
+def test_init_from_starts_with_the_trained_weights_and_tokenizers(dates_run, tmp_path):
+    source, _ = dates_run
+    settings = json.loads((source / "config.json").read_text())["train"]
+    same = {k: settings[k] for k in ("dates_train_size", "embedding_dim", "encoder_units", "decoder_units",
+                                     "batch_size")}
+    metrics = run(TrainConfig(out=str(tmp_path), init_from=str(source), epochs=1, lr=1e-4, verbose=0, **same))
+    for name in ("src.spm.model", "tgt.spm.model"):
+        assert (tmp_path / name).read_bytes() == (source / name).read_bytes()
+    fresh_first, source_last = (float(r["loss"]) for r in [
+        *list(csv.DictReader(open(source / "history.csv")))[:1],
+        *list(csv.DictReader(open(source / "history.csv")))[-1:]])
+    first = float(next(csv.DictReader(open(tmp_path / "history.csv")))["loss"])
+    # one epoch from the trained weights at a small LR stays near where they ended,
+    # far below what a fresh model's first epoch reaches
+    assert first < source_last * 1.2 < fresh_first
+    assert metrics["held_out"]["exact_match"] > 0.3
+
+    with pytest.raises(ValueError, match="differs from this run's"):
+        run(TrainConfig(out=str(tmp_path / "other"), init_from=str(source), epochs=1, verbose=0,
+                        **{**same, "decoder_units": 48}))
+    with pytest.raises(ValueError, match="missing model.keras"):
+        TrainConfig(init_from=str(tmp_path / "nowhere")).validate()
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     cfg = TrainConfig(out=str(tmp_path), embedding_dim=8, encoder_units=8, decoder_units=8)
     x, y = tiny_data()

@@ -161,7 +161,9 @@ def main():
     result = json.loads(next(line for line in child.stdout.splitlines() if line.startswith("RESULT "))[7:])
     rows = tensorflow_rows(args, sources, refs, result["alpha"]) + result["rows"]
     write_results("bench_translate", rows, {
-        "test set": f"Multi30k test2016 ({len(sources)} sentences), batches of 128 sorted by length",
+        "test set": f"Multi30k test2016 ({len(sources)} sentences), sorted by length",
+        "batching": "onnxruntime: Translator defaults (batches of 64, one batch per core, each on a "
+                    "single-threaded session; batch 1 on an all-core session); TensorFlow: batches of 128",
         "timing": f"median of {args.repeats} passes after a warm-up pass (keras step loop: 1 pass); "
                   "range = slowest-fastest pass",
         "limit": "greedy limit from results/bench_limit.json (decoder matmuls only, NumPy)",

@@ -103,7 +103,7 @@ def add_translate(sub):
     p.add_argument("--int8", action="store_true", help="use the int8 quantized graph")
     p.add_argument("--input", help="input file (default stdin)")
     p.add_argument("--output", help="output file (default stdout)")
-    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.set_defaults(handler=cmd_translate)
 
 

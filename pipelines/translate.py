@@ -23,7 +23,7 @@ def read_input(path: str | None) -> list[str]:
 
 
 def translate_stream(bundle, input_path=None, output_path=None, beam=1, max_len=None, int8=False,
-                     batch_size=128):
+                     batch_size=64):
     """Translate a file (or stdin) line by line; the output has one line per input line."""
     translator = Translator.load(bundle, int8=int8)
     lines = read_input(input_path)

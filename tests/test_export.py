@@ -95,6 +95,22 @@ def test_translator_translates_in_order_and_keeps_empty_lines(dates_bundle, held
     assert translator.translate([]) == []
 
 
+def test_batches_on_parallel_single_thread_sessions_equal_one_session(dates_bundle, held_out):
+    sources = held_out.sources[:200]
+    one_core = Translator.load(dates_bundle, threads=1)
+    two_cores = Translator.load(dates_bundle, threads=2)
+    single = one_core.translate_with_attention(sources, beam=1)
+    for beam in (1, 2):
+        expected = one_core.translate(sources, beam=beam, batch_size=16)  # 13 batches, one by one
+        assert two_cores.translate(sources, beam=beam, batch_size=16) == expected  # 13 batches, 2 at a time
+    assert one_core._worker_sessions is None and two_cores._worker_sessions is not None
+    parallel = two_cores.translate_with_attention(sources, beam=1)
+    assert [t.text for t in parallel] == [t.text for t in single]
+    for a, b in zip(parallel, single, strict=True):
+        np.testing.assert_allclose(a.attention, b.attention, atol=1e-5)
+        assert a.log_prob == pytest.approx(b.log_prob, abs=1e-4)
+
+
 def test_translate_with_attention_rows_sum_to_one(dates_bundle):
     result = Translator.load(dates_bundle).translate_with_attention(["Donnerstag, 25. Juni 2009"])[0]
     assert result.attention.shape == (len(result.target_tokens), len(result.source_tokens))

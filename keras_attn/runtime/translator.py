@@ -113,10 +113,10 @@ class Translator:
     """
 
     def __init__(self, bundle: Path, config: dict, src_sp, tgt_sp, sessions: dict, graphs: dict,
-                 threads: int | None = None):
+                 threads: int):
         self.bundle, self.config = bundle, config
         self.src_sp, self.tgt_sp = src_sp, tgt_sp
-        self.sessions, self.graphs, self.threads = sessions, graphs, thread_count(threads)
+        self.sessions, self.graphs, self.threads = sessions, graphs, threads
         self._worker_sessions, self._lock = None, threading.Lock()
         self.max_src_len = int(config["max_src_len"])
         self.max_tgt_len = int(config["max_tgt_len"])
@@ -153,7 +153,7 @@ class Translator:
         graphs = {"greedy": "model.onnx", "beam": "model_beam.onnx"}
         if int8:
             graphs = {k: v.replace(".onnx", ".int8.onnx") for k, v in graphs.items()}
-        sessions, paths = {}, {}
+        sessions, paths, threads = {}, {}, thread_count(threads)
         for kind, name in graphs.items():
             path = paths[kind] = bundle / name
             if not path.is_file():
@@ -162,7 +162,7 @@ class Translator:
             if expected and sha256(path) != expected:
                 raise BundleError(f"{path}: checksum does not match config.json (file damaged or replaced)")
             try:
-                sessions[kind] = open_session(path, thread_count(threads))
+                sessions[kind] = open_session(path, threads)
             except Exception as error:  # onnxruntime raises its own exception types
                 raise BundleError(f"{path}: onnxruntime cannot load it: {error}") from None
         return cls(bundle, config, src_sp, tgt_sp, sessions, paths, threads)

@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from keras_attn.attention import LuongAttention
 from keras_attn.rnn import lstm_update, unit_forget_bias, unstack
+from keras_attn.teacher_forcing import teacher_forced_loop
 
 
 @keras.saving.register_keras_serializable(package="keras_attn")
@@ -160,15 +161,37 @@ class InputFeedingDecoder(keras.layers.Layer):
         batch, length = tf.shape(target_in)[0], tf.shape(target_in)[1]
         # Time-major so each loop iteration reads one contiguous slice.
         weights = self.step_weights()
-        projections = unstack(tf.transpose(self._input_projection(target_in, weights["input"], training),
-                                           [1, 0, 2]))
         # |projections| = (tgt_len, batch, 4 * units)
-        keys, kernels = self.attention.memory_keys(memory), weights["state"]
+        projections = tf.transpose(self._input_projection(target_in, weights["input"], training), [1, 0, 2])
+        keys = self.attention.memory_keys(memory)
         mask = tf.cast(mask, self.compute_dtype)  # once, not in every step
         keep = None
         if training and self.dropout > 0:  # one dropout mask per step, drawn up front
-            keep = unstack(keras.random.dropout(tf.ones((length, batch, self.units), self.compute_dtype),
-                                                self.dropout, seed=self.seed_generator))
+            keep = keras.random.dropout(tf.ones((length, batch, self.units), self.compute_dtype),
+                                        self.dropout, seed=self.seed_generator)
+        states = self.initial_state(initial_states, batch)
+        # A linear score (general, dot) has a hand-written backward pass; concat uses autodiff.
+        loop = self._hand_written_loop if self.attention.score in ("general", "dot") else self._autodiff_loop
+        outputs, all_weights = loop(projections, states, weights["state"], keys, memory, mask, keep)
+        # |outputs| = (batch, tgt_len, units), |weights| = (batch, tgt_len, src_len)
+        return tf.transpose(outputs, [1, 0, 2]), tf.transpose(all_weights, [1, 0, 2])
+
+    def _hand_written_loop(self, projections, states, kernels, keys, memory, mask, keep=None):
+        """The teacher-forced loop with the hand-written backward pass of
+        `keras_attn.teacher_forcing` (weight gradients as matmuls outside the loop):
+        time-major `(attentional, weights)`."""
+        return teacher_forced_loop(
+            projections, states["h"], states["c"], kernels,
+            [tf.convert_to_tensor(b) for b in self.lstm_biases[1:]], keys, memory, mask,
+            tf.convert_to_tensor(self.combine_kernel), tf.convert_to_tensor(self.combine_bias), keep)
+
+    def _autodiff_loop(self, projections, states, kernels, keys, memory, mask, keep=None):
+        """The teacher-forced loop as plain steps (autodiff backward): time-major
+        `(attentional, weights)`. Used for the `concat` score, and as the reference
+        `teacher_forced_loop`'s gradients are tested against."""
+        length = tf.shape(projections)[0]
+        projections = unstack(projections)
+        keep = None if keep is None else unstack(keep)
 
         def body(t, state, outputs, all_weights):
             attentional, weights, state = self._recurrent_step(
@@ -180,13 +203,10 @@ class InputFeedingDecoder(keras.layers.Layer):
 
         _, _, outputs, all_weights = tf.while_loop(
             lambda t, *_: t < length, body,
-            (tf.constant(0), self.initial_state(initial_states, batch),
-             tf.TensorArray(self.compute_dtype, size=length),
+            (tf.constant(0), states, tf.TensorArray(self.compute_dtype, size=length),
              tf.TensorArray(self.compute_dtype, size=length)),
             maximum_iterations=length)  # lets the gradient preallocate its accumulators
-        # |outputs| = (batch, tgt_len, units), |weights| = (batch, tgt_len, src_len)
-        return (tf.transpose(outputs.stack(), [1, 0, 2]),
-                tf.transpose(all_weights.stack(), [1, 0, 2]))
+        return outputs.stack(), all_weights.stack()
 
     def call(self, target_in, memory, mask, initial_states, training=False):
         attentional, _ = self.decode_sequence(target_in, memory, mask, initial_states, training)

@@ -23,6 +23,10 @@ class BatchingConfig:
     batch_tokens: int | None = None  # a target-token budget per batch (overrides batch_size)
     bucket_width: int = 4
     shuffle_buffer: int = 20000
+    # Subword regularization (Kudo 2018): > 0 samples a new segmentation of every
+    # training pair each epoch (SentencePiece nbest -1, this smoothing); 0 = off.
+    # Validation and test data are always segmented the deterministic way.
+    subword_alpha: float = 0.0
 
     def __post_init__(self):
         if self.max_len < 1:
@@ -31,20 +35,30 @@ class BatchingConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.batch_tokens is not None and self.batch_tokens < self.max_len + 1:
             raise ValueError(f"batch_tokens ({self.batch_tokens}) must exceed max_len ({self.max_len})")
+        if not 0 <= self.subword_alpha <= 1:
+            raise ValueError(f"subword_alpha must be in [0, 1], got {self.subword_alpha}")
 
 
-def in_graph_tokenizer(model: bytes):
-    """SentencePiece tokenization inside the tf.data graph (tensorflow-text)."""
-    return tf_text.SentencepieceTokenizer(model=model, out_type=tf.int32).tokenize
+def in_graph_tokenizer(model: bytes, alpha: float = 0.0):
+    """SentencePiece tokenization inside the tf.data graph (tensorflow-text); with
+    `alpha > 0`, a segmentation sampled from all of them (subword regularization)."""
+    sampling = {"nbest_size": -1, "alpha": alpha} if alpha > 0 else {}
+    return tf_text.SentencepieceTokenizer(model=model, out_type=tf.int32, **sampling).tokenize
+
+
+def tokenize_pairs(strings: tf.data.Dataset, src_model: bytes, tgt_model: bytes,
+                   alpha: float = 0.0) -> tf.data.Dataset:
+    """`(source, target)` strings → `(source_ids, target_ids)` int32 vectors, no specials."""
+    src_tok, tgt_tok = in_graph_tokenizer(src_model, alpha), in_graph_tokenizer(tgt_model, alpha)
+    # Tokenize whole chunks at once: much faster than one string per call.
+    strings = strings.batch(1024).map(lambda s, t: (src_tok(s), tgt_tok(t)), num_parallel_calls=tf.data.AUTOTUNE)
+    return strings.unbatch()
 
 
 def tokenized_pairs(corpus: ParallelCorpus, src_model: bytes, tgt_model: bytes) -> tf.data.Dataset:
     """`(source_ids, target_ids)` variable-length int32 vectors, no specials."""
-    src_tok, tgt_tok = in_graph_tokenizer(src_model), in_graph_tokenizer(tgt_model)
-    ds = tf.data.Dataset.from_tensor_slices((corpus.sources, corpus.targets))
-    # Tokenize whole chunks at once: much faster than one string per call.
-    ds = ds.batch(1024).map(lambda s, t: (src_tok(s), tgt_tok(t)), num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.unbatch()
+    return tokenize_pairs(tf.data.Dataset.from_tensor_slices((corpus.sources, corpus.targets)),
+                          src_model, tgt_model)
 
 
 def length_statistics(pairs: tf.data.Dataset, max_len: int) -> tuple[int, int]:
@@ -71,11 +85,20 @@ def _pre_pad_source(inputs, target_out):
 
 def make_dataset(corpus: ParallelCorpus, src_model: bytes, tgt_model: bytes, batching: BatchingConfig,
                  training: bool, seed: int = 0) -> tf.data.Dataset:
-    """Batched, padded, bucketed dataset; shuffled when `training`."""
+    """Batched, padded, bucketed dataset; shuffled (and, with `subword_alpha`,
+    re-segmented every epoch) when `training`."""
     max_len = batching.max_len
-    ds = tokenized_pairs(corpus, src_model, tgt_model)
+    if training and batching.subword_alpha > 0:
+        # Shuffle the strings, then sample their segmentations anew on every pass.
+        ds = tf.data.Dataset.from_tensor_slices((corpus.sources, corpus.targets))
+        ds = ds.shuffle(len(corpus.sources), seed=seed, reshuffle_each_iteration=True)
+        ds = tokenize_pairs(ds, src_model, tgt_model, batching.subword_alpha)
+    else:
+        ds = tokenized_pairs(corpus, src_model, tgt_model)
     ds = ds.filter(lambda s, t: tf.logical_and(tf.size(s) <= max_len, tf.size(t) <= max_len))
-    ds = ds.map(_teacher_forcing_example, num_parallel_calls=tf.data.AUTOTUNE).cache()
+    ds = ds.map(_teacher_forcing_example, num_parallel_calls=tf.data.AUTOTUNE)
+    if not (training and batching.subword_alpha > 0):
+        ds = ds.cache()
     if training:
         ds = ds.shuffle(batching.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     boundaries = list(range(batching.bucket_width + 1, max_len + 2, batching.bucket_width))

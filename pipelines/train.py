@@ -34,6 +34,7 @@ class TrainConfig:
     src_vocab_size: int | None = None
     tgt_vocab_size: int | None = None
     max_len: int = 100
+    subword_alpha: float = 0.0  # > 0: sample training segmentations anew every epoch
     # model
     embedding_dim: int = 64
     encoder_units: int = 64
@@ -102,6 +103,8 @@ class TrainConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"--lr must be > 0, got {self.lr}")
+        if not 0 <= self.subword_alpha <= 1:
+            raise ValueError(f"--subword-alpha must be in [0, 1], got {self.subword_alpha}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.init_from is not None:
@@ -417,10 +420,14 @@ def run(cfg: TrainConfig) -> dict:
     src_model, tgt_model = tokenizers(cfg, train, out)
     src_sp, tgt_sp = load_processor(src_model), load_processor(tgt_model)
     log(f"[tokenizer] sentencepiece vocab: source {src_sp.get_piece_size()}, target {tgt_sp.get_piece_size()}")
-    batching = BatchingConfig(max_len=cfg.max_len, batch_size=cfg.batch_size, batch_tokens=cfg.batch_tokens)
+    batching = BatchingConfig(max_len=cfg.max_len, batch_size=cfg.batch_size, batch_tokens=cfg.batch_tokens,
+                              subword_alpha=cfg.subword_alpha)
     too_long, target_tokens = length_statistics(tokenized_pairs(train, src_model, tgt_model), cfg.max_len)
     if too_long:
         log(f"[data] {too_long:,} training pairs longer than max_len={cfg.max_len} tokens are skipped")
+    if cfg.subword_alpha > 0:
+        log(f"[data] subword regularization: training segmentations sampled every epoch (alpha "
+            f"{cfg.subword_alpha}); target_tokens_per_second counts the deterministic segmentation's tokens")
     train_ds = make_dataset(train, src_model, tgt_model, batching, training=True, seed=cfg.seed)
     valid_ds = make_dataset(valid, src_model, tgt_model, batching, training=False)
 

@@ -78,3 +78,36 @@ def test_batching_config_rejects_bad_values():
         BatchingConfig(max_len=0)
     with pytest.raises(ValueError, match="batch_size"):
         BatchingConfig(batch_size=0)
+
+
+def _rows(ds, sp):
+    """{source text: [target ids]} for every pair of a dataset pass."""
+    rows = {}
+    for inputs, target_out in ds.as_numpy_iterator():
+        for source, target in zip(inputs["source"], target_out):
+            rows[sp.decode([int(i) for i in source if i != 0])] = [int(i) for i in target if i != 0]
+    return rows
+
+
+def test_subword_sampling_resegments_training_pairs_every_epoch_but_never_validation(dates_models):
+    corpus, src_model, tgt_model = dates_models
+    src_sp, tgt_sp = load_processor(src_model), load_processor(tgt_model)
+    small = ParallelCorpus(corpus.sources[:300], corpus.targets[:300])
+    sampled = make_dataset(small, src_model, tgt_model, BatchingConfig(batch_size=32, subword_alpha=0.2),
+                           training=True)
+    first, second = _rows(sampled, src_sp), _rows(sampled, src_sp)
+    deterministic = {s: tgt_sp.encode(t) + [EOS_ID] for s, t in zip(small.sources, small.targets)}
+    # Every pair is still there and still decodes to its text.
+    assert set(first) == set(second) == set(deterministic)
+    assert all(tgt_sp.decode(first[s][:-1]) == t for s, t in zip(small.sources, small.targets))
+    # Segmentations differ from the deterministic one and between epochs.
+    assert sum(first[s] != deterministic[s] for s in first) > 30
+    assert sum(first[s] != second[s] for s in first) > 30
+    plain = make_dataset(small, src_model, tgt_model, BatchingConfig(batch_size=32, subword_alpha=0.2),
+                         training=False)
+    assert _rows(plain, src_sp) == deterministic
+
+
+def test_subword_alpha_out_of_range_is_refused():
+    with pytest.raises(ValueError, match="subword_alpha"):
+        BatchingConfig(subword_alpha=1.5)

@@ -139,6 +139,7 @@ def add_evaluate(sub):
     p.add_argument("--ref", required=True, help="reference translations, aligned with --src")
     p.add_argument("--beam", type=positive_int, default=1)
     p.add_argument("--runtime", choices=["onnx", "tf"], default="onnx")
+    p.add_argument("--alpha", type=float, help="beam length penalty (default: the bundle's)")
     p.add_argument("--int8", action="store_true", help="onnx runtime: use the int8 graph")
     p.add_argument("--train-dir", help="--runtime tf: the training folder (default from the bundle)")
     p.add_argument("--json", help="write the report here as JSON")

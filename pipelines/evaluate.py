@@ -24,12 +24,13 @@ def score(hypotheses: list[str], references: list[str]) -> dict:
     }
 
 
-def translate_with(runtime: str, bundle: str, sources: list[str], beam: int, int8: bool, train_dir: str | None):
+def translate_with(runtime: str, bundle: str, sources: list[str], beam: int, int8: bool, train_dir: str | None,
+                   alpha: float):
     if runtime == "onnx":
         from keras_attn.runtime import Translator
 
         translator = Translator.load(bundle, int8=int8)
-        return lambda: translator.translate(sources, beam=beam)
+        return lambda: translator.translate(sources, beam=beam, alpha=alpha)
     from keras_attn.search import InferenceModel
     from pipelines.decode import translate_tf
     from pipelines.export import load_training_run
@@ -42,19 +43,23 @@ def translate_with(runtime: str, bundle: str, sources: list[str], beam: int, int
     inference = InferenceModel(model)
     src_sp, tgt_sp = load_processor(src_model), load_processor(tgt_model)
     return lambda: translate_tf(inference, sources, src_sp, tgt_sp, max_len=config["max_tgt_len"],
-                                beam_size=beam, alpha=config["alpha"])
+                                beam_size=beam, alpha=alpha)
 
 
-def evaluate(bundle, src, ref, beam=1, runtime="onnx", int8=False, train_dir=None) -> dict:
+def evaluate(bundle, src, ref, beam=1, runtime="onnx", int8=False, train_dir=None, alpha=None) -> dict:
+    """`alpha`: the beam length penalty; `None` = the bundle's (`config.json`)."""
     sources, references = read_lines(src), read_lines(ref)
     if len(sources) != len(references):
         raise ValueError(f"misaligned test set: {src} has {len(sources):,} lines but {ref} has {len(references):,}")
-    run = translate_with(runtime, bundle, sources, beam, int8, train_dir)
+    if alpha is None:
+        alpha = json.loads((Path(bundle) / "config.json").read_text(encoding="utf-8"))["alpha"]
+    run = translate_with(runtime, bundle, sources, beam, int8, train_dir, alpha)
     start = time.perf_counter()
     hypotheses = run()
     seconds = time.perf_counter() - start
     report = {
         "bundle": str(bundle), "runtime": runtime + ("-int8" if int8 else ""), "beam": beam,
+        "alpha": alpha if beam > 1 else None,
         "src": str(src), "ref": str(ref), "sentences": len(sources),
         **score(hypotheses, references),
         "seconds": round(seconds, 3),
@@ -73,7 +78,8 @@ def table(report: dict) -> str:
 
 
 def evaluate_command(args):
-    report, _ = evaluate(args.bundle, args.src, args.ref, args.beam, args.runtime, args.int8, args.train_dir)
+    report, _ = evaluate(args.bundle, args.src, args.ref, args.beam, args.runtime, args.int8, args.train_dir,
+                         args.alpha)
     print(table(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

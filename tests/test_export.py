@@ -204,7 +204,16 @@ def test_evaluate_command_reports_bleu_chrf_and_speed(dates_bundle, held_out, tm
     assert report["exact_match"] == sum(h == r for h, r in zip(hyps, held_out.targets[:50])) / 50
     assert "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp" in report["bleu_signature"]
     assert report["chrf_signature"].startswith("nrefs:1") and report["sentences_per_second"] > 0
-    assert "| bleu |" in capsys.readouterr().out
+    assert "| bleu |" in capsys.readouterr().out and report["alpha"] is None  # greedy: no length penalty
+    # Beam: the bundle's alpha unless --alpha is given; the report says which was used.
+    for flags, alpha in (([], json.loads((dates_bundle / "config.json").read_text())["alpha"]),
+                         (["--alpha", "1.5"], 1.5)):
+        assert cli.main(["evaluate", str(dates_bundle), "--src", str(src), "--ref", str(ref), "--beam", "2",
+                         "--json", str(report_path), *flags]) == 0
+        report = json.loads(report_path.read_text())
+        hyps = Translator.load(dates_bundle).translate(held_out.sources[:50], beam=2, alpha=alpha)
+        assert report["alpha"] == alpha
+        assert report["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [held_out.targets[:50]]).score, abs=0.01)
     ref.write_text("only one line\n")
     assert cli.main(["evaluate", str(dates_bundle), "--src", str(src), "--ref", str(ref)]) == 2
 

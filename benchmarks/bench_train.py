@@ -19,7 +19,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from common import DEFAULT_DATA, RESULTS, write_results  # noqa: E402
+from common import DEFAULT_DATA, RESULTS, machine, write_results  # noqa: E402
 
 
 def one_setting(data_dir, precision, jit, steps, warmup, batch_tokens):
@@ -49,7 +49,7 @@ def one_setting(data_dir, precision, jit, steps, warmup, batch_tokens):
     model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
     seconds = time.perf_counter() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"precision": precision, "xla": jit, "batch tokens": batch_tokens, "warm-up": warmup, "steps": steps, "target tokens": tokens,
+    return {"cpu simd": machine()["simd"], "date": machine()["date"], "precision": precision, "xla": jit, "batch tokens": batch_tokens, "warm-up": warmup, "steps": steps, "target tokens": tokens,
             "seconds": round(seconds, 2), "target tokens/s": round(tokens / seconds, 1),
             "peak memory MB": round(peak_mb)}
 

@@ -12,16 +12,22 @@ RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "multi30k"
 
 
+# CPU features that decide matmul speed: bf16 is only fast with avx512_bf16 or AMX.
+SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16")
+
+
 def machine() -> dict:
-    model = ""
+    model, flags = "", set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith("model name") and not model:
                 model = line.split(":", 1)[1].strip()
-                break
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
     return {"cpu": model or platform.processor(), "cores": os.cpu_count(), "python": platform.python_version(),
+            "simd": " ".join(f for f in SIMD_FLAGS if f in flags) or "unknown",
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
@@ -31,8 +37,8 @@ def write_results(name: str, rows: list[dict], notes: dict | None = None) -> Pat
     payload = {"machine": machine(), "notes": notes or {}, "rows": rows}
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     keys = list(dict.fromkeys(k for row in rows for k in row))
-    lines = [f"# {name}", "", f"Machine: {payload['machine']['cpu']}, {payload['machine']['cores']} cores, "
-             f"{payload['machine']['date']}", ""]
+    lines = [f"# {name}", "", f"Machine: {payload['machine']['cpu']} ({payload['machine']['simd']}), "
+             f"{payload['machine']['cores']} cores, {payload['machine']['date']}", ""]
     lines += ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     for row in rows:
         lines.append("| " + " | ".join(fmt(row.get(k, "")) for k in keys) + " |")

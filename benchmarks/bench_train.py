@@ -49,7 +49,8 @@ def one_setting(data_dir, precision, jit, steps, warmup, batch_tokens):
     model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
     seconds = time.perf_counter() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"cpu simd": machine()["simd"], "date": machine()["date"], "precision": precision, "xla": jit, "batch tokens": batch_tokens, "warm-up": warmup, "steps": steps, "target tokens": tokens,
+    facts = machine()
+    return {"cpu simd": facts["simd"], "date": facts["date"], "precision": precision, "xla": jit, "batch tokens": batch_tokens, "warm-up": warmup, "steps": steps, "target tokens": tokens,
             "seconds": round(seconds, 2), "target tokens/s": round(tokens / seconds, 1),
             "peak memory MB": round(peak_mb)}
 

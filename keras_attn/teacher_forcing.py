@@ -200,6 +200,5 @@ def _backward(saved, d_attentional, d_weights, h0, c0, kernels, keys, memory, co
     # |d_keys| = (batch, src_len, units), |d_memory| = (batch, src_len, memory_dim)
     d_keys = tf.matmul(tf.transpose(d_energy, [1, 2, 0]), tf.transpose(top_h, [1, 0, 2]))
     d_memory = tf.matmul(tf.transpose(saved["weights"], [1, 2, 0]), tf.transpose(d_context, [1, 0, 2]))
-    d_keep = tf.zeros((), dtype) if keep is None else tf.zeros_like(keep)  # a constant: no gradient
-    return (d_gates[0], d_keys, d_memory, d_keep,
+    return (d_gates[0], d_keys, d_memory, None,  # keep (dropout mask or placeholder): no gradient
             d_combine_kernel, d_combine_bias, *dh0, *dc0, *d_kernels, *d_biases)

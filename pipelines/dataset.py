@@ -88,16 +88,14 @@ def make_dataset(corpus: ParallelCorpus, src_model: bytes, tgt_model: bytes, bat
     """Batched, padded, bucketed dataset; shuffled (and, with `subword_alpha`,
     re-segmented every epoch) when `training`."""
     max_len = batching.max_len
-    if training and batching.subword_alpha > 0:
-        # Shuffle the strings, then sample their segmentations anew on every pass.
-        ds = tf.data.Dataset.from_tensor_slices((corpus.sources, corpus.targets))
+    sampling = training and batching.subword_alpha > 0
+    ds = tf.data.Dataset.from_tensor_slices((corpus.sources, corpus.targets))
+    if sampling:  # shuffle the strings, then sample their segmentations anew on every pass
         ds = ds.shuffle(len(corpus.sources), seed=seed, reshuffle_each_iteration=True)
-        ds = tokenize_pairs(ds, src_model, tgt_model, batching.subword_alpha)
-    else:
-        ds = tokenized_pairs(corpus, src_model, tgt_model)
+    ds = tokenize_pairs(ds, src_model, tgt_model, batching.subword_alpha if sampling else 0.0)
     ds = ds.filter(lambda s, t: tf.logical_and(tf.size(s) <= max_len, tf.size(t) <= max_len))
     ds = ds.map(_teacher_forcing_example, num_parallel_calls=tf.data.AUTOTUNE)
-    if not (training and batching.subword_alpha > 0):
+    if not sampling:  # a fixed segmentation: tokenize once, then replay
         ds = ds.cache()
     if training:
         ds = ds.shuffle(batching.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)

@@ -22,23 +22,24 @@ sys.path.insert(0, ROOT)
 from common import DEFAULT_DATA, RESULTS, machine, write_results  # noqa: E402
 
 
-def one_setting(data_dir, precision, jit, steps, warmup, batch_tokens):
+def one_setting(data_dir, precision, jit, steps, warmup, batch_tokens, bucket_width):
     """Run in a fresh process (precision policy and memory are per process)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
-    from pipelines.dataset import BatchingConfig, make_dataset
+    from pipelines.dataset import make_dataset
     from pipelines.tokenizer import load_processor, train_sentencepiece
-    from pipelines.train import TrainConfig, build_model, load_corpora, model_config
+    from pipelines.train import TrainConfig, batching_config, build_model, load_corpora, model_config
 
-    cfg = TrainConfig(**{**TrainConfig.from_file(os.path.join(ROOT, "configs", "multi30k_deen.yaml")),
-                         "data_dir": data_dir, "precision": precision, "jit": jit,
+    recipe = TrainConfig.from_file(os.path.join(ROOT, "configs", "multi30k_deen.yaml"))
+    if bucket_width:
+        recipe["bucket_width"] = bucket_width
+    cfg = TrainConfig(**{**recipe, "data_dir": data_dir, "precision": precision, "jit": jit,
                          "batch_tokens": batch_tokens})
     keras.mixed_precision.set_global_policy(precision)
     train, _, _ = load_corpora(cfg)
     src_model, tgt_model = train_sentencepiece(train.sources, 8000), train_sentencepiece(train.targets, 8000)
-    ds = make_dataset(train, src_model, tgt_model, BatchingConfig(max_len=cfg.max_len, batch_size=None,
-                                                                  batch_tokens=cfg.batch_tokens), training=True)
+    ds = make_dataset(train, src_model, tgt_model, batching_config(cfg), training=True)
     ds = ds.repeat()
     model = build_model(cfg, model_config(cfg, load_processor(src_model), load_processor(tgt_model)))
     # Real (non-pad) target tokens per batch, averaged over 300 shuffled batches.
@@ -50,7 +51,9 @@ def one_setting(data_dir, precision, jit, steps, warmup, batch_tokens):
     seconds = time.perf_counter() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     facts = machine()
-    return {"cpu simd": facts["simd"], "date": facts["date"], "precision": precision, "xla": jit, "batch tokens": batch_tokens, "warm-up": warmup, "steps": steps, "target tokens": tokens,
+    return {"cpu simd": facts["simd"], "date": facts["date"], "precision": precision, "xla": jit,
+            "batch tokens": batch_tokens, "bucket width": cfg.bucket_width, "warm-up": warmup, "steps": steps,
+            "target tokens": tokens,
             "seconds": round(seconds, 2), "target tokens/s": round(tokens / seconds, 1),
             "peak memory MB": round(peak_mb)}
 
@@ -61,6 +64,7 @@ def main():
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--batch-tokens", type=int, nargs="+", default=[2048])
+    parser.add_argument("--bucket-width", type=int, default=None, help="default: the recipe's")
     parser.add_argument("--precisions", nargs="+", default=["float32", "mixed_bfloat16"])
     parser.add_argument("--xla", nargs="+", default=["0", "1"], help="0 = off, 1 = jit_compile")
     parser.add_argument("--append", action="store_true", help="add rows to results/bench_train.json")
@@ -70,7 +74,7 @@ def main():
         import json
 
         print(json.dumps(one_setting(args.data_dir, args.one[0], args.one[1] == "1", args.steps, args.warmup,
-                                     args.batch_tokens[0])))
+                                     args.batch_tokens[0], args.bucket_width)))
         return
     import json
 
@@ -79,10 +83,11 @@ def main():
     if args.append and previous.is_file():
         rows = json.loads(previous.read_text())["rows"]
     settings = [(p, j, b) for b in args.batch_tokens for p in args.precisions for j in args.xla]
+    width = ["--bucket-width", str(args.bucket_width)] if args.bucket_width else []
     for precision, jit, batch_tokens in settings:
         result = subprocess.run([sys.executable, __file__, "--data-dir", args.data_dir, "--steps",
                                  str(args.steps), "--warmup", str(args.warmup), "--batch-tokens",
-                                 str(batch_tokens), "--one", precision, jit],
+                                 str(batch_tokens), *width, "--one", precision, jit],
                                 capture_output=True, text=True)
         if result.returncode == 0:
             rows.append(json.loads(result.stdout.strip().splitlines()[-1]))

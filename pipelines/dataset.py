@@ -31,6 +31,8 @@ class BatchingConfig:
     def __post_init__(self):
         if self.max_len < 1:
             raise ValueError(f"max_len must be >= 1, got {self.max_len}")
+        if self.bucket_width < 1:
+            raise ValueError(f"bucket_width must be >= 1, got {self.bucket_width}")
         if self.batch_tokens is None and (self.batch_size is None or self.batch_size < 1):
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.batch_tokens is not None and self.batch_tokens < self.max_len + 1:

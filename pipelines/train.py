@@ -48,6 +48,7 @@ class TrainConfig:
     epochs: int = 6
     batch_size: int | None = 64
     batch_tokens: int | None = None
+    bucket_width: int = 4  # a batch holds pairs whose longer side is within this many tokens
     lr: float = 3e-3
     label_smoothing: float = 0.0
     clipnorm: float = 5.0
@@ -56,7 +57,12 @@ class TrainConfig:
     lr_factor: float = 0.5
     min_lr: float = 1e-5
     lr_schedule: str = "plateau"  # plateau (halve when val_loss stalls) | cosine (over `epochs`)
-    average_last: int = 0  # average the weights of the last N epochs if that lowers val_loss
+    average_last: int = 0  # average the weights of the last N epochs if that improves `monitor`
+    # validation: greedy sacreBLEU of the validation set after every epoch (`val_bleu`
+    # in history.csv), and what picks the best checkpoint, drives the plateau schedule
+    # and early stopping: val_loss (lower is better) or val_bleu (higher; needs val_bleu)
+    val_bleu: bool = False
+    monitor: str = "val_loss"
     init_from: str | None = None  # a training folder: start from its weights and tokenizers
     seed: int = 0
     jit: bool = False
@@ -94,11 +100,15 @@ class TrainConfig:
             raise ValueError(f"--precision must be float32 or mixed_bfloat16, got {self.precision!r}")
         if self.lr_schedule not in ("plateau", "cosine"):
             raise ValueError(f"--lr-schedule must be plateau or cosine, got {self.lr_schedule!r}")
+        if self.monitor not in ("val_loss", "val_bleu"):
+            raise ValueError(f"--monitor must be val_loss or val_bleu, got {self.monitor!r}")
+        if self.monitor == "val_bleu" and not self.val_bleu:
+            raise ValueError("--monitor val_bleu needs --val-bleu true")
         if self.average_last < 0:
             raise ValueError(f"--average-last must be >= 0, got {self.average_last}")
         if self.strategy not in ("none", "mirrored", "multiworker"):
             raise ValueError(f"--strategy must be none, mirrored or multiworker, got {self.strategy!r}")
-        for name in ("epochs", "max_len", "vocab_size", "src_vocab_size", "tgt_vocab_size"):
+        for name in ("epochs", "max_len", "bucket_width", "vocab_size", "src_vocab_size", "tgt_vocab_size"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
@@ -197,6 +207,13 @@ def model_config(cfg: TrainConfig, src_sp, tgt_sp):
         attention=cfg.attention, dropout=cfg.dropout)
 
 
+def batching_config(cfg: TrainConfig):
+    from pipelines.dataset import BatchingConfig
+
+    return BatchingConfig(max_len=cfg.max_len, batch_size=cfg.batch_size, batch_tokens=cfg.batch_tokens,
+                          bucket_width=cfg.bucket_width, subword_alpha=cfg.subword_alpha)
+
+
 def distribution_strategy(name: str):
     import tensorflow as tf
 
@@ -248,12 +265,39 @@ def throughput_callback(target_tokens: int):
     return Throughput()
 
 
-def best_checkpoint(out: Path):
-    """ModelCheckpoint (best val_loss) that never saves a non-finite loss and, when a
-    run resumes, only overwrites the checkpoint with a better one than it holds."""
+def monitor_mode(monitor: str) -> str:
+    """`min` for a loss, `max` for BLEU: how Keras's callbacks compare `monitor`."""
+    return "max" if monitor == "val_bleu" else "min"
+
+
+def validation_bleu_callback(corpus, src_sp, tgt_sp, max_len: int):
+    """Adds `val_bleu` to the logs after every epoch: greedy translation of the
+    validation set by an inference model sharing the weights being trained, scored
+    like `evaluate_held_out`. Put it before the callbacks that read `val_bleu`."""
+    import keras
+
+    from keras_attn.search import InferenceModel
+
+    class ValidationBleu(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.inference = InferenceModel(self.model)  # traced once, reused every epoch
+
+        def on_epoch_end(self, epoch, logs=None):
+            if logs is not None:
+                logs["val_bleu"] = evaluate_held_out(self.model, corpus, src_sp, tgt_sp, max_len, limit=None,
+                                                     inference=self.inference)["bleu"]
+
+    return ValidationBleu()
+
+
+def best_checkpoint(out: Path, monitor: str = "val_loss"):
+    """ModelCheckpoint (best `monitor`) that never saves a non-finite value and, when
+    a run resumes, only overwrites the checkpoint with a better one than it holds."""
     import csv
 
     import keras
+
+    mode = monitor_mode(monitor)
 
     class BestCheckpoint(keras.callbacks.ModelCheckpoint):
         def on_train_begin(self, logs=None):
@@ -261,17 +305,17 @@ def best_checkpoint(out: Path):
             history = out / "history.csv"
             if history.is_file() and (out / "model.keras").is_file():
                 with open(history, encoding="utf-8") as handle:
-                    losses = [float(r["val_loss"]) for r in csv.DictReader(handle) if r.get("val_loss")]
-                finite = [v for v in losses if math.isfinite(v)]
+                    values = [float(r[monitor]) for r in csv.DictReader(handle) if r.get(monitor)]
+                finite = [v for v in values if math.isfinite(v)]
                 if finite:
-                    self.best = min(finite)
+                    self.best = max(finite) if mode == "max" else min(finite)
 
         def on_epoch_end(self, epoch, logs=None):
-            value = (logs or {}).get("val_loss")
+            value = (logs or {}).get(monitor)
             if value is not None and math.isfinite(value):
                 super().on_epoch_end(epoch, logs)
 
-    return BestCheckpoint(str(out / "model.keras"), monitor="val_loss", save_best_only=True)
+    return BestCheckpoint(str(out / "model.keras"), monitor=monitor, mode=mode, save_best_only=True)
 
 
 def cosine_lr(epoch: int, epochs: int, lr: float, min_lr: float) -> float:
@@ -287,8 +331,9 @@ def learning_rate_callback(cfg: TrainConfig):
     if cfg.lr_schedule == "cosine":
         return keras.callbacks.LearningRateScheduler(
             lambda epoch, _: cosine_lr(epoch, cfg.epochs, cfg.lr, cfg.min_lr))
-    return keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=cfg.lr_factor,
-                                             patience=cfg.lr_patience, min_lr=cfg.min_lr)
+    return keras.callbacks.ReduceLROnPlateau(monitor=cfg.monitor, mode=monitor_mode(cfg.monitor),
+                                             factor=cfg.lr_factor, patience=cfg.lr_patience,
+                                             min_lr=cfg.min_lr)
 
 
 def epoch_weights(folder: Path, keep: int):
@@ -308,42 +353,57 @@ def epoch_weights(folder: Path, keep: int):
     return EpochWeights()
 
 
-def average_checkpoints(model, folder: Path, valid_ds, log) -> dict | None:
-    """Average the saved epoch weights; keep the average in `model` only if its
-    validation loss beats the weights `model` holds. Returns both losses."""
+def average_checkpoints(model, folder: Path, measure, log, monitor: str = "val_loss") -> dict | None:
+    """Average the saved epoch weights; keep the average in `model` only if it scores
+    better on `monitor` than the weights `model` holds. `measure(model)` returns the
+    monitored value (validation loss or BLEU). Returns both values."""
     import numpy as np
 
     files = sorted(folder.glob("epoch_*.weights.h5"))
     if len(files) < 2:
         return None
     best = [w.copy() for w in model.get_weights()]
-    best_loss = model.evaluate(valid_ds, verbose=0, return_dict=True)["loss"]
+    best_value = measure(model)
     total = None
     for path in files:
         model.load_weights(path)
         weights = model.get_weights()
         total = weights if total is None else [t + w for t, w in zip(total, weights, strict=True)]
     model.set_weights([(t / len(files)).astype(b.dtype) for t, b in zip(total, best, strict=True)])
-    average_loss = model.evaluate(valid_ds, verbose=0, return_dict=True)["loss"]
-    kept = bool(np.isfinite(average_loss) and average_loss < best_loss)
+    average_value = measure(model)
+    better = average_value > best_value if monitor_mode(monitor) == "max" else average_value < best_value
+    kept = bool(np.isfinite(average_value) and better)
     if not kept:
         model.set_weights(best)
-    log(f"[average] last {len(files)} epochs: val_loss {average_loss:.4f} vs best checkpoint "
-        f"{best_loss:.4f} -> {'average kept' if kept else 'best checkpoint kept'}")
-    return {"epochs": [p.name for p in files], "val_loss": average_loss,
-            "best_checkpoint_val_loss": best_loss, "kept": kept}
+    log(f"[average] last {len(files)} epochs: {monitor} {average_value:.4f} vs best checkpoint "
+        f"{best_value:.4f} -> {'average kept' if kept else 'best checkpoint kept'}")
+    return {"epochs": [p.name for p in files], "monitor": monitor, "average": average_value,
+            "best_checkpoint": best_value, "kept": kept}
 
 
-def callbacks(cfg: TrainConfig, out: Path, target_tokens: int):
+def validation_measure(cfg: TrainConfig, valid_ds, valid, src_sp, tgt_sp):
+    """`model -> value of cfg.monitor` on the validation set (for checkpoint averaging)."""
+    if cfg.monitor == "val_bleu":
+        return lambda model: evaluate_held_out(model, valid, src_sp, tgt_sp, cfg.max_len, limit=None)["bleu"]
+    return lambda model: model.evaluate(valid_ds, verbose=0, return_dict=True)["loss"]
+
+
+def callbacks(cfg: TrainConfig, out: Path, target_tokens: int, validation_bleu=None):
+    """The run's callbacks, in the order they must see the logs: `validation_bleu`
+    (from `validation_bleu_callback`, required by `cfg.val_bleu`) adds `val_bleu`
+    before anything reads it."""
     import keras
 
+    if cfg.val_bleu and validation_bleu is None:
+        raise ValueError("cfg.val_bleu needs the validation_bleu callback")
     # With a fixed steps_per_epoch an "epoch" is not the corpus, so tokens/s is unknown.
     throughput = [] if cfg.steps_per_epoch else [throughput_callback(target_tokens)]
-    return throughput + [
+    return throughput + ([validation_bleu] if cfg.val_bleu else []) + [
         keras.callbacks.TerminateOnNaN(),
         keras.callbacks.BackupAndRestore(str(out / "backup"), delete_checkpoint=True),
-        best_checkpoint(out),
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience),
+        best_checkpoint(out, cfg.monitor),
+        keras.callbacks.EarlyStopping(monitor=cfg.monitor, mode=monitor_mode(cfg.monitor),
+                                      patience=cfg.patience),
         learning_rate_callback(cfg),
         *([epoch_weights(out / "epochs", cfg.average_last)] if cfg.average_last > 1 else []),
         keras.callbacks.CSVLogger(str(out / "history.csv"), append=True),
@@ -364,12 +424,13 @@ def plot_history(history_csv: Path, png: Path):
     if not rows:
         return
     epochs = [int(r["epoch"]) + 1 for r in rows]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    for key in ("loss", "val_loss"):
-        left.plot(epochs, [float(r[key]) for r in rows], marker="o", label=key)
-    for key in ("token_accuracy", "val_token_accuracy"):
-        right.plot(epochs, [float(r[key]) for r in rows], marker="o", label=key)
-    for axis, title in ((left, "loss"), (right, "token accuracy")):
+    panels = [("loss", ("loss", "val_loss")), ("token accuracy", ("token_accuracy", "val_token_accuracy"))]
+    if rows[0].get("val_bleu"):
+        panels.append(("validation BLEU (greedy)", ("val_bleu",)))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
+    for axis, (title, keys) in zip(axes, panels, strict=True):
+        for key in keys:
+            axis.plot(epochs, [float(r[key]) for r in rows], marker="o", label=key)
         axis.set_xlabel("epoch")
         axis.set_title(title)
         axis.legend()
@@ -380,15 +441,16 @@ def plot_history(history_csv: Path, png: Path):
 
 
 # ------------------------------------------------------------------- the run
-def evaluate_held_out(model, corpus, src_sp, tgt_sp, max_len, limit=1000) -> dict:
-    """Greedy translation of (up to `limit`) held-out pairs: exact match and BLEU."""
+def evaluate_held_out(model, corpus, src_sp, tgt_sp, max_len, limit=1000, inference=None) -> dict:
+    """Greedy translation of (up to `limit`, None = all) held-out pairs: sacreBLEU,
+    chrF, exact match. `inference`: an `InferenceModel` of `model` to reuse."""
     from keras_attn.search import InferenceModel
     from pipelines.decode import translate_tf
     from pipelines.evaluate import score
 
     sources, refs = corpus.sources[:limit], corpus.targets[:limit]
     start = time.perf_counter()
-    hyps = translate_tf(InferenceModel(model), sources, src_sp, tgt_sp, max_len=max_len)
+    hyps = translate_tf(inference or InferenceModel(model), sources, src_sp, tgt_sp, max_len=max_len)
     seconds = time.perf_counter() - start
     return {
         "split": corpus.name, "sentences": len(sources), **score(hyps, refs),
@@ -404,7 +466,7 @@ def run(cfg: TrainConfig) -> dict:
     import keras
 
     from keras_attn.saving import load_model
-    from pipelines.dataset import BatchingConfig, length_statistics, make_dataset, tokenized_pairs
+    from pipelines.dataset import length_statistics, make_dataset, tokenized_pairs
     from pipelines.tokenizer import load_processor
 
     out = Path(cfg.out)
@@ -420,8 +482,7 @@ def run(cfg: TrainConfig) -> dict:
     src_model, tgt_model = tokenizers(cfg, train, out)
     src_sp, tgt_sp = load_processor(src_model), load_processor(tgt_model)
     log(f"[tokenizer] sentencepiece vocab: source {src_sp.get_piece_size()}, target {tgt_sp.get_piece_size()}")
-    batching = BatchingConfig(max_len=cfg.max_len, batch_size=cfg.batch_size, batch_tokens=cfg.batch_tokens,
-                              subword_alpha=cfg.subword_alpha)
+    batching = batching_config(cfg)
     too_long, target_tokens = length_statistics(tokenized_pairs(train, src_model, tgt_model), cfg.max_len)
     if too_long:
         log(f"[data] {too_long:,} training pairs longer than max_len={cfg.max_len} tokens are skipped")
@@ -443,9 +504,10 @@ def run(cfg: TrainConfig) -> dict:
     if cfg.steps_per_epoch:
         train_ds = train_ds.repeat()
     start = time.perf_counter()
+    bleu = validation_bleu_callback(valid, src_sp, tgt_sp, cfg.max_len) if cfg.val_bleu else None
     history = model.fit(train_ds, validation_data=valid_ds, epochs=cfg.epochs,
-                        steps_per_epoch=cfg.steps_per_epoch, callbacks=callbacks(cfg, out, target_tokens),
-                        verbose=cfg.verbose)
+                        steps_per_epoch=cfg.steps_per_epoch, verbose=cfg.verbose,
+                        callbacks=callbacks(cfg, out, target_tokens, bleu))
     train_seconds = time.perf_counter() - start
     if not (out / "model.keras").is_file():
         raise RuntimeError("training ended without a checkpoint (was the loss NaN from the start?)")
@@ -455,7 +517,8 @@ def run(cfg: TrainConfig) -> dict:
     averaged = None
     if cfg.average_last > 1:
         model.set_weights(load_model(out / "model.keras").get_weights())
-        averaged = average_checkpoints(model, out / "epochs", valid_ds, log)
+        measure = validation_measure(cfg, valid_ds, valid, src_sp, tgt_sp)
+        averaged = average_checkpoints(model, out / "epochs", measure, log, cfg.monitor)
         if averaged and averaged["kept"]:
             model.save(out / ".model.keras.tmp.keras")
             (out / ".model.keras.tmp.keras").replace(out / "model.keras")

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 from pipelines.corpus import ParallelCorpus
@@ -73,7 +74,20 @@ def test_token_budget_batches_stay_within_budget(dates_models):
     assert sum(sizes) == len(corpus) and max(sizes) > 16
 
 
+def test_bucket_width_one_batches_pairs_of_one_length(dates_models):
+    corpus, src_model, tgt_model = dates_models
+    ds = make_dataset(corpus, src_model, tgt_model, BatchingConfig(batch_size=16, bucket_width=1), training=True)
+    seen = 0
+    for inputs, target_out in ds.as_numpy_iterator():
+        longer = np.maximum((inputs["source"] != 0).sum(1), (target_out != 0).sum(1))
+        assert (longer == longer[0]).all()
+        seen += len(target_out)
+    assert seen == len(corpus)
+
+
 def test_batching_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="bucket_width must be >= 1"):
+        BatchingConfig(bucket_width=0)
     with pytest.raises(ValueError, match="max_len"):
         BatchingConfig(max_len=0)
     with pytest.raises(ValueError, match="batch_size"):

@@ -11,10 +11,13 @@ from pipelines import cli
 from pipelines.train import (
     TrainConfig,
     average_checkpoints,
+    best_checkpoint,
     build_model,
     callbacks,
     cosine_lr,
     epoch_weights,
+    evaluate_held_out,
+    load_corpora,
     model_config,
     run,
 )
@@ -111,20 +114,35 @@ def test_checkpoint_average_is_kept_only_when_it_lowers_val_loss(tmp_path):
         model.set_weights(weights)
         model.save_weights(tmp_path / f"epoch_{epoch:03d}.weights.h5")
     model.set_weights(good)
-    result = average_checkpoints(model, tmp_path, data, log=lambda *a: None)
-    assert result["val_loss"] > result["best_checkpoint_val_loss"] and not result["kept"]
+
+    def measure(m):
+        return m.evaluate(data, verbose=0, return_dict=True)["loss"]
+
+    result = average_checkpoints(model, tmp_path, measure, log=lambda *a: None)
+    assert result["average"] > result["best_checkpoint"] and not result["kept"]
     for a, b in zip(model.get_weights(), good, strict=True):
         np.testing.assert_array_equal(a, b)
     model.set_weights([(g + b) / 2 for g, b in zip(good, bad, strict=True)])
-    assert model.evaluate(data, verbose=0, return_dict=True)["loss"] == pytest.approx(result["val_loss"], rel=1e-5)
+    assert measure(model) == pytest.approx(result["average"], rel=1e-5)
 
     # Files: twice the trained weights; the model holds the perturbed ones. The
     # average (the trained weights) wins and is what the model holds afterwards.
     model.set_weights(good)
     model.save_weights(tmp_path / "epoch_001.weights.h5")
     model.set_weights(bad)
-    result = average_checkpoints(model, tmp_path, data, log=lambda *a: None)
-    assert result["kept"] and result["val_loss"] < result["best_checkpoint_val_loss"]
+    result = average_checkpoints(model, tmp_path, measure, log=lambda *a: None)
+    assert result["kept"] and result["average"] < result["best_checkpoint"]
+    for a, b in zip(model.get_weights(), good, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+    # A higher-is-better monitor (val_bleu) flips the comparison: the lower-loss
+    # average now loses to the perturbed weights the model holds.
+    model.set_weights(bad)
+    result = average_checkpoints(model, tmp_path, measure, log=lambda *a: None, monitor="val_bleu")
+    assert result["average"] < result["best_checkpoint"] and not result["kept"]
+    for a, b in zip(model.get_weights(), bad, strict=True):
+        np.testing.assert_array_equal(a, b)
+    model.set_weights(good)
     for a, b in zip(model.get_weights(), good, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
@@ -151,6 +169,47 @@ def test_init_from_starts_with_the_trained_weights_and_tokenizers(dates_run, tmp
                         **{**same, "decoder_units": 48}))
     with pytest.raises(ValueError, match="missing model.keras"):
         TrainConfig(init_from=str(tmp_path / "nowhere")).validate()
+
+
+def test_val_bleu_is_logged_every_epoch_and_picks_the_checkpoint(tmp_path):
+    """`val_bleu` in history.csv is the greedy BLEU of the weights at that epoch's
+    end, and with `monitor: val_bleu` the kept checkpoint is the best-BLEU epoch's."""
+    from keras_attn.saving import load_model
+    from pipelines.tokenizer import load_processor
+
+    cfg = TrainConfig(out=str(tmp_path), dates_train_size=3000, epochs=3, embedding_dim=16, encoder_units=16,
+                      decoder_units=32, lr=5e-3, batch_size=64, val_bleu=True, monitor="val_bleu", verbose=0)
+    metrics = run(cfg)
+    bleus = [float(r["val_bleu"]) for r in csv.DictReader(open(tmp_path / "history.csv"))]
+    assert len(bleus) == metrics["epochs_run"] == 3 and all(0 <= b <= 100 for b in bleus)
+    assert len(set(bleus)) > 1  # the model changes between epochs, and so does its BLEU
+    _, valid, _ = load_corpora(cfg)
+    src_sp, tgt_sp = (load_processor((tmp_path / f"{side}.spm.model").read_bytes()) for side in ("src", "tgt"))
+    kept = evaluate_held_out(load_model(tmp_path / "model.keras"), valid, src_sp, tgt_sp, cfg.max_len, limit=None)
+    assert kept["bleu"] == max(bleus)
+
+
+def test_a_resumed_run_keeps_the_best_checkpoint_by_the_monitor(tmp_path):
+    (tmp_path / "history.csv").write_text("epoch,val_loss,val_bleu\n0,2.0,10.5\n1,1.5,30.25\n2,1.0,20.0\n")
+    (tmp_path / "model.keras").write_bytes(b"a checkpoint")
+    cfg = TrainConfig(embedding_dim=8, encoder_units=8, decoder_units=8)
+    model = build_model(cfg, model_config(cfg, FakeSp(), FakeSp()))
+    for monitor, best in (("val_bleu", 30.25), ("val_loss", 1.0)):
+        checkpoint = best_checkpoint(tmp_path, monitor)
+        checkpoint.set_model(model)
+        checkpoint.on_train_begin()
+        assert checkpoint.best == best
+        checkpoint.on_epoch_end(3, {monitor: 25.0 if monitor == "val_bleu" else 1.2})
+        assert (tmp_path / "model.keras").read_bytes() == b"a checkpoint"  # not better: not saved
+
+
+def test_monitor_is_checked():
+    with pytest.raises(ValueError, match="--monitor val_bleu needs --val-bleu true"):
+        TrainConfig(monitor="val_bleu").validate()
+    with pytest.raises(ValueError, match="--monitor must be val_loss or val_bleu"):
+        TrainConfig(monitor="bleu", val_bleu=True).validate()
+    with pytest.raises(ValueError, match="needs the validation_bleu callback"):
+        callbacks(TrainConfig(val_bleu=True, monitor="val_bleu"), Path("."), 1)
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):

@@ -95,9 +95,12 @@ class MaskedLSTM(keras.layers.Layer):
         projection = tf.transpose(projection, [1, 2, 0, 3])
         step_mask = tf.cast(tf.transpose(mask)[:, :, None], self.compute_dtype)
         # |step_mask| = (time, batch, 1): 1.0 at real steps, 0.0 at padding
-        results = [self._run(projection[:, 0], step_mask, self.recurrent_kernel[0])]
+        # (unstack, not `projection[:, k]`: a slice's gradient is a full-size zero
+        # tensor per direction, unstack's one stack of the two)
+        per_direction = tf.unstack(projection, num=d, axis=1)
+        results = [self._run(per_direction[0], step_mask, self.recurrent_kernel[0])]
         if self.bidirectional:  # the backward direction reads the steps in reverse
-            out, h, c = self._run(tf.reverse(projection[:, 1], [0]), tf.reverse(step_mask, [0]),
+            out, h, c = self._run(tf.reverse(per_direction[1], [0]), tf.reverse(step_mask, [0]),
                                   self.recurrent_kernel[1])
             results.append((tf.reverse(out, [0]), h, c))
         outputs, final_h, final_c = (tf.concat(parts, axis=-1) for parts in zip(*results))

@@ -1,0 +1,108 @@
+"""Where a training step's time goes: the TensorFlow profiler on the recipe model.
+
+    python benchmarks/profile_train_step.py [--batch 120] [--length 16] [--precision float32]
+
+Trains the reference recipe's model (configs/multi30k_deen.yaml) on a fixed batch of
+random ids (`--batch` sentences of `--length` tokens on both sides), times
+`--steps` steps, then records `--profile-steps` more with `tf.profiler` and adds up the
+op durations on TensorFlow's compute threads, by op type and by op. The sums are
+op-seconds: two ops running at once on the two cores both count, so they can exceed
+the step's wall time. Writes `results/profile_train_step.{json,md}`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from common import write_results  # noqa: E402
+
+
+def op_seconds(logdir: str, steps: int):
+    """`(by_type, by_op)` Counters of op-seconds per step from a profiler trace."""
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    space = xplane_pb2.XSpace()
+    path = sorted(glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True))[-1]
+    with open(path, "rb") as handle:
+        space.ParseFromString(handle.read())
+    host = next(plane for plane in space.planes if plane.name == "/host:CPU")
+    by_type, by_op = collections.Counter(), collections.Counter()
+    for line in host.lines:
+        if not line.name.startswith("tf_Compute"):
+            continue
+        for event in line.events:
+            name = host.event_metadata[event.metadata_id].name
+            if ":" not in name or "::" in name:  # executor bookkeeping, not an op ("name:Type")
+                continue
+            seconds = event.duration_ps / 1e12 / steps
+            by_type[name.rsplit(":", 1)[1]] += seconds
+            by_op[name.rsplit(":", 1)[0]] += seconds
+    return by_type, by_op
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=120)
+    parser.add_argument("--length", type=int, default=16)
+    parser.add_argument("--precision", default="float32")
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--profile-steps", type=int, default=3)
+    parser.add_argument("--top", type=int, default=15)
+    args = parser.parse_args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from pipelines.train import TrainConfig, build_model, model_config
+
+    class Vocab:  # the recipe's SentencePiece sizes, without training the tokenizers
+        def __init__(self, size):
+            self.size = size
+
+        def get_piece_size(self):
+            return self.size
+
+    cfg = TrainConfig(**{**TrainConfig.from_file(os.path.join(ROOT, "configs", "multi30k_deen.yaml")),
+                         "precision": args.precision})
+    keras.mixed_precision.set_global_policy(args.precision)
+    model = build_model(cfg, model_config(cfg, Vocab(8000), Vocab(7931)))
+    rng = np.random.default_rng(0)
+    shape = (args.batch, args.length)
+    x = {"source": rng.integers(4, 8000, shape).astype("int32"),
+         "target_in": rng.integers(4, 7931, shape).astype("int32")}
+    y = rng.integers(4, 7931, shape).astype("int32")
+    for _ in range(3):  # trace and warm up
+        model.train_on_batch(x, y)
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        model.train_on_batch(x, y)
+    step = (time.perf_counter() - start) / args.steps
+    with tempfile.TemporaryDirectory() as logdir:
+        tf.profiler.experimental.start(logdir)
+        for _ in range(args.profile_steps):
+            model.train_on_batch(x, y)
+        tf.profiler.experimental.stop()
+        by_type, by_op = op_seconds(logdir, args.profile_steps)
+    total = sum(by_type.values())
+    rows = [{"kind": "op type", "name": k, "op-seconds per step": round(v, 4), "share": round(v / total, 3)}
+            for k, v in by_type.most_common(args.top)]
+    rows += [{"kind": "op", "name": k[-90:], "op-seconds per step": round(v, 4), "share": round(v / total, 3)}
+             for k, v in by_op.most_common(args.top)]
+    write_results("profile_train_step", rows, {
+        "setting": f"{args.precision}, batch {args.batch} x {args.length} target tokens, recipe model",
+        "step": f"{step:.3f} s wall per step ({args.batch * args.length / step:,.0f} target tok/s), "
+                f"mean of {args.steps}; op-seconds per step summed over compute threads: {total:.3f}"})
+
+
+if __name__ == "__main__":
+    main()

@@ -56,7 +56,7 @@ class TrainConfig:
     lr_patience: int = 1
     lr_factor: float = 0.5
     min_lr: float = 1e-5
-    lr_schedule: str = "plateau"  # plateau (halve when val_loss stalls) | cosine (over `epochs`)
+    lr_schedule: str = "plateau"  # plateau (halve when `monitor` stalls) | cosine (over `epochs`)
     average_last: int = 0  # average the weights of the last N epochs if that improves `monitor`
     # validation: greedy sacreBLEU of the validation set after every epoch (`val_bleu`
     # in history.csv), and what picks the best checkpoint, drives the plateau schedule

@@ -22,7 +22,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from common import DEFAULT_DATA, RESULTS, machine, write_results  # noqa: E402
+from common import DEFAULT_DATA, RESULTS, machine, recipe_config, write_results  # noqa: E402
 
 
 def step_clock(warmup: int):
@@ -49,13 +49,10 @@ def one_setting(data_dir, precision, jit, steps, warmup, batch_tokens, bucket_wi
 
     from pipelines.dataset import make_dataset
     from pipelines.tokenizer import load_processor, train_sentencepiece
-    from pipelines.train import TrainConfig, batching_config, build_model, load_corpora, model_config
+    from pipelines.train import batching_config, build_model, load_corpora, model_config
 
-    recipe = TrainConfig.from_file(os.path.join(ROOT, "configs", "multi30k_deen.yaml"))
-    if bucket_width:
-        recipe["bucket_width"] = bucket_width
-    cfg = TrainConfig(**{**recipe, "data_dir": data_dir, "precision": precision, "jit": jit,
-                         "batch_tokens": batch_tokens})
+    cfg = recipe_config(data_dir=data_dir, precision=precision, jit=jit, batch_tokens=batch_tokens,
+                        **({"bucket_width": bucket_width} if bucket_width else {}))
     keras.mixed_precision.set_global_policy(precision)
     train, _, _ = load_corpora(cfg)
     src_model, tgt_model = train_sentencepiece(train.sources, 8000), train_sentencepiece(train.targets, 8000)

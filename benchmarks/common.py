@@ -53,3 +53,11 @@ def fmt(value):
     if isinstance(value, float):
         return f"{value:,.1f}" if abs(value) >= 10 else f"{value:.3g}"
     return str(value)
+
+
+def recipe_config(**overrides):
+    """The reference recipe's `TrainConfig` (configs/multi30k_deen.yaml), with overrides."""
+    from pipelines.train import TrainConfig
+
+    recipe = TrainConfig.from_file(Path(__file__).resolve().parents[1] / "configs" / "multi30k_deen.yaml")
+    return TrainConfig(**{**recipe, **overrides})

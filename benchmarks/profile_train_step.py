@@ -23,7 +23,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from common import write_results  # noqa: E402
+from common import recipe_config, write_results  # noqa: E402
 
 
 def op_seconds(logdir: str, steps: int):
@@ -63,7 +63,7 @@ def main():
     import numpy as np
     import tensorflow as tf
 
-    from pipelines.train import TrainConfig, build_model, model_config
+    from pipelines.train import build_model, model_config
 
     class Vocab:  # the recipe's SentencePiece sizes, without training the tokenizers
         def __init__(self, size):
@@ -72,8 +72,7 @@ def main():
         def get_piece_size(self):
             return self.size
 
-    cfg = TrainConfig(**{**TrainConfig.from_file(os.path.join(ROOT, "configs", "multi30k_deen.yaml")),
-                         "precision": args.precision})
+    cfg = recipe_config(precision=args.precision)
     keras.mixed_precision.set_global_policy(args.precision)
     model = build_model(cfg, model_config(cfg, Vocab(8000), Vocab(7931)))
     rng = np.random.default_rng(0)

@@ -97,7 +97,7 @@ class LuongAttention(keras.layers.Layer):
         """Unnormalized scores `(batch, tgt_len, src_len)` for a 3-D query."""
         if self.score == "concat":
             # |hidden| = (batch, tgt_len, src_len, units)
-            hidden = tf.tanh(tf.matmul(query, self.query_kernel)[:, :, None, :] + keys[:, None, :, :])
+            hidden = tf.tanh(dense_3d(query, self.query_kernel)[:, :, None, :] + keys[:, None, :, :])
             return tf.tensordot(hidden, self.v, axes=1)
         # |energy| = (batch, tgt_len, src_len)
         return tf.matmul(query, keys, transpose_b=True)

@@ -87,12 +87,8 @@ class InputFeedingDecoder(keras.layers.Layer):
         embedded = tf.cast(tf.gather(self.embedding.embeddings, tokens), self.compute_dtype)
         if training and self.dropout > 0:
             embedded = keras.random.dropout(embedded, self.dropout, seed=self.seed_generator)
-        # |projection| = (..., 4 * units). A whole sequence is one 2-D matmul: the
-        # broadcasting 3-D one is a BatchMatMul whose kernel gradient is a matmul per
-        # sentence plus a sum (a quarter of a training step's time, measured).
-        if embedded.shape.rank == 3:
-            return dense_3d(embedded, input_kernel) + self.lstm_biases[0]
-        return tf.matmul(embedded, input_kernel) + self.lstm_biases[0]
+        # |projection| = (..., 4 * units)
+        return dense_3d(embedded, input_kernel) + self.lstm_biases[0]
 
     def _recurrent_step(self, input_projection, state, kernels, keys, memory, mask, rows=None):
         """One step from the precomputed input projection; returns (h̃, weights, state).

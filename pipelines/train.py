@@ -450,7 +450,8 @@ def evaluate_held_out(model, corpus, src_sp, tgt_sp, max_len, limit=1000, infere
 
     sources, refs = corpus.sources[:limit], corpus.targets[:limit]
     start = time.perf_counter()
-    hyps = translate_tf(inference or InferenceModel(model), sources, src_sp, tgt_sp, max_len=max_len)
+    inference = InferenceModel(model) if inference is None else inference
+    hyps = translate_tf(inference, sources, src_sp, tgt_sp, max_len=max_len)
     seconds = time.perf_counter() - start
     return {
         "split": corpus.name, "sentences": len(sources), **score(hyps, refs),

@@ -290,11 +290,23 @@ def validation_bleu_callback(corpus, src_sp, tgt_sp, max_len: int):
     return ValidationBleu()
 
 
-def best_checkpoint(out: Path, monitor: str = "val_loss"):
-    """ModelCheckpoint (best `monitor`) that never saves a non-finite value and, when
-    a run resumes, only overwrites the checkpoint with a better one than it holds."""
+def logged_epochs(out: Path, monitor: str) -> list[tuple[float, float]]:
+    """`(monitor value, learning rate)` of every epoch in `out/history.csv` that logged
+    a finite `monitor`; empty when there is no history."""
     import csv
 
+    history = out / "history.csv"
+    if not history.is_file():
+        return []
+    with open(history, encoding="utf-8") as handle:
+        rows = [(float(r[monitor]), float(r.get("learning_rate") or "nan"))
+                for r in csv.DictReader(handle) if r.get(monitor)]
+    return [(value, lr) for value, lr in rows if math.isfinite(value)]
+
+
+def best_checkpoint(out: Path, monitor: str = "val_loss"):
+    """ModelCheckpoint (best `monitor`) that never saves a non-finite value and, when
+    `out` already holds a checkpoint, only overwrites it with a better one."""
     import keras
 
     mode = monitor_mode(monitor)
@@ -302,13 +314,9 @@ def best_checkpoint(out: Path, monitor: str = "val_loss"):
     class BestCheckpoint(keras.callbacks.ModelCheckpoint):
         def on_train_begin(self, logs=None):
             super().on_train_begin(logs)
-            history = out / "history.csv"
-            if history.is_file() and (out / "model.keras").is_file():
-                with open(history, encoding="utf-8") as handle:
-                    values = [float(r[monitor]) for r in csv.DictReader(handle) if r.get(monitor)]
-                finite = [v for v in values if math.isfinite(v)]
-                if finite:
-                    self.best = max(finite) if mode == "max" else min(finite)
+            values = [value for value, _ in logged_epochs(out, monitor)]
+            if values and (out / "model.keras").is_file():
+                self.best = max(values) if mode == "max" else min(values)
 
         def on_epoch_end(self, epoch, logs=None):
             value = (logs or {}).get(monitor)
@@ -318,6 +326,46 @@ def best_checkpoint(out: Path, monitor: str = "val_loss"):
     return BestCheckpoint(str(out / "model.keras"), monitor=monitor, mode=mode, save_best_only=True)
 
 
+def early_stopping(cfg: TrainConfig, past: list[tuple[float, float]]):
+    """EarlyStopping on `cfg.monitor` that, in a resumed run, counts the epochs of
+    `past` (from `logged_epochs`) as if they had run in this process."""
+    import keras
+
+    class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+        def on_train_begin(self, logs=None):
+            super().on_train_begin(logs)
+            self._set_monitor_op()
+            for value, _ in past:  # the same bookkeeping as EarlyStopping.on_epoch_end
+                self.wait += 1
+                if self._is_improvement(value, self.best):
+                    self.best, self.wait = value, 0
+
+    return ResumableEarlyStopping(monitor=cfg.monitor, mode=monitor_mode(cfg.monitor), patience=cfg.patience)
+
+
+def plateau_schedule(cfg: TrainConfig, past: list[tuple[float, float]]):
+    """ReduceLROnPlateau on `cfg.monitor` that, in a resumed run, replays `past`: the
+    best value and the epochs waited since it or since the last reduction carry over
+    (the reduced learning rate itself comes back with the optimizer's state)."""
+    import keras
+    import numpy as np
+
+    class ResumablePlateau(keras.callbacks.ReduceLROnPlateau):
+        def on_train_begin(self, logs=None):
+            super().on_train_begin(logs)
+            self._set_monitor_op()
+            for value, lr in past:  # ReduceLROnPlateau.on_epoch_end without cooldown
+                if self._is_improvement(value, self.best):
+                    self.best, self.wait = value, 0
+                    continue
+                self.wait += 1
+                if self.wait >= self.patience and lr > np.float32(self.min_lr):  # it reduced the rate here
+                    self.wait = 0
+
+    return ResumablePlateau(monitor=cfg.monitor, mode=monitor_mode(cfg.monitor), factor=cfg.lr_factor,
+                            patience=cfg.lr_patience, min_lr=cfg.min_lr)
+
+
 def cosine_lr(epoch: int, epochs: int, lr: float, min_lr: float) -> float:
     """Learning rate of `epoch` (0-based) on a cosine from `lr` down to `min_lr`,
     reached at the last epoch."""
@@ -325,15 +373,13 @@ def cosine_lr(epoch: int, epochs: int, lr: float, min_lr: float) -> float:
     return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))
 
 
-def learning_rate_callback(cfg: TrainConfig):
+def learning_rate_callback(cfg: TrainConfig, past: list[tuple[float, float]]):
     import keras
 
     if cfg.lr_schedule == "cosine":
         return keras.callbacks.LearningRateScheduler(
             lambda epoch, _: cosine_lr(epoch, cfg.epochs, cfg.lr, cfg.min_lr))
-    return keras.callbacks.ReduceLROnPlateau(monitor=cfg.monitor, mode=monitor_mode(cfg.monitor),
-                                             factor=cfg.lr_factor, patience=cfg.lr_patience,
-                                             min_lr=cfg.min_lr)
+    return plateau_schedule(cfg, past)
 
 
 def epoch_weights(folder: Path, keep: int):
@@ -398,13 +444,15 @@ def callbacks(cfg: TrainConfig, out: Path, target_tokens: int, validation_bleu=N
         raise ValueError("cfg.val_bleu needs the validation_bleu callback")
     # With a fixed steps_per_epoch an "epoch" is not the corpus, so tokens/s is unknown.
     throughput = [] if cfg.steps_per_epoch else [throughput_callback(target_tokens)]
+    # A resumed run (BackupAndRestore left a backup) continues the schedule and the
+    # early-stopping count of the epochs already logged, not from scratch.
+    past = logged_epochs(out, cfg.monitor) if (out / "backup").is_dir() else []
     return throughput + ([validation_bleu] if cfg.val_bleu else []) + [
         keras.callbacks.TerminateOnNaN(),
         keras.callbacks.BackupAndRestore(str(out / "backup"), delete_checkpoint=True),
         best_checkpoint(out, cfg.monitor),
-        keras.callbacks.EarlyStopping(monitor=cfg.monitor, mode=monitor_mode(cfg.monitor),
-                                      patience=cfg.patience),
-        learning_rate_callback(cfg),
+        early_stopping(cfg, past),
+        learning_rate_callback(cfg, past),
         *([epoch_weights(out / "epochs", cfg.average_last)] if cfg.average_last > 1 else []),
         keras.callbacks.CSVLogger(str(out / "history.csv"), append=True),
         keras.callbacks.TensorBoard(str(out / "logs"), write_graph=False, profile_batch=0),

@@ -203,6 +203,33 @@ def test_a_resumed_run_keeps_the_best_checkpoint_by_the_monitor(tmp_path):
         assert (tmp_path / "model.keras").read_bytes() == b"a checkpoint"  # not better: not saved
 
 
+def test_a_resumed_run_continues_the_plateau_schedule_and_early_stopping(tmp_path):
+    """Resuming replays the logged epochs: epoch 2 did not improve on epoch 1, so one
+    more such epoch halves the rate (lr_patience 2) and two more stop (patience 3).
+    Counted from scratch, neither would happen yet."""
+    (tmp_path / "history.csv").write_text(
+        "epoch,learning_rate,val_loss\n0,0.001,3.0\n1,0.001,2.5\n2,0.001,2.7\n")
+    cfg = TrainConfig(embedding_dim=8, encoder_units=8, decoder_units=8, lr_patience=2, patience=3)
+    model = build_model(cfg, model_config(cfg, FakeSp(), FakeSp()))
+    for resumed in (False, True):
+        if resumed:
+            (tmp_path / "backup").mkdir()
+        model.optimizer.learning_rate = 1e-3
+        model.stop_training = False
+        run = [c for c in callbacks(cfg, tmp_path, 100)
+               if isinstance(c, (keras.callbacks.EarlyStopping, keras.callbacks.ReduceLROnPlateau))]
+        for callback in run:
+            callback.set_model(model)
+            callback.on_train_begin()
+        for epoch in (3, 4):
+            for callback in run:
+                callback.on_epoch_end(epoch, {"val_loss": 2.6})
+            if epoch == 3:
+                halved = float(model.optimizer.learning_rate) == pytest.approx(5e-4)
+                assert halved == resumed
+        assert model.stop_training == resumed
+
+
 def test_monitor_is_checked():
     with pytest.raises(ValueError, match="--monitor val_bleu needs --val-bleu true"):
         TrainConfig(monitor="val_bleu").validate()

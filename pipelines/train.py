@@ -117,6 +117,8 @@ class TrainConfig:
             raise ValueError(f"--subword-alpha must be in [0, 1], got {self.subword_alpha}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.init_from is not None and Path(self.init_from).resolve() == Path(self.out).resolve():
+            raise ValueError(f"--init-from and --out are the same folder ({self.out}); write the new run elsewhere")
         if self.init_from is not None:
             for name in ("model.keras", "src.spm.model", "tgt.spm.model"):
                 if not (Path(self.init_from) / name).is_file():
@@ -158,13 +160,31 @@ def load_corpora(cfg: TrainConfig):
     return train, valid, test
 
 
+def resuming(out: Path) -> bool:
+    """Whether `out` holds an interrupted run that `BackupAndRestore` will resume."""
+    return (out / "backup").is_dir()
+
+
+def clear_previous_run(out: Path, log) -> None:
+    """A new (not resumed) run in a folder holding a previous run's results replaces
+    them: its history and epoch weights would mix with the new run's, and its
+    checkpoint would not match the newly trained tokenizers."""
+    stale = [out / name for name in ("model.keras", "history.csv", "metrics.json", "training_curve.png")
+             if (out / name).is_file()] + sorted((out / "epochs").glob("epoch_*.weights.h5"))
+    if stale:
+        log(f"[train] {out} holds a previous run; starting a new one and replacing its "
+            f"{', '.join(sorted({path.name for path in stale}))}")
+    for path in stale:
+        path.unlink()
+
+
 def tokenizers(cfg: TrainConfig, train, out: Path) -> tuple[bytes, bytes]:
     """Train the two SentencePiece models, or reuse them when resuming a run or
     starting from another run's weights (`init_from`)."""
     from pipelines.tokenizer import train_sentencepiece
 
     src_path, tgt_path = out / "src.spm.model", out / "tgt.spm.model"
-    if src_path.is_file() and tgt_path.is_file() and (out / "backup").is_dir():
+    if src_path.is_file() and tgt_path.is_file() and resuming(out):
         return src_path.read_bytes(), tgt_path.read_bytes()
     if cfg.init_from:
         src = (Path(cfg.init_from) / "src.spm.model").read_bytes()
@@ -290,23 +310,28 @@ def validation_bleu_callback(corpus, src_sp, tgt_sp, max_len: int):
     return ValidationBleu()
 
 
-def logged_epochs(out: Path, monitor: str) -> list[tuple[float, float]]:
-    """`(monitor value, learning rate)` of every epoch in `out/history.csv` that logged
-    a finite `monitor`; empty when there is no history."""
+def read_history(history_csv: Path) -> list[dict]:
+    """The rows of a run's history.csv, one per finished epoch (of every process of a
+    resumed run); empty when there is no file."""
     import csv
 
-    history = out / "history.csv"
-    if not history.is_file():
+    if not history_csv.is_file():
         return []
-    with open(history, encoding="utf-8") as handle:
-        rows = [(float(r[monitor]), float(r.get("learning_rate") or "nan"))
-                for r in csv.DictReader(handle) if r.get(monitor)]
+    with open(history_csv, encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def logged_epochs(out: Path, monitor: str) -> list[tuple[float, float]]:
+    """`(monitor value, learning rate)` of every epoch in `out/history.csv` that logged
+    a finite `monitor`."""
+    rows = [(float(r[monitor]), float(r.get("learning_rate") or "nan")) for r in read_history(out / "history.csv") if r.get(monitor)]
     return [(value, lr) for value, lr in rows if math.isfinite(value)]
 
 
-def best_checkpoint(out: Path, monitor: str = "val_loss"):
-    """ModelCheckpoint (best `monitor`) that never saves a non-finite value and, when
-    `out` already holds a checkpoint, only overwrites it with a better one."""
+def best_checkpoint(out: Path, monitor: str, past: list[tuple[float, float]]):
+    """ModelCheckpoint (best `monitor`) that never saves a non-finite value and, in a
+    resumed run (`past` from `logged_epochs`), only overwrites the checkpoint it
+    holds with a better one."""
     import keras
 
     mode = monitor_mode(monitor)
@@ -314,7 +339,7 @@ def best_checkpoint(out: Path, monitor: str = "val_loss"):
     class BestCheckpoint(keras.callbacks.ModelCheckpoint):
         def on_train_begin(self, logs=None):
             super().on_train_begin(logs)
-            values = [value for value, _ in logged_epochs(out, monitor)]
+            values = [value for value, _ in past]
             if values and (out / "model.keras").is_file():
                 self.best = max(values) if mode == "max" else min(values)
 
@@ -446,11 +471,11 @@ def callbacks(cfg: TrainConfig, out: Path, target_tokens: int, validation_bleu=N
     throughput = [] if cfg.steps_per_epoch else [throughput_callback(target_tokens)]
     # A resumed run (BackupAndRestore left a backup) continues the schedule and the
     # early-stopping count of the epochs already logged, not from scratch.
-    past = logged_epochs(out, cfg.monitor) if (out / "backup").is_dir() else []
+    past = logged_epochs(out, cfg.monitor) if resuming(out) else []
     return throughput + ([validation_bleu] if cfg.val_bleu else []) + [
         keras.callbacks.TerminateOnNaN(),
         keras.callbacks.BackupAndRestore(str(out / "backup"), delete_checkpoint=True),
-        best_checkpoint(out, cfg.monitor),
+        best_checkpoint(out, cfg.monitor, past),
         early_stopping(cfg, past),
         learning_rate_callback(cfg, past),
         *([epoch_weights(out / "epochs", cfg.average_last)] if cfg.average_last > 1 else []),
@@ -460,15 +485,12 @@ def callbacks(cfg: TrainConfig, out: Path, target_tokens: int, validation_bleu=N
 
 
 def plot_history(history_csv: Path, png: Path):
-    import csv
-
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    with open(history_csv, encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
+    rows = read_history(history_csv)
     if not rows:
         return
     epochs = [int(r["epoch"]) + 1 for r in rows]
@@ -523,6 +545,8 @@ def run(cfg: TrainConfig) -> dict:
     keras.utils.set_random_seed(cfg.seed)
     keras.mixed_precision.set_global_policy(cfg.precision)
     log = print if cfg.verbose else (lambda *a, **k: None)
+    if not resuming(out):
+        clear_previous_run(out, log)
 
     train, valid, test = load_corpora(cfg)
     for corpus in (train, valid, test):
@@ -575,7 +599,9 @@ def run(cfg: TrainConfig) -> dict:
     keras.mixed_precision.set_global_policy("float32")
     best = load_model(out / "model.keras")
     held_out = test if test is not None else valid
-    metrics = {"train_seconds": train_seconds, "epochs_run": len(history.history.get("loss", [])),
+    # A resumed run's history.csv holds the epochs of every process; `history` only this one's.
+    metrics = {"train_seconds": train_seconds, "epochs_run": len(read_history(out / "history.csv")),
+               "epochs_this_process": len(history.history.get("loss", [])),
                "checkpoint_average": averaged,
                "held_out": evaluate_held_out(best, held_out, src_sp, tgt_sp, cfg.max_len)}
     atomic_write(out / "metrics.json", json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")

@@ -18,6 +18,7 @@ from pipelines.train import (
     epoch_weights,
     evaluate_held_out,
     load_corpora,
+    logged_epochs,
     model_config,
     run,
 )
@@ -164,11 +165,22 @@ def test_init_from_starts_with_the_trained_weights_and_tokenizers(dates_run, tmp
     assert first < source_last * 1.2 < fresh_first
     assert metrics["held_out"]["exact_match"] > 0.3
 
+    # The same command again (not a resume: no backup left) replaces the finished
+    # run instead of appending to its history.
+    (tmp_path / "epochs").mkdir()
+    (tmp_path / "epochs" / "epoch_007.weights.h5").write_bytes(b"an old epoch")
+    again = run(TrainConfig(out=str(tmp_path), init_from=str(source), epochs=1, lr=1e-4, verbose=0, **same))
+    assert again["epochs_run"] == again["epochs_this_process"] == 1
+    assert len(list(csv.DictReader(open(tmp_path / "history.csv")))) == 1
+    assert not (tmp_path / "epochs" / "epoch_007.weights.h5").exists()
+
     with pytest.raises(ValueError, match="differs from this run's"):
         run(TrainConfig(out=str(tmp_path / "other"), init_from=str(source), epochs=1, verbose=0,
                         **{**same, "decoder_units": 48}))
     with pytest.raises(ValueError, match="missing model.keras"):
         TrainConfig(init_from=str(tmp_path / "nowhere")).validate()
+    with pytest.raises(ValueError, match="--init-from and --out are the same folder"):
+        TrainConfig(init_from=str(source), out=str(source)).validate()
 
 
 def test_val_bleu_is_logged_every_epoch_and_picks_the_checkpoint(tmp_path):
@@ -195,7 +207,7 @@ def test_a_resumed_run_keeps_the_best_checkpoint_by_the_monitor(tmp_path):
     cfg = TrainConfig(embedding_dim=8, encoder_units=8, decoder_units=8)
     model = build_model(cfg, model_config(cfg, FakeSp(), FakeSp()))
     for monitor, best in (("val_bleu", 30.25), ("val_loss", 1.0)):
-        checkpoint = best_checkpoint(tmp_path, monitor)
+        checkpoint = best_checkpoint(tmp_path, monitor, logged_epochs(tmp_path, monitor))
         checkpoint.set_model(model)
         checkpoint.on_train_begin()
         assert checkpoint.best == best

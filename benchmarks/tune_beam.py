@@ -1,6 +1,7 @@
 """Pick the beam length-penalty alpha on the *validation* set (never on test).
 
-    python benchmarks/tune_beam.py --bundle exported/multi30k_deen [--data-dir DIR] [--beam 5]
+    python benchmarks/tune_beam.py --bundle exported/multi30k_deen [--data-dir DIR] [--beam 5] \
+        [--name tune_beam]      # results/NAME.{json,md}
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ def main():
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA))
     parser.add_argument("--beam", type=int, default=5)
     parser.add_argument("--alphas", type=float, nargs="+", default=[0.0, 0.4, 0.6, 0.8, 1.0, 1.2])
+    parser.add_argument("--name", default="tune_beam", help="results file name (results/NAME.json, .md)")
     args = parser.parse_args()
 
     import sacrebleu
@@ -38,7 +40,7 @@ def main():
                      "val BLEU": round(sacrebleu.corpus_bleu(hyps, [refs]).score, 2)})
         print(rows[-1], flush=True)
     best = max(rows[1:], key=lambda r: r["val BLEU"])
-    write_results("tune_beam", rows, {"chosen alpha": best["alpha"], "set": "Multi30k val (1,014 sentences)"})
+    write_results(args.name, rows, {"chosen alpha": best["alpha"], "set": "Multi30k val (1,014 sentences)"})
 
 
 if __name__ == "__main__":

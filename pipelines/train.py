@@ -324,7 +324,8 @@ def read_history(history_csv: Path) -> list[dict]:
 def logged_epochs(out: Path, monitor: str) -> list[tuple[float, float]]:
     """`(monitor value, learning rate)` of every epoch in `out/history.csv` that logged
     a finite `monitor`."""
-    rows = [(float(r[monitor]), float(r.get("learning_rate") or "nan")) for r in read_history(out / "history.csv") if r.get(monitor)]
+    rows = [(float(r[monitor]), float(r.get("learning_rate") or "nan"))
+            for r in read_history(out / "history.csv") if r.get(monitor)]
     return [(value, lr) for value, lr in rows if math.isfinite(value)]
 
 
@@ -359,7 +360,8 @@ def early_stopping(cfg: TrainConfig, past: list[tuple[float, float]]):
     class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
         def on_train_begin(self, logs=None):
             super().on_train_begin(logs)
-            self._set_monitor_op()
+            if self.monitor_op is None:  # set once: it also flips min_delta's sign
+                self._set_monitor_op()
             for value, _ in past:  # the same bookkeeping as EarlyStopping.on_epoch_end
                 self.wait += 1
                 if self._is_improvement(value, self.best):
@@ -378,7 +380,8 @@ def plateau_schedule(cfg: TrainConfig, past: list[tuple[float, float]]):
     class ResumablePlateau(keras.callbacks.ReduceLROnPlateau):
         def on_train_begin(self, logs=None):
             super().on_train_begin(logs)
-            self._set_monitor_op()
+            if self.monitor_op is None:  # set once: it also flips min_delta's sign
+                self._set_monitor_op()
             for value, lr in past:  # ReduceLROnPlateau.on_epoch_end without cooldown
                 if self._is_improvement(value, self.best):
                     self.best, self.wait = value, 0

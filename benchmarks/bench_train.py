@@ -57,7 +57,8 @@ def one_setting(data_dir, precision, jit, steps, warmup, batch_tokens, bucket_wi
     train, _, _ = load_corpora(cfg)
     src_model, tgt_model = train_sentencepiece(train.sources, 8000), train_sentencepiece(train.targets, 8000)
     ds = make_dataset(train, src_model, tgt_model, batching_config(cfg), training=True)
-    model = build_model(cfg, model_config(cfg, load_processor(src_model), load_processor(tgt_model)))
+    model = build_model(cfg, model_config(cfg, load_processor(src_model).get_piece_size(),
+                                          load_processor(tgt_model).get_piece_size()))
     # The exact batches, tokenized up front (as the training run's cache replays them
     # from its second epoch on), so the pipeline's first pass is not what is timed.
     batches = list(ds.repeat().take(warmup + steps).as_numpy_iterator())
@@ -66,7 +67,7 @@ def one_setting(data_dir, precision, jit, steps, warmup, batch_tokens, bucket_wi
             tf.TensorSpec([None, None], tf.int32))
     replay = tf.data.Dataset.from_generator(lambda: iter(batches), output_signature=spec).prefetch(2)
     clock = step_clock(warmup)
-    model.fit(replay, epochs=1, verbose=0, callbacks=[clock])
+    model.fit(replay, epochs=1, steps_per_epoch=len(batches), verbose=0, callbacks=[clock])
     seconds = clock.seconds
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     facts = machine()

@@ -65,16 +65,10 @@ def main():
 
     from pipelines.train import build_model, model_config
 
-    class Vocab:  # the recipe's SentencePiece sizes, without training the tokenizers
-        def __init__(self, size):
-            self.size = size
-
-        def get_piece_size(self):
-            return self.size
-
     cfg = recipe_config(precision=args.precision)
     keras.mixed_precision.set_global_policy(args.precision)
-    model = build_model(cfg, model_config(cfg, Vocab(8000), Vocab(7931)))
+    # the recipe's SentencePiece vocabulary sizes, without training the tokenizers
+    model = build_model(cfg, model_config(cfg, 8000, 7931))
     rng = np.random.default_rng(0)
     shape = (args.batch, args.length)
     x = {"source": rng.integers(4, 8000, shape).astype("int32"),

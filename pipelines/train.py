@@ -216,11 +216,12 @@ def atomic_write(path: Path, data: bytes | str):
 
 
 # ----------------------------------------------------------------------- model
-def model_config(cfg: TrainConfig, src_sp, tgt_sp):
+def model_config(cfg: TrainConfig, src_vocab_size: int, tgt_vocab_size: int):
+    """The model settings of `cfg` for tokenizers of these vocabulary sizes."""
     from keras_attn.config import Seq2SeqConfig
 
     return Seq2SeqConfig(
-        src_vocab_size=src_sp.get_piece_size(), tgt_vocab_size=tgt_sp.get_piece_size(),
+        src_vocab_size=src_vocab_size, tgt_vocab_size=tgt_vocab_size,
         embedding_dim=cfg.embedding_dim, encoder_units=cfg.encoder_units,
         encoder_layers=cfg.encoder_layers, bidirectional=cfg.bidirectional,
         decoder_units=cfg.decoder_units, decoder_layers=cfg.decoder_layers,
@@ -568,7 +569,7 @@ def run(cfg: TrainConfig) -> dict:
     train_ds = make_dataset(train, src_model, tgt_model, batching, training=True, seed=cfg.seed)
     valid_ds = make_dataset(valid, src_model, tgt_model, batching, training=False)
 
-    model_cfg = model_config(cfg, src_sp, tgt_sp)
+    model_cfg = model_config(cfg, src_sp.get_piece_size(), tgt_sp.get_piece_size())
     atomic_write(out / "config.json", json.dumps(
         {"model": model_cfg.to_dict(), "train": dataclasses.asdict(cfg)}, indent=2) + "\n")
     with distribution_strategy(cfg.strategy).scope():

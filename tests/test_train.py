@@ -50,21 +50,19 @@ def tiny_data(n=64):
     return x, rng.integers(4, 20, (n, 4)).astype("int32")
 
 
-class FakeSp:
-    def get_piece_size(self):
-        return 20
+VOCAB = 20  # tiny_data's ids are below it
 
 
 def test_a_killed_run_resumes_without_losing_finished_epochs(tmp_path):
     cfg = TrainConfig(out=str(tmp_path), embedding_dim=8, encoder_units=8, decoder_units=8, epochs=4)
     x, y = tiny_data()
-    model = build_model(cfg, model_config(cfg, FakeSp(), FakeSp()))
+    model = build_model(cfg, model_config(cfg, VOCAB, VOCAB))
     with pytest.raises(KeyboardInterrupt):
         model.fit(x, y, validation_data=(x, y), epochs=4, verbose=0,
                   callbacks=callbacks(cfg, tmp_path, 100) + [Interrupt()])
     weights_after_two = model.get_weights()
     assert (tmp_path / "backup").is_dir()
-    fresh = build_model(cfg, model_config(cfg, FakeSp(), FakeSp()))
+    fresh = build_model(cfg, model_config(cfg, VOCAB, VOCAB))
     seen = []
     history = fresh.fit(x, y, validation_data=(x, y), epochs=4, verbose=0,
                         callbacks=callbacks(cfg, tmp_path, 100)
@@ -90,10 +88,10 @@ def test_cosine_schedule_runs_from_lr_down_to_min_lr():
 def test_epoch_weights_keep_the_last_n_epochs(tmp_path):
     cfg = TrainConfig(embedding_dim=8, encoder_units=8, decoder_units=8)
     x, y = tiny_data()
-    model = build_model(cfg, model_config(cfg, FakeSp(), FakeSp()))
+    model = build_model(cfg, model_config(cfg, VOCAB, VOCAB))
     model.fit(x, y, epochs=4, verbose=0, callbacks=[epoch_weights(tmp_path, 2)])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch_002.weights.h5", "epoch_003.weights.h5"]
-    fresh = build_model(cfg, model_config(cfg, FakeSp(), FakeSp()))
+    fresh = build_model(cfg, model_config(cfg, VOCAB, VOCAB))
     fresh.load_weights(tmp_path / "epoch_003.weights.h5")
     for a, b in zip(model.get_weights(), fresh.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -102,7 +100,7 @@ def test_epoch_weights_keep_the_last_n_epochs(tmp_path):
 def test_checkpoint_average_is_kept_only_when_it_lowers_val_loss(tmp_path):
     cfg = TrainConfig(embedding_dim=8, encoder_units=8, decoder_units=8, lr=1e-2)
     x, y = tiny_data()
-    model = build_model(cfg, model_config(cfg, FakeSp(), FakeSp()))
+    model = build_model(cfg, model_config(cfg, VOCAB, VOCAB))
     model.fit(x, y, epochs=3, verbose=0)
     good = model.get_weights()
     rng = np.random.default_rng(1)
@@ -205,7 +203,7 @@ def test_a_resumed_run_keeps_the_best_checkpoint_by_the_monitor(tmp_path):
     (tmp_path / "history.csv").write_text("epoch,val_loss,val_bleu\n0,2.0,10.5\n1,1.5,30.25\n2,1.0,20.0\n")
     (tmp_path / "model.keras").write_bytes(b"a checkpoint")
     cfg = TrainConfig(embedding_dim=8, encoder_units=8, decoder_units=8)
-    model = build_model(cfg, model_config(cfg, FakeSp(), FakeSp()))
+    model = build_model(cfg, model_config(cfg, VOCAB, VOCAB))
     for monitor, best in (("val_bleu", 30.25), ("val_loss", 1.0)):
         checkpoint = best_checkpoint(tmp_path, monitor, logged_epochs(tmp_path, monitor))
         checkpoint.set_model(model)
@@ -222,19 +220,19 @@ def test_a_resumed_run_continues_the_plateau_schedule_and_early_stopping(tmp_pat
     (tmp_path / "history.csv").write_text(
         "epoch,learning_rate,val_loss\n0,0.001,3.0\n1,0.001,2.5\n2,0.001,2.7\n")
     cfg = TrainConfig(embedding_dim=8, encoder_units=8, decoder_units=8, lr_patience=2, patience=3)
-    model = build_model(cfg, model_config(cfg, FakeSp(), FakeSp()))
+    model = build_model(cfg, model_config(cfg, VOCAB, VOCAB))
     for resumed in (False, True):
         if resumed:
             (tmp_path / "backup").mkdir()
         model.optimizer.learning_rate = 1e-3
         model.stop_training = False
-        run = [c for c in callbacks(cfg, tmp_path, 100)
-               if isinstance(c, (keras.callbacks.EarlyStopping, keras.callbacks.ReduceLROnPlateau))]
-        for callback in run:
+        counting = [c for c in callbacks(cfg, tmp_path, 100)
+                    if isinstance(c, (keras.callbacks.EarlyStopping, keras.callbacks.ReduceLROnPlateau))]
+        for callback in counting:
             callback.set_model(model)
             callback.on_train_begin()
         for epoch in (3, 4):
-            for callback in run:
+            for callback in counting:
                 callback.on_epoch_end(epoch, {"val_loss": 2.6})
             if epoch == 3:
                 halved = float(model.optimizer.learning_rate) == pytest.approx(5e-4)
@@ -254,7 +252,7 @@ def test_monitor_is_checked():
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     cfg = TrainConfig(out=str(tmp_path), embedding_dim=8, encoder_units=8, decoder_units=8)
     x, y = tiny_data()
-    model = build_model(cfg, model_config(cfg, FakeSp(), FakeSp()))
+    model = build_model(cfg, model_config(cfg, VOCAB, VOCAB))
     model.fit(x, y, validation_data=(x, y), epochs=1, verbose=0, callbacks=callbacks(cfg, tmp_path, 100))
     good = (tmp_path / "model.keras").read_bytes()
 

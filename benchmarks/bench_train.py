@@ -67,7 +67,7 @@ def one_setting(data_dir, precision, jit, steps, warmup, batch_tokens, bucket_wi
             tf.TensorSpec([None, None], tf.int32))
     replay = tf.data.Dataset.from_generator(lambda: iter(batches), output_signature=spec).prefetch(2)
     clock = step_clock(warmup)
-    model.fit(replay, epochs=1, steps_per_epoch=len(batches), verbose=0, callbacks=[clock])
+    model.fit(replay, epochs=1, steps_per_epoch=len(batches), shuffle=False, verbose=0, callbacks=[clock])
     seconds = clock.seconds
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     facts = machine()

@@ -22,7 +22,12 @@ class BatchingConfig:
     batch_size: int | None = 64  # fixed sentences per batch, or
     batch_tokens: int | None = None  # a target-token budget per batch (overrides batch_size)
     bucket_width: int = 4
-    shuffle_buffer: int = 20000
+    # Pairs shuffled per epoch: the whole corpus up to this many (the cache holds it anyway).
+    shuffle_buffer: int = 1_000_000
+    # Batches shuffled after bucketing: each bucket's last, partial batch is only emitted
+    # when the epoch's pairs run out, so without this every epoch would end on ~one small,
+    # noisy-gradient batch per bucket, just before validation.
+    batch_shuffle_buffer: int = 4096
     # Subword regularization (Kudo 2018): > 0 samples a new segmentation of every
     # training pair each epoch (SentencePiece nbest -1, this smoothing); 0 = off.
     # Validation and test data are always segmented the deterministic way.
@@ -37,6 +42,8 @@ class BatchingConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.batch_tokens is not None and self.batch_tokens < self.max_len + 1:
             raise ValueError(f"batch_tokens ({self.batch_tokens}) must exceed max_len ({self.max_len})")
+        if self.shuffle_buffer < 1 or self.batch_shuffle_buffer < 1:
+            raise ValueError(f"shuffle buffers must be >= 1, got {self.shuffle_buffer}, {self.batch_shuffle_buffer}")
         if not 0 <= self.subword_alpha <= 1:
             raise ValueError(f"subword_alpha must be in [0, 1], got {self.subword_alpha}")
 
@@ -100,7 +107,7 @@ def make_dataset(corpus: ParallelCorpus, src_model: bytes, tgt_model: bytes, bat
     if not sampling:  # a fixed segmentation: tokenize once, then replay
         ds = ds.cache()
     if training:
-        ds = ds.shuffle(batching.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(min(batching.shuffle_buffer, len(corpus)), seed=seed, reshuffle_each_iteration=True)
     boundaries = list(range(batching.bucket_width + 1, max_len + 2, batching.bucket_width))
     if batching.batch_tokens:
         sizes = [max(1, batching.batch_tokens // b) for b in boundaries] + [
@@ -112,4 +119,6 @@ def make_dataset(corpus: ParallelCorpus, src_model: bytes, tgt_model: bytes, bat
         return tf.maximum(tf.size(inputs[0]), tf.size(target_out))
 
     ds = ds.bucket_by_sequence_length(length, boundaries, sizes, drop_remainder=False)
+    if training:
+        ds = ds.shuffle(batching.batch_shuffle_buffer, seed=seed + 1, reshuffle_each_iteration=True)
     return ds.map(_pre_pad_source, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

@@ -583,6 +583,7 @@ def run(cfg: TrainConfig) -> dict:
     start = time.perf_counter()
     bleu = validation_bleu_callback(valid, src_sp, tgt_sp, cfg.max_len) if cfg.val_bleu else None
     history = model.fit(train_ds, validation_data=valid_ds, epochs=cfg.epochs,
+                        shuffle=False,  # make_dataset shuffles pairs and batches itself
                         steps_per_epoch=cfg.steps_per_epoch, verbose=cfg.verbose,
                         callbacks=callbacks(cfg, out, target_tokens, bleu))
     train_seconds = time.perf_counter() - start

@@ -85,6 +85,19 @@ def test_bucket_width_one_batches_pairs_of_one_length(dates_models):
     assert seen == len(corpus)
 
 
+def test_partial_batches_are_spread_over_the_epoch_not_left_to_its_end(dates_models):
+    corpus, src_model, tgt_model = dates_models
+    batching = BatchingConfig(batch_size=16, bucket_width=1)
+    ds = make_dataset(corpus, src_model, tgt_model, batching, training=True)
+    epochs = [[len(target_out) for _, target_out in ds.as_numpy_iterator()] for _ in range(2)]
+    for sizes in epochs:
+        partial = [i for i, size in enumerate(sizes) if size < batching.batch_size]
+        assert len(partial) >= 5 and sum(sizes) == len(corpus)
+        # bucketing emits every bucket's remainder when the pairs run out: at the end
+        assert min(partial) < len(sizes) // 2, partial
+    assert epochs[0] != epochs[1]  # reshuffled every epoch
+
+
 def test_batching_config_rejects_bad_values():
     with pytest.raises(ValueError, match="bucket_width must be >= 1"):
         BatchingConfig(bucket_width=0)
@@ -92,6 +105,8 @@ def test_batching_config_rejects_bad_values():
         BatchingConfig(max_len=0)
     with pytest.raises(ValueError, match="batch_size"):
         BatchingConfig(batch_size=0)
+    with pytest.raises(ValueError, match="shuffle buffers"):
+        BatchingConfig(batch_shuffle_buffer=0)
 
 
 def _rows(ds, sp):

@@ -5,7 +5,8 @@
 Trains the reference recipe's model (configs/multi30k_deen.yaml) on a fixed batch of
 random ids (`--batch` sentences of `--length` tokens on both sides), times
 `--steps` steps, then records `--profile-steps` more with `tf.profiler` and adds up the
-op durations on TensorFlow's compute threads, by op type and by op. The sums are
+op durations on TensorFlow's compute threads, by op type, by model component (from the
+op names; "other" = ops outside any layer's name scope) and by op. The sums are
 op-seconds: two ops running at once on the two cores both count, so they can exceed
 the step's wall time. Writes `results/profile_train_step.{json,md}`.
 """
@@ -49,6 +50,17 @@ def op_seconds(logdir: str, steps: int):
     return by_type, by_op
 
 
+# Which part of the model an op belongs to, from its name (first match wins).
+COMPONENTS = (("generator", ("generator",)), ("loss", ("compile_loss", "cross_entropy")),
+              ("encoder", ("encoder",)), ("decoder", ("decoder", "while")),
+              ("optimizer", ("adam", "clip", "optimizer", "assign")))
+
+
+def component(op_name: str) -> str:
+    name = op_name.lower()
+    return next((part for part, keys in COMPONENTS if any(key in name for key in keys)), "other")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=120)
@@ -89,6 +101,11 @@ def main():
     total = sum(by_type.values())
     rows = [{"kind": "op type", "name": k, "op-seconds per step": round(v, 4), "share": round(v / total, 3)}
             for k, v in by_type.most_common(args.top)]
+    by_component = collections.Counter()
+    for name, seconds in by_op.items():
+        by_component[component(name)] += seconds
+    rows += [{"kind": "component", "name": k, "op-seconds per step": round(v, 4), "share": round(v / total, 3)}
+             for k, v in by_component.most_common()]
     rows += [{"kind": "op", "name": k[-90:], "op-seconds per step": round(v, 4), "share": round(v / total, 3)}
              for k, v in by_op.most_common(args.top)]
     write_results("profile_train_step", rows, {

@@ -107,7 +107,7 @@ def make_dataset(corpus: ParallelCorpus, src_model: bytes, tgt_model: bytes, bat
     if not sampling:  # a fixed segmentation: tokenize once, then replay
         ds = ds.cache()
     if training:
-        ds = ds.shuffle(min(batching.shuffle_buffer, len(corpus)), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(max(1, min(batching.shuffle_buffer, len(corpus))), seed=seed, reshuffle_each_iteration=True)
     boundaries = list(range(batching.bucket_width + 1, max_len + 2, batching.bucket_width))
     if batching.batch_tokens:
         sizes = [max(1, batching.batch_tokens // b) for b in boundaries] + [

@@ -99,15 +99,13 @@ def main():
         tf.profiler.experimental.stop()
         by_type, by_op = op_seconds(logdir, args.profile_steps)
     total = sum(by_type.values())
-    rows = [{"kind": "op type", "name": k, "op-seconds per step": round(v, 4), "share": round(v / total, 3)}
-            for k, v in by_type.most_common(args.top)]
     by_component = collections.Counter()
     for name, seconds in by_op.items():
         by_component[component(name)] += seconds
-    rows += [{"kind": "component", "name": k, "op-seconds per step": round(v, 4), "share": round(v / total, 3)}
-             for k, v in by_component.most_common()]
-    rows += [{"kind": "op", "name": k[-90:], "op-seconds per step": round(v, 4), "share": round(v / total, 3)}
-             for k, v in by_op.most_common(args.top)]
+    rows = [{"kind": kind, "name": name[-90:], "op-seconds per step": round(v, 4), "share": round(v / total, 3)}
+            for kind, counter, top in (("op type", by_type, args.top), ("component", by_component, None),
+                                       ("op", by_op, args.top))
+            for name, v in counter.most_common(top)]
     write_results("profile_train_step", rows, {
         "setting": f"{args.precision}, batch {args.batch} x {args.length} target tokens, recipe model",
         "step": f"{step:.3f} s wall per step ({args.batch * args.length / step:,.0f} target tok/s), "

@@ -99,8 +99,6 @@ def make_dataset(corpus: ParallelCorpus, src_model: bytes, tgt_model: bytes, bat
     max_len = batching.max_len
     sampling = training and batching.subword_alpha > 0
     ds = tf.data.Dataset.from_tensor_slices((corpus.sources, corpus.targets))
-    if sampling:  # shuffle the strings, then sample their segmentations anew on every pass
-        ds = ds.shuffle(len(corpus.sources), seed=seed, reshuffle_each_iteration=True)
     ds = tokenize_pairs(ds, src_model, tgt_model, batching.subword_alpha if sampling else 0.0)
     ds = ds.filter(lambda s, t: tf.logical_and(tf.size(s) <= max_len, tf.size(t) <= max_len))
     ds = ds.map(_teacher_forcing_example, num_parallel_calls=tf.data.AUTOTUNE)

@@ -2,11 +2,14 @@
 
 Decode limit: a NumPy loop doing the greedy decoder's per-step matrix products
 (LSTM gates on [embedding; h̃; h], attention energy and context, W_c, generator) at
-batch B for S steps, the same shapes as the reference model. Training limit: the
+batch B for S steps, the same shapes as the reference model; and the same loop for
+one sentence (batch 1, `--latency-steps` steps: test2016's mean output length with
+EOS is 15 pieces), the floor under batch-1 latency. Training limit: the
 matrix products of one teacher-forced training step (forward, plus the two backward
 products per forward product) for a batch of B x T target tokens.
 
-    python benchmarks/bench_limit.py [--vocab 8000] [--batch 128] [--steps 16] [--src-len 16]
+    python benchmarks/bench_limit.py [--vocab 8000] [--batch 128] [--steps 16] [--src-len 16] \
+        [--latency-steps 15]
 """
 
 from __future__ import annotations
@@ -77,6 +80,7 @@ def main():
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--src-len", type=int, default=16)
+    parser.add_argument("--latency-steps", type=int, default=15)
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()
     rng = np.random.default_rng(0)
@@ -85,10 +89,15 @@ def main():
               for _ in range(args.repeats)]
     train = [training_products(rng, args.batch, args.steps, args.src_len, enc_units=256, **shapes)
              for _ in range(args.repeats)]
-    decode_s, train_s = float(np.median(decode)), float(np.median(train))
+    single = [decoder_products(rng, 1, args.latency_steps, args.latency_steps, memory_dim=512, **shapes)
+              for _ in range(5 * args.repeats)]
+    decode_s, train_s, single_s = float(np.median(decode)), float(np.median(train)), float(np.median(single))
     rows = [
         {"limit": "greedy decode, decoder matmuls only", "shape": f"batch {args.batch} x {args.steps} steps",
          "seconds": round(decode_s, 4), "throughput": round(args.batch / decode_s, 1), "unit": "sentences/s"},
+        {"limit": "greedy decode of one sentence, decoder matmuls only",
+         "shape": f"batch 1 x {args.latency_steps} steps", "seconds": round(single_s, 5),
+         "throughput": round(1000 * single_s, 2), "unit": "ms per sentence"},
         {"limit": "training step, forward+backward matmuls only",
          "shape": f"batch {args.batch} x {args.steps} target tokens",
          "seconds": round(train_s, 4), "throughput": round(args.batch * args.steps / train_s, 1),

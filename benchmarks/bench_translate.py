@@ -10,7 +10,8 @@ the table gives the median and the range (this VM's speed drifts by up to 20 %).
 The onnxruntime rows run in a child process that never imports TensorFlow, as a
 deployment would (a TensorFlow runtime in the same process slows onnxruntime down).
 onnxruntime uses its default intra-op threads (all cores); TensorFlow its defaults.
-If `results/bench_limit.json` exists, greedy rows also get a percentage of its limit.
+If `results/bench_limit.json` exists, greedy rows also get a percentage of its limit
+(sentences/s over the limit's; for batch-1 latency, the limit's milliseconds over p50).
 """
 
 from __future__ import annotations
@@ -83,12 +84,14 @@ def speed_row(system, beam, n_sentences, times, hyps, refs, limit=None):
     return row
 
 
-def greedy_limit():
+def bench_limit(name: str = "greedy decode, decoder matmuls only"):
+    """The throughput of `bench_limit.py`'s row `name` (sentences/s; ms per sentence
+    for the one-sentence row), or None without results."""
     path = RESULTS / "bench_limit.json"
     if not path.is_file():
         return None
     rows = json.loads(path.read_text())["rows"]
-    return next((r["throughput"] for r in rows if r["limit"].startswith("greedy")), None)
+    return next((r["throughput"] for r in rows if r["limit"] == name), None)
 
 
 def runtime_rows(args, sources, refs):
@@ -101,7 +104,7 @@ def runtime_rows(args, sources, refs):
     for name, translator in (("onnxruntime fp32", fp32), ("onnxruntime int8", int8)):
         for beam in (1, 5):
             hyps, times = timed_runs(lambda t=translator, b=beam: t.translate(sources, beam=b), args.repeats)
-            rows.append(speed_row(name, beam, len(sources), times, hyps, refs, greedy_limit()))
+            rows.append(speed_row(name, beam, len(sources), times, hyps, refs, bench_limit()))
     for name, translator in (("onnxruntime fp32", fp32), ("onnxruntime int8", int8)):
         times = []
         for sentence in sources[: args.latency_sentences]:
@@ -111,6 +114,9 @@ def runtime_rows(args, sources, refs):
         rows.append({"system": name, "search": "greedy, batch 1",
                      "latency p50 ms": round(1000 * float(np.percentile(times, 50)), 2),
                      "latency p95 ms": round(1000 * float(np.percentile(times, 95)), 2)})
+        floor_ms = bench_limit("greedy decode of one sentence, decoder matmuls only")
+        if floor_ms and name.endswith("fp32"):  # the limit is float32 arithmetic
+            rows[-1]["% of limit"] = round(100 * floor_ms / rows[-1]["latency p50 ms"], 1)
         print(rows[-1], flush=True)
     assert "tensorflow" not in sys.modules
     return rows, fp32.config["alpha"]
@@ -129,11 +135,11 @@ def tensorflow_rows(args, sources, refs, alpha):
     rows = []
     if not args.skip_keras_loop:  # slow: one timed pass after the warm-up
         hyps, times = timed_runs(lambda: keras_step_loop(model, sources, src_sp, tgt_sp, max_len), 1)
-        rows.append(speed_row("keras step loop (eager)", 1, len(sources), times, hyps, refs, greedy_limit()))
+        rows.append(speed_row("keras step loop (eager)", 1, len(sources), times, hyps, refs, bench_limit()))
     for beam in (1, 5):
         hyps, times = timed_runs(
             lambda b=beam: translate_tf(inference, sources, src_sp, tgt_sp, max_len, 128, b, alpha), args.repeats)
-        rows.append(speed_row("tf.function", beam, len(sources), times, hyps, refs, greedy_limit()))
+        rows.append(speed_row("tf.function", beam, len(sources), times, hyps, refs, bench_limit()))
     return rows
 
 

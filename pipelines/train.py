@@ -256,11 +256,12 @@ def build_model(cfg: TrainConfig, model_cfg, steps_per_execution: int = 1):
 
 
 def start_from(model, folder: Path):
-    """Copy the weights of `folder/model.keras` into `model` (same architecture)."""
+    """Copy the weights of `folder/model.keras` into `model` (same architecture; the
+    dropout rate may differ, it only acts in training)."""
     from keras_attn.saving import load_model
 
     source = load_model(folder / "model.keras")
-    if source.config != model.config:
+    if dataclasses.replace(source.config, dropout=model.config.dropout) != model.config:
         raise ValueError(f"--init-from {folder}: its model ({source.config}) differs from this run's "
                          f"({model.config}); use the same model settings")
     model.set_weights(source.get_weights())

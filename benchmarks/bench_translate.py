@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import DEFAULT_DATA, RESULTS, write_results  # noqa: E402
+from common import DECODE_LIMIT, DEFAULT_DATA, LATENCY_LIMIT, RESULTS, write_results  # noqa: E402
 
 
 def keras_step_loop(model, sources, src_sp, tgt_sp, max_len, batch_size=128):
@@ -84,7 +84,7 @@ def speed_row(system, beam, n_sentences, times, hyps, refs, limit=None):
     return row
 
 
-def bench_limit(name: str = "greedy decode, decoder matmuls only"):
+def machine_limit(name: str = DECODE_LIMIT):
     """The throughput of `bench_limit.py`'s row `name` (sentences/s; ms per sentence
     for the one-sentence row), or None without results."""
     path = RESULTS / "bench_limit.json"
@@ -104,7 +104,7 @@ def runtime_rows(args, sources, refs):
     for name, translator in (("onnxruntime fp32", fp32), ("onnxruntime int8", int8)):
         for beam in (1, 5):
             hyps, times = timed_runs(lambda t=translator, b=beam: t.translate(sources, beam=b), args.repeats)
-            rows.append(speed_row(name, beam, len(sources), times, hyps, refs, bench_limit()))
+            rows.append(speed_row(name, beam, len(sources), times, hyps, refs, machine_limit()))
     for name, translator in (("onnxruntime fp32", fp32), ("onnxruntime int8", int8)):
         times = []
         for sentence in sources[: args.latency_sentences]:
@@ -114,7 +114,7 @@ def runtime_rows(args, sources, refs):
         rows.append({"system": name, "search": "greedy, batch 1",
                      "latency p50 ms": round(1000 * float(np.percentile(times, 50)), 2),
                      "latency p95 ms": round(1000 * float(np.percentile(times, 95)), 2)})
-        floor_ms = bench_limit("greedy decode of one sentence, decoder matmuls only")
+        floor_ms = machine_limit(LATENCY_LIMIT)
         if floor_ms and name.endswith("fp32"):  # the limit is float32 arithmetic
             rows[-1]["% of limit"] = round(100 * floor_ms / rows[-1]["latency p50 ms"], 1)
         print(rows[-1], flush=True)
@@ -135,11 +135,11 @@ def tensorflow_rows(args, sources, refs, alpha):
     rows = []
     if not args.skip_keras_loop:  # slow: one timed pass after the warm-up
         hyps, times = timed_runs(lambda: keras_step_loop(model, sources, src_sp, tgt_sp, max_len), 1)
-        rows.append(speed_row("keras step loop (eager)", 1, len(sources), times, hyps, refs, bench_limit()))
+        rows.append(speed_row("keras step loop (eager)", 1, len(sources), times, hyps, refs, machine_limit()))
     for beam in (1, 5):
         hyps, times = timed_runs(
             lambda b=beam: translate_tf(inference, sources, src_sp, tgt_sp, max_len, 128, b, alpha), args.repeats)
-        rows.append(speed_row("tf.function", beam, len(sources), times, hyps, refs, bench_limit()))
+        rows.append(speed_row("tf.function", beam, len(sources), times, hyps, refs, machine_limit()))
     return rows
 
 

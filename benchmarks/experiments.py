@@ -1,0 +1,85 @@
+"""One table of every Multi30k recipe run and experiment, from the result files the
+runs left under `benchmarks/results/` (nothing is re-run):
+
+    python benchmarks/experiments.py            # results/experiments.{json,md}
+
+Per run: the validation BLEU that chose it (greedy, and beam 5 at the alpha that
+`tune_beam.py` picked on validation), the last epoch's validation loss and token
+accuracy, and test2016 BLEU (reported, never used to choose) in float32 and int8.
+A run whose files are missing is listed with empty cells, not skipped.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import RESULTS, write_results  # noqa: E402
+
+# (label, what differs from the float32 recipe run, tune_beam name, evaluate prefix, last history csv)
+RUNS = [
+    ("bf16 run", "mixed bfloat16, 21 + 5 epochs, older code (2026-11-25)",
+     "multi30k_deen_tune_beam", "evaluate_test2016_", "multi30k_deen_anneal_history.csv"),
+    ("float32 run", "the recipe: dropout 0.3, label smoothing 0.1, 2,048-token batches, 25 + 5 epochs",
+     "multi30k_fp32_tune_beam", "evaluate_test2016_fp32run_", "multi30k_fp32_anneal_history.csv"),
+    ("dropout 0.4", "both stages", "multi30k_do4_tune_beam", "evaluate_test2016_do4run_",
+     "multi30k_fp32_dropout0.4_anneal_history.csv"),
+    ("subword regularization", "alpha 0.3, both stages, 11 + 3 epochs", "multi30k_sr_tune_beam",
+     "evaluate_test2016_sr_", "multi30k_sr_anneal_history.csv"),
+    ("stage 2 rerun", "float32 run's stage 1, then the same anneal on the current pipeline (whole-corpus "
+     "and batch shuffle)", "multi30k_base_tune_beam", "evaluate_test2016_baserun_",
+     "multi30k_fp32_base_history.csv"),
+    ("stage 2: 10 epochs", "float32 run's stage 1, then the anneal over 10 epochs instead of 5",
+     "multi30k_anneal10_tune_beam", "evaluate_test2016_anneal10run_", "multi30k_fp32_anneal10_history.csv"),
+    ("stage 2: dropout 0.2", "float32 run's stage 1, then the anneal with dropout 0.2",
+     "multi30k_do2_tune_beam", "evaluate_test2016_do2run_", "multi30k_fp32_do2_history.csv"),
+]
+
+
+def load_json(name: str) -> dict | None:
+    path = RESULTS / name
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
+def validation(tune_name: str) -> dict:
+    tune = load_json(f"{tune_name}.json")
+    if tune is None:
+        return {}
+    alpha = tune["notes"]["chosen alpha"]
+    greedy = next(r["val BLEU"] for r in tune["rows"] if r["search"] == "greedy")
+    beam = next(r["val BLEU"] for r in tune["rows"] if r["search"] != "greedy" and r["alpha"] == alpha)
+    return {"val greedy": f"{greedy:.2f}", "val beam 5": f"{beam:.2f}", "alpha": alpha}
+
+
+def last_epoch(history: str) -> dict:
+    path = RESULTS / history
+    if not path.exists():
+        return {}
+    with path.open(encoding="utf-8") as f:
+        last = list(csv.DictReader(f))[-1]
+    return {"val loss": f"{float(last['val_loss']):.4f}", "val acc": f"{float(last['val_token_accuracy']):.4f}"}
+
+
+def test2016(prefix: str) -> dict:
+    cells = {}
+    for beam, search in ((1, "greedy"), (5, "beam 5")):
+        for precision in ("fp32", "int8"):
+            report = load_json(f"{prefix}beam{beam}_{precision}.json")
+            cells[f"test {search} {precision}"] = f"{report['bleu']:.2f}" if report else ""
+    return cells
+
+
+def main():
+    rows = [{"run": label, **validation(tune), **last_epoch(history), **test2016(prefix), "differs by": what}
+            for label, what, tune, prefix, history in RUNS]
+    write_results("experiments", rows, {
+        "chosen by": "validation BLEU only (val greedy, val beam 5 at the alpha tune_beam.py chose on val)",
+        "val loss / val acc": "last epoch of the run's final stage (label-smoothed loss, except with smoothing 0)",
+        "test": "test2016 sacreBLEU, reported, never used to choose"})
+
+
+if __name__ == "__main__":
+    main()

@@ -135,7 +135,8 @@ def kernel_times(profile_file: str, skip_runs: int) -> tuple[collections.Counter
     return micros, runs
 
 
-def profile(translator, path, batches, sentences: int, top: int) -> tuple[list[dict], dict]:
+def profile(translator, batches, sentences: int, top: int) -> tuple[list[dict], dict]:
+    path = translator.graphs["greedy"]
     warm_up = batches[:3]
     plain = translator.sessions["greedy"]
     run_batches(plain, warm_up, translator.max_tgt_len)
@@ -180,7 +181,7 @@ def main():
                if ids][: args.sentences]
     encoded.sort(key=len)
     batches = [encoded[i: i + args.batch_size] for i in range(0, len(encoded), args.batch_size)]
-    rows, notes = profile(translator, path, batches, len(encoded), args.top)
+    rows, notes = profile(translator, batches, len(encoded), args.top)
     notes.update(encoder_split(translator, batches, len(encoded)))
     notes["onnxruntime LSTM op at the encoder's shapes ms / sentence"] = fused_lstm_encoder(
         translator.config, batches, len(encoded), translator.threads, args.int8)

@@ -15,10 +15,7 @@ wall time minus summed kernel time.
 
 It also splits the time between encoder and decoder without the profiler: decoding
 with `max_len` 1 and 2 (medians of 5 interleaved passes) gives the encoder plus one
-step and one step more. And it times onnxruntime's fused `LSTM` op (bidirectional,
-`sequence_lens`, int8: `DynamicQuantizeLSTM`) at the bundle's encoder sizes on the same
-batch shapes, with random weights: what the encoder would cost as one op instead of
-the exported `Loop`s. No TensorFlow import: the deployment runtime alone.
+step and one step more. No TensorFlow import: the deployment runtime alone.
 """
 
 from __future__ import annotations
@@ -74,48 +71,6 @@ def encoder_split(translator, batches, sentences: int) -> dict:
     encoder = one - (two - one)
     return {"encoder ms / sentence": round(encoder, 3), "one decoder step ms / sentence": round(two - one, 3),
             "full decode ms / sentence": round(full, 3), "encoder share": f"{100 * encoder / full:.0f} %"}
-
-
-def fused_lstm_encoder(config: dict, batches, sentences: int, threads: int, int8: bool) -> float:
-    """ms per sentence of onnxruntime's bidirectional `LSTM` op at the encoder's sizes
-    on the batches' shapes (random weights; quantized with `DynamicQuantizeLSTM` if `int8`)."""
-    import tempfile
-
-    import onnx
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
-
-    from keras_attn.runtime.translator import session_options
-
-    width, units = config["model"]["embedding_dim"], config["model"]["encoder_units"]
-    rng = np.random.default_rng(0)
-    weights = [numpy_helper.from_array((0.05 * rng.standard_normal(shape)).astype(np.float32), name)
-               for name, shape in (("W", (2, 4 * units, width)), ("R", (2, 4 * units, units)),
-                                   ("B", (2, 8 * units)))]
-    node = helper.make_node("LSTM", ["X", "W", "R", "B", "lens"], ["Y", "Y_h", "Y_c"],
-                            direction="bidirectional", hidden_size=units)
-    graph = helper.make_graph([node], "encoder", [
-        helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, None, width]),
-        helper.make_tensor_value_info("lens", TensorProto.INT32, [None])],
-        [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in ("Y", "Y_h", "Y_c")], weights)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "lstm.onnx")
-        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-        if int8:
-            from onnxruntime.quantization import QuantType, quantize_dynamic
-
-            quantize_dynamic(path, path + ".int8", op_types_to_quantize=["LSTM"], weight_type=QuantType.QInt8)
-            path += ".int8"
-        session = ort.InferenceSession(path, session_options(threads), providers=["CPUExecutionProvider"])
-    feeds = [{"X": rng.standard_normal((max(map(len, rows)), len(rows), width)).astype(np.float32),
-              "lens": np.array([len(r) for r in rows], np.int32)} for rows in batches]
-    passes = []
-    for _ in range(6):  # the first pass warms up
-        start = time.perf_counter()
-        for feed in feeds:
-            session.run(None, feed)
-        passes.append(time.perf_counter() - start)
-    return round(1000 * float(np.median(passes[1:])) / sentences, 3)
 
 
 def kernel_times(profile_file: str, skip_runs: int) -> tuple[collections.Counter, collections.Counter]:
@@ -183,8 +138,6 @@ def main():
     batches = [encoded[i: i + args.batch_size] for i in range(0, len(encoded), args.batch_size)]
     rows, notes = profile(translator, batches, len(encoded), args.top)
     notes.update(encoder_split(translator, batches, len(encoded)))
-    notes["onnxruntime LSTM op at the encoder's shapes ms / sentence"] = fused_lstm_encoder(
-        translator.config, batches, len(encoded), translator.threads, args.int8)
     notes = {**notes, "graph": str(path), "threads": translator.threads, "sentences": len(encoded),
              "batch size": args.batch_size}
     print(notes, flush=True)

@@ -65,6 +65,12 @@ class Encoder(keras.layers.Layer):
         self.bridge_c.build((batch, self.output_dim))
 
     def call(self, source, training=False):
+        memory, mask, final_h, final_c = self.encode(source, training=training)
+        return memory, mask, self.bridge(final_h, final_c)
+
+    def encode(self, source, training=False):
+        """`(memory, mask, final_h, final_c)`: the LSTM stack's outputs before the
+        bridge; `final_h`, `final_c` are the last layer's `(batch, units * directions)`."""
         source = tf.cast(source, tf.int32)
         mask = tf.not_equal(source, self.pad_id)
         # |mask| = (batch, src_len)
@@ -76,10 +82,13 @@ class Encoder(keras.layers.Layer):
             x, final_h, final_c = rnn(x, mask=mask)
         # |x| = (batch, src_len, units * directions), zeros at padding
         # |final_h| = |final_c| = (batch, units * directions)
-        memory = self.dropout_layer(x, training=training)
+        return self.dropout_layer(x, training=training), mask, final_h, final_c
+
+    def bridge(self, final_h, final_c):
+        """The decoder's initial `[h, c]` per decoder layer, from the final states."""
         hs = tf.split(self.bridge_h(final_h), self.decoder_layers, axis=-1)
         cs = tf.split(self.bridge_c(final_c), self.decoder_layers, axis=-1)
-        return memory, mask, [[h, c] for h, c in zip(hs, cs, strict=False)]
+        return [[h, c] for h, c in zip(hs, cs, strict=False)]
 
     def get_config(self):
         return {

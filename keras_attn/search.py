@@ -13,6 +13,11 @@ SOURCE_SPEC = tf.TensorSpec([None, None], tf.int32, name="source_ids")
 MAX_LEN_SPEC = tf.TensorSpec([], tf.int32, name="max_len")
 BEAM_SPEC = tf.TensorSpec([], tf.int32, name="beam_size")
 ALPHA_SPEC = tf.TensorSpec([], tf.float32, name="alpha")
+# The encoder's outputs before the bridge: what the `*_from_encoding` functions take.
+ENCODING_SPECS = [tf.TensorSpec([None, None, None], tf.float32, name="memory"),
+                  tf.TensorSpec([None, None], tf.float32, name="mask"),
+                  tf.TensorSpec([None, None], tf.float32, name="final_h"),
+                  tf.TensorSpec([None, None], tf.float32, name="final_c")]
 
 
 def length_penalty(length, alpha):
@@ -28,6 +33,11 @@ class InferenceModel(tf.Module):
     `ids (batch, out_len) int32`: tokens up to and including EOS, then pad 0;
     `attention (batch, out_len, src_len)`: the weights that produced each token;
     `log_probs (batch,)`: the sequence log-probability.
+
+    `greedy_from_encoding` and `beam_search_from_encoding` are the same searches
+    starting from `Encoder.encode`'s outputs (`memory`, the 0/1 `mask`, `final_h`,
+    `final_c`, float32): the export converts these and builds the encoder's LSTMs as
+    ONNX `LSTM` ops in front of them (`pipelines/onnx_encoder.py`).
     """
 
     def __init__(self, seq2seq, name="inference_model"):
@@ -37,8 +47,20 @@ class InferenceModel(tf.Module):
         self.seq2seq = seq2seq
         self.config = seq2seq.config
 
+    def _encode(self, source_ids):
+        memory, mask, final_h, final_c = self.seq2seq.encoder.encode(source_ids, training=False)
+        return memory, tf.cast(mask, memory.dtype), final_h, final_c
+
     @tf.function(input_signature=[SOURCE_SPEC, MAX_LEN_SPEC])
     def greedy(self, source_ids, max_len):
+        """Greedy search from pre-padded source ids (see `_greedy`)."""
+        return self._greedy(*self._encode(source_ids), max_len)
+
+    @tf.function(input_signature=[*ENCODING_SPECS, MAX_LEN_SPEC])
+    def greedy_from_encoding(self, memory, mask, final_h, final_c, max_len):
+        return self._greedy(memory, mask, final_h, final_c, max_len)
+
+    def _greedy(self, memory, mask, final_h, final_c, max_len):
         """Greedy search that drops finished sentences from the batch as it goes.
 
         The loop works on the `alive` rows only: when a sentence emits EOS its row
@@ -48,11 +70,10 @@ class InferenceModel(tf.Module):
         rows): `alive` maps each state row to its memory row.
         """
         cfg, decoder = self.config, self.seq2seq.decoder
-        batch, src_len = tf.shape(source_ids)[0], tf.shape(source_ids)[1]
-        memory, mask, states = self.seq2seq.encoder(source_ids, training=False)
-        # |memory| = (batch, src_len, memory_dim)
+        batch, src_len = tf.shape(memory)[0], tf.shape(memory)[1]
+        # |memory| = (batch, src_len, memory_dim), |mask| = (batch, src_len) 0/1 floats
         keys, step_weights = decoder.attention.memory_keys(memory), decoder.step_weights()
-        mask = tf.cast(mask, memory.dtype)
+        states = self.seq2seq.encoder.bridge(final_h, final_c)
         rows = {"alive": tf.range(tf.cast(batch, tf.int64)), "y_prev": tf.fill([batch], cfg.bos_id),
                 "state": decoder.initial_state(states, batch)}
         # Full-batch buffers the loop scatters the alive rows' results into.
@@ -90,16 +111,24 @@ class InferenceModel(tf.Module):
 
     @tf.function(input_signature=[SOURCE_SPEC, MAX_LEN_SPEC, BEAM_SPEC, ALPHA_SPEC])
     def beam_search(self, source_ids, max_len, beam_size, alpha):
+        """Beam search from pre-padded source ids (see `_beam_search`)."""
+        return self._beam_search(*self._encode(source_ids), max_len, beam_size, alpha)
+
+    @tf.function(input_signature=[*ENCODING_SPECS, MAX_LEN_SPEC, BEAM_SPEC, ALPHA_SPEC])
+    def beam_search_from_encoding(self, memory, mask, final_h, final_c, max_len, beam_size, alpha):
+        return self._beam_search(memory, mask, final_h, final_c, max_len, beam_size, alpha)
+
+    def _beam_search(self, memory, mask, final_h, final_c, max_len, beam_size, alpha):
         """Batched beam search; hypotheses are ranked by log-prob / length penalty.
 
         A finished hypothesis stays in the beam and may only be extended by pad at no
         cost, so it competes with the open ones until the search ends.
         """
         cfg, decoder = self.config, self.seq2seq.decoder
-        batch, src_len = tf.shape(source_ids)[0], tf.shape(source_ids)[1]
+        batch, src_len = tf.shape(memory)[0], tf.shape(memory)[1]
         k, vocab = beam_size, cfg.tgt_vocab_size
-        memory, mask, states = self.seq2seq.encoder(source_ids, training=False)
-        memory, mask = tf.repeat(memory, k, axis=0), tf.cast(tf.repeat(mask, k, axis=0), memory.dtype)
+        states = self.seq2seq.encoder.bridge(final_h, final_c)
+        memory, mask = tf.repeat(memory, k, axis=0), tf.repeat(mask, k, axis=0)
         states = tf.nest.map_structure(lambda s: tf.repeat(s, k, axis=0), states)
         keys, step_weights = decoder.attention.memory_keys(memory), decoder.step_weights()
         # |memory| = (batch * k, src_len, memory_dim)

@@ -33,13 +33,18 @@ def load_training_run(train_dir: str | Path):
     return model, run_config, (train_dir / "src.spm.model").read_bytes(), (train_dir / "tgt.spm.model").read_bytes()
 
 
-def convert(function, opset: int):
-    """tf2onnx conversion of one decode `tf.function` (loop → ONNX Loop), checked."""
+def convert(function, encoder, opset: int):
+    """One decode graph, checked: the encoder as ONNX `LSTM` ops (`onnx_encoder`) in
+    front of the tf2onnx conversion of `function`, a `*_from_encoding` search of
+    `InferenceModel` (loop → ONNX Loop)."""
     import onnx
     import tf2onnx
 
+    from pipelines.onnx_encoder import encoder_model, with_encoder
+
     proto, _ = tf2onnx.convert.from_function(function, input_signature=function.input_signature, opset=opset)
     hoist_loop_constants(proto)
+    proto = with_encoder(proto, encoder_model(encoder, opset))
     onnx.checker.check_model(proto)
     bad = sorted({node.domain for node in iter_nodes(proto.graph) if node.domain not in ("", "ai.onnx")})
     if bad:
@@ -155,9 +160,10 @@ def export(train_dir, out, beam: int = 5, alpha: float = 0.6, quantize: str | No
     staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; a bundle is for sharing
     try:
         graphs = {}
-        for name, function in (("model.onnx", inference.greedy), ("model_beam.onnx", inference.beam_search)):
+        for name, function in (("model.onnx", inference.greedy_from_encoding),
+                               ("model_beam.onnx", inference.beam_search_from_encoding)):
             log(f"[export] converting {function.__name__} to ONNX (opset {opset}) ...")
-            proto = convert(function, opset)
+            proto = convert(function, model.encoder, opset)
             (staging / name).write_bytes(proto.SerializeToString())
             if quantize == "int8":
                 quantize_int8(staging / name, staging / name.replace(".onnx", ".int8.onnx"))

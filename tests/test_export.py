@@ -37,7 +37,7 @@ def test_bundle_contents_and_config(dates_bundle):
     assert not list(dates_bundle.parent.glob(".dates.*"))  # no staging folder left behind
 
 
-def test_graphs_use_standard_ops_and_a_loop(dates_bundle):
+def test_graphs_use_standard_ops_an_lstm_encoder_and_one_decode_loop(dates_bundle):
     import onnx
 
     from pipelines.export import iter_nodes
@@ -45,9 +45,44 @@ def test_graphs_use_standard_ops_and_a_loop(dates_bundle):
     for name in ("model.onnx", "model_beam.onnx"):
         proto = onnx.load(str(dates_bundle / name))
         onnx.checker.check_model(proto)
-        ops = [n for n in iter_nodes(proto.graph)]
-        assert any(n.op_type == "Loop" for n in ops)
-        assert {n.domain for n in ops} <= {"", "ai.onnx"}
+        ops = [n.op_type for n in iter_nodes(proto.graph)]
+        assert ops.count("Loop") == 1 and ops.count("LSTM") == 1  # the decode loop; the encoder's LSTM op
+        assert {n.domain for n in iter_nodes(proto.graph)} <= {"", "ai.onnx"}
+
+
+@pytest.mark.parametrize("layers,bidirectional", [(1, True), (2, True), (2, False)])
+def test_onnx_encoder_equals_keras_encoder_on_pre_padded_rows(layers, bidirectional):
+    import onnxruntime as ort
+
+    from keras_attn import Encoder
+    from pipelines.onnx_encoder import encoder_model
+    from tests.helpers import random_ids
+
+    rng = np.random.default_rng(layers)
+    encoder = Encoder(vocab_size=30, embedding_dim=8, units=6, num_layers=layers, bidirectional=bidirectional,
+                      decoder_units=10)
+    encoder.build((None, None))
+    for weight in encoder.weights:  # random biases too: zero ones would hide a gate-order mistake
+        weight.assign(rng.normal(scale=0.5, size=weight.shape).astype(np.float32))
+    source = random_ids(rng, [7, 3, 1, 0, 5], 30, pre_pad=True)  # a row of padding only, too
+    session = ort.InferenceSession(encoder_model(encoder, 17).SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    names = ["memory", "mask", "final_h", "final_c"]
+    got = dict(zip(names, session.run(names, {"source_ids": source}), strict=True))
+    want = dict(zip(names, (np.asarray(t, np.float32) for t in encoder.encode(source)), strict=True))
+    for name in names:
+        np.testing.assert_allclose(got[name], want[name], atol=1e-5, err_msg=name)
+    assert np.all(got["memory"][3] == 0) and np.all(got["final_h"][3] == 0)
+
+
+def test_onnx_encoder_needs_opset_13():
+    from keras_attn import Encoder
+    from pipelines.onnx_encoder import encoder_model
+
+    encoder = Encoder(vocab_size=30, embedding_dim=8, units=6)
+    encoder.build((None, None))
+    with pytest.raises(ValueError, match="opset 12: the encoder graph needs opset 13"):
+        encoder_model(encoder, 12)
 
 
 def test_inference_greedy_equals_a_step_by_step_keras_loop(tf_side, held_out, dates_run):

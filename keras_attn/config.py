@@ -31,6 +31,7 @@ class Seq2SeqConfig:
     decoder_layers: int = 1
     attention: str = "general"
     dropout: float = 0.3
+    word_dropout: float = 0.0  # training: zero whole token embeddings with this probability
     pad_id: int = 0
     unk_id: int = 1
     bos_id: int = 2
@@ -44,8 +45,9 @@ class Seq2SeqConfig:
                 raise ValueError(f"Seq2SeqConfig.{name} must be a positive int, got {value!r}")
         if self.attention not in SCORES:
             raise ValueError(f"Seq2SeqConfig.attention must be one of {SCORES}, got {self.attention!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"Seq2SeqConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        for name in ("dropout", "word_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"Seq2SeqConfig.{name} must be in [0, 1), got {getattr(self, name)!r}")
 
     @property
     def memory_dim(self) -> int:

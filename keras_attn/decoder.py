@@ -6,7 +6,7 @@ import keras
 import tensorflow as tf
 
 from keras_attn.attention import LuongAttention
-from keras_attn.rnn import dense_3d, lstm_update, unit_forget_bias, unstack
+from keras_attn.rnn import dense_3d, drop_tokens, lstm_update, unit_forget_bias, unstack
 from keras_attn.teacher_forcing import teacher_forced_loop
 
 
@@ -33,7 +33,7 @@ class InputFeedingDecoder(keras.layers.Layer):
     """
 
     def __init__(self, vocab_size, embedding_dim=256, units=512, num_layers=1,
-                 attention="general", dropout=0.0, **kwargs):
+                 attention="general", dropout=0.0, word_dropout=0.0, **kwargs):
         super().__init__(**kwargs)
         self.vocab_size = vocab_size
         self.embedding_dim = embedding_dim
@@ -41,6 +41,7 @@ class InputFeedingDecoder(keras.layers.Layer):
         self.num_layers = num_layers
         self.attention_score = attention
         self.dropout = dropout
+        self.word_dropout = word_dropout
         self.embedding = keras.layers.Embedding(vocab_size, embedding_dim, name="embedding")
         self.attention = LuongAttention(score=attention, name="attention")
         self.generator = keras.layers.Dense(vocab_size, name="generator")
@@ -85,6 +86,8 @@ class InputFeedingDecoder(keras.layers.Layer):
         # A plain gather (what the Embedding layer computes) avoids the layer's
         # negative-index handling: seven fewer ONNX ops per decode step.
         embedded = tf.cast(tf.gather(self.embedding.embeddings, tokens), self.compute_dtype)
+        if training and self.word_dropout > 0:
+            embedded = drop_tokens(embedded, self.word_dropout, self.seed_generator)
         if training and self.dropout > 0:
             embedded = keras.random.dropout(embedded, self.dropout, seed=self.seed_generator)
         # |projection| = (..., 4 * units)
@@ -222,5 +225,6 @@ class InputFeedingDecoder(keras.layers.Layer):
             "num_layers": self.num_layers,
             "attention": self.attention_score,
             "dropout": self.dropout,
+            "word_dropout": self.word_dropout,
         }
 

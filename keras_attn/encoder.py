@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from keras_attn.rnn import MaskedLSTM
+from keras_attn.rnn import MaskedLSTM, drop_tokens
 
 
 @keras.saving.register_keras_serializable(package="keras_attn")
@@ -31,7 +31,7 @@ class Encoder(keras.layers.Layer):
 
     def __init__(self, vocab_size, embedding_dim=256, units=256, num_layers=1,
                  bidirectional=True, decoder_units=512, decoder_layers=1, dropout=0.0,
-                 pad_id=0, **kwargs):
+                 pad_id=0, word_dropout=0.0, **kwargs):
         super().__init__(**kwargs)
         self.vocab_size = vocab_size
         self.embedding_dim = embedding_dim
@@ -42,6 +42,9 @@ class Encoder(keras.layers.Layer):
         self.decoder_layers = decoder_layers
         self.dropout = dropout
         self.pad_id = pad_id
+        self.word_dropout = word_dropout
+        # Only with word dropout: a model without it keeps the variables older files hold.
+        self.word_seed = keras.random.SeedGenerator(7) if word_dropout > 0 else None
 
         self.embedding = keras.layers.Embedding(vocab_size, embedding_dim, name="embedding")
         self.rnns = [MaskedLSTM(units, bidirectional, name=f"lstm_{i}") for i in range(num_layers)]
@@ -74,8 +77,11 @@ class Encoder(keras.layers.Layer):
         source = tf.cast(source, tf.int32)
         mask = tf.not_equal(source, self.pad_id)
         # |mask| = (batch, src_len)
-        x = self.dropout_layer(self.embedding(source), training=training)
+        x = self.embedding(source)
         # |x| = (batch, src_len, emb)
+        if training and self.word_dropout > 0:
+            x = drop_tokens(x, self.word_dropout, self.word_seed)
+        x = self.dropout_layer(x, training=training)
         for i, rnn in enumerate(self.rnns):
             if i > 0:
                 x = self.dropout_layer(x, training=training)
@@ -102,4 +108,5 @@ class Encoder(keras.layers.Layer):
             "decoder_layers": self.decoder_layers,
             "dropout": self.dropout,
             "pad_id": self.pad_id,
+            "word_dropout": self.word_dropout,
         }

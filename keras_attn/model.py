@@ -28,10 +28,12 @@ class Seq2Seq(keras.Model):
         self.encoder = Encoder(
             config.src_vocab_size, config.embedding_dim, config.encoder_units,
             config.encoder_layers, config.bidirectional, config.decoder_units,
-            config.decoder_layers, config.dropout, config.pad_id, name="encoder")
+            config.decoder_layers, config.dropout, config.pad_id, word_dropout=config.word_dropout,
+            name="encoder")
         self.decoder = InputFeedingDecoder(
             config.tgt_vocab_size, config.embedding_dim, config.decoder_units,
-            config.decoder_layers, config.attention, config.dropout, name="decoder")
+            config.decoder_layers, config.attention, config.dropout, word_dropout=config.word_dropout,
+            name="decoder")
 
     def build(self, input_shape=None):
         # Shapes do not depend on the input: build every weight up front so that a

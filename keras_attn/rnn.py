@@ -46,6 +46,15 @@ def dense_3d(inputs, kernel, transpose_b=False):
     return tf.reshape(flat, tf.concat([shape[:-1], [out_dim]], 0))
 
 
+def drop_tokens(embedded, rate, seed):
+    """Word dropout (Gal & Ghahramani 2016; Sennrich & Zhang 2019): each token's whole
+    vector `(..., dim)` is zeroed with probability `rate`, the others scaled by
+    `1 / (1 - rate)`, so the model learns not to lean on any single word."""
+    keep = keras.random.dropout(tf.ones_like(embedded[..., :1]), rate, seed=seed)
+    # |keep| = (..., 1): one draw per token, broadcast over the embedding
+    return embedded * keep
+
+
 def unit_forget_bias(units, directions=None):
     """Bias initializer with the forget gate at 1 (Jozefowicz et al. 2015)."""
     def init(shape, dtype=None):

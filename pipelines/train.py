@@ -44,6 +44,7 @@ class TrainConfig:
     decoder_layers: int = 1
     attention: str = "general"
     dropout: float = 0.1
+    word_dropout: float = 0.0  # zero whole source/target token embeddings in training
     # optimization
     epochs: int = 6
     batch_size: int | None = 64
@@ -225,7 +226,7 @@ def model_config(cfg: TrainConfig, src_vocab_size: int, tgt_vocab_size: int):
         embedding_dim=cfg.embedding_dim, encoder_units=cfg.encoder_units,
         encoder_layers=cfg.encoder_layers, bidirectional=cfg.bidirectional,
         decoder_units=cfg.decoder_units, decoder_layers=cfg.decoder_layers,
-        attention=cfg.attention, dropout=cfg.dropout)
+        attention=cfg.attention, dropout=cfg.dropout, word_dropout=cfg.word_dropout)
 
 
 def batching_config(cfg: TrainConfig):
@@ -257,11 +258,12 @@ def build_model(cfg: TrainConfig, model_cfg, steps_per_execution: int = 1):
 
 def start_from(model, folder: Path):
     """Copy the weights of `folder/model.keras` into `model` (same architecture; the
-    dropout rate may differ, it only acts in training)."""
+    dropout rates may differ, they only act in training)."""
     from keras_attn.saving import load_model
 
     source = load_model(folder / "model.keras")
-    if dataclasses.replace(source.config, dropout=model.config.dropout) != model.config:
+    if dataclasses.replace(source.config, dropout=model.config.dropout,
+                           word_dropout=model.config.word_dropout) != model.config:
         raise ValueError(f"--init-from {folder}: its model ({source.config}) differs from this run's "
                          f"({model.config}); use the same model settings")
     model.set_weights(source.get_weights())

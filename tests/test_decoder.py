@@ -52,3 +52,16 @@ def test_dropout_is_active_only_in_training():
 def test_decoder_config_round_trip():
     dec = InputFeedingDecoder(25, 8, 12, 2, "concat", 0.2)
     assert InputFeedingDecoder.from_config(dec.get_config()).get_config() == dec.get_config()
+
+
+def test_word_dropout_drops_whole_target_tokens_in_training():
+    decoder = InputFeedingDecoder(25, 8, 12, word_dropout=0.5)
+    decoder.build((None, None), (None, None, 16))
+    tokens = np.full((4, 40), 5, np.int32)
+    kernel, bias = decoder.step_weights()["input"], decoder.lstm_biases[0].numpy()
+    full = decoder._input_projection(tokens, kernel).numpy() - bias
+    dropped = decoder._input_projection(tokens, kernel, training=True).numpy() - bias
+    # |full| = |dropped| = (4, 40, 4 * units): a dropped token leaves only the bias
+    gone = np.all(np.abs(dropped) < 1e-6, axis=-1)
+    np.testing.assert_allclose(dropped[~gone], 2 * full[~gone], rtol=1e-5, atol=1e-6)
+    assert 0.3 < gone.mean() < 0.7

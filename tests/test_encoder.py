@@ -65,3 +65,21 @@ def test_encoder_config_round_trip():
     enc = make_encoder()
     clone = Encoder.from_config(enc.get_config())
     assert clone.get_config() == enc.get_config()
+
+
+def test_word_dropout_zeroes_whole_tokens_in_training_only():
+    from keras_attn.rnn import drop_tokens
+
+    embedded = np.ones((4, 50, 8), np.float32)
+    dropped = drop_tokens(embedded, 0.5, keras.random.SeedGenerator(0)).numpy()
+    per_token = dropped.reshape(-1, 8)
+    assert np.all((per_token == 0).all(-1) | (per_token == 2.0).all(-1))  # a token goes whole, or stays scaled
+    assert 0.35 < (per_token == 0).all(-1).mean() < 0.65
+
+    rng = np.random.default_rng(3)
+    plain, with_words = make_encoder(), Encoder(**{**make_encoder().get_config(), "word_dropout": 0.5})
+    with_words.build((None, None))
+    with_words.set_weights(plain.get_weights())
+    source = random_ids(rng, [5, 3], 30, pre_pad=True)
+    np.testing.assert_array_equal(with_words.encode(source)[0], plain.encode(source)[0])  # inference: no effect
+    assert not np.allclose(with_words.encode(source, training=True)[0], plain.encode(source)[0])

@@ -18,7 +18,8 @@ def test_config_round_trips_through_json(tmp_path):
     assert json.loads(cfg.to_json())["attention"] == "concat"
 
 
-@pytest.mark.parametrize("bad", [{"attention": "bilinear"}, {"dropout": 1.0}, {"decoder_units": 0}])
+@pytest.mark.parametrize("bad", [{"attention": "bilinear"}, {"dropout": 1.0}, {"word_dropout": -0.1},
+                                 {"decoder_units": 0}])
 def test_config_rejects_bad_values(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         tiny_config(**bad)
@@ -92,7 +93,7 @@ def test_smoothed_cross_entropy_value_and_gradient_match_autodiff(eps):
 
 def test_save_load_round_trip_gives_identical_outputs(tmp_path):
     rng = np.random.default_rng(2)
-    model = Seq2Seq(tiny_config(attention="concat", decoder_layers=2, encoder_layers=2))
+    model = Seq2Seq(tiny_config(attention="concat", decoder_layers=2, encoder_layers=2, word_dropout=0.1))
     model.compile_for_training(label_smoothing=0.1)
     inputs = {"source": random_ids(rng, [3, 6], 30, True), "target_in": random_ids(rng, [4, 2], 25, False)}
     expected = model(inputs).numpy()

@@ -164,13 +164,14 @@ def test_init_from_starts_with_the_trained_weights_and_tokenizers(dates_run, tmp
     assert metrics["held_out"]["exact_match"] > 0.3
 
     # The same command again (not a resume: no backup left) replaces the finished
-    # run instead of appending to its history; another dropout rate is the same model.
+    # run instead of appending to its history; other dropout rates are the same model.
     (tmp_path / "epochs").mkdir()
     (tmp_path / "epochs" / "epoch_007.weights.h5").write_bytes(b"an old epoch")
     other_dropout = settings["dropout"] + 0.05
     again = run(TrainConfig(out=str(tmp_path), init_from=str(source), epochs=1, lr=1e-4, verbose=0,
-                            dropout=other_dropout, **same))
-    assert json.loads((tmp_path / "config.json").read_text())["model"]["dropout"] == other_dropout
+                            dropout=other_dropout, word_dropout=0.1, **same))
+    saved = json.loads((tmp_path / "config.json").read_text())["model"]
+    assert saved["dropout"] == other_dropout and saved["word_dropout"] == 0.1
     assert again["epochs_run"] == again["epochs_this_process"] == 1
     assert len(list(csv.DictReader(open(tmp_path / "history.csv")))) == 1
     assert not (tmp_path / "epochs" / "epoch_007.weights.h5").exists()

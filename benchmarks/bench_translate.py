@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import DECODE_LIMIT, DEFAULT_DATA, LATENCY_LIMIT, RESULTS, write_results  # noqa: E402
+from common import DECODE_LIMIT, DEFAULT_DATA, LATENCY_LIMIT, RESULTS, batch1_millis, write_results  # noqa: E402
 
 
 def keras_step_loop(model, sources, src_sp, tgt_sp, max_len, batch_size=128):
@@ -106,14 +106,10 @@ def runtime_rows(args, sources, refs):
             hyps, times = timed_runs(lambda t=translator, b=beam: t.translate(sources, beam=b), args.repeats)
             rows.append(speed_row(name, beam, len(sources), times, hyps, refs, machine_limit()))
     for name, translator in (("onnxruntime fp32", fp32), ("onnxruntime int8", int8)):
-        times = []
-        for sentence in sources[: args.latency_sentences]:
-            start = time.perf_counter()
-            translator.translate([sentence])
-            times.append(time.perf_counter() - start)
+        millis = batch1_millis(translator, sources[: args.latency_sentences])
         rows.append({"system": name, "search": "greedy, batch 1",
-                     "latency p50 ms": round(1000 * float(np.percentile(times, 50)), 2),
-                     "latency p95 ms": round(1000 * float(np.percentile(times, 95)), 2)})
+                     "latency p50 ms": round(float(np.percentile(millis, 50)), 2),
+                     "latency p95 ms": round(float(np.percentile(millis, 95)), 2)})
         floor_ms = machine_limit(LATENCY_LIMIT)
         if floor_ms and name.endswith("fp32"):  # the limit is float32 arithmetic
             rows[-1]["% of limit"] = round(100 * floor_ms / rows[-1]["latency p50 ms"], 1)

@@ -35,6 +35,16 @@ def machine() -> dict:
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
+def batch1_millis(translator, sentences: list[str]) -> list[float]:
+    """Milliseconds of `translator.translate([sentence])`, one sentence at a time."""
+    millis = []
+    for sentence in sentences:
+        start = time.perf_counter()
+        translator.translate([sentence])
+        millis.append(1000 * (time.perf_counter() - start))
+    return millis
+
+
 def write_results(name: str, rows: list[dict], notes: dict | None = None) -> Path:
     """`results/NAME.json` and `results/NAME.md` (a table of `rows`)."""
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import DEFAULT_DATA, write_results  # noqa: E402
+from common import DEFAULT_DATA, batch1_millis, write_results  # noqa: E402
 
 
 def batched(translators: dict, sources: list[str], passes: int) -> tuple[dict, dict]:
@@ -47,10 +47,7 @@ def latency(translators: dict, sources: list[str], rounds: int) -> dict:
         translator.translate(sources[:20])
     for _ in range(rounds):
         for name, translator in translators.items():
-            for sentence in sources:
-                start = time.perf_counter()
-                translator.translate([sentence])
-                millis[name].append(1000 * (time.perf_counter() - start))
+            millis[name] += batch1_millis(translator, sources)
     return millis
 
 

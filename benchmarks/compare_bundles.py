@@ -60,9 +60,10 @@ def main():
     parser.add_argument("--latency-sentences", type=int, default=400)
     parser.add_argument("--name", default="compare_bundles")
     args = parser.parse_args()
-    bundles = dict(b.split("=", 1) for b in args.bundle)
-    if len(bundles) < 2 or any(not path for path in bundles.values()):
-        parser.error("give at least two --bundle NAME=PATH with distinct names")
+    pairs = [b.partition("=")[::2] for b in args.bundle]
+    bundles = dict(pairs)
+    if len(bundles) < 2 or len(bundles) != len(pairs) or not all(name and path for name, path in pairs):
+        parser.error(f"give two or more --bundle NAME=PATH with distinct names, got {args.bundle}")
 
     from keras_attn.runtime import Translator
     from pipelines.corpus import read_lines

@@ -36,6 +36,8 @@ RUNS = [
      "multi30k_anneal10_tune_beam", "evaluate_test2016_anneal10run_", "multi30k_fp32_anneal10_history.csv"),
     ("stage 2: dropout 0.2", "float32 run's stage 1, then the anneal with dropout 0.2",
      "multi30k_do2_tune_beam", "evaluate_test2016_do2run_", "multi30k_fp32_do2_history.csv"),
+    ("dropout 0.2", "both stages, current pipeline (whole-corpus and batch shuffle), 25 + 5 epochs",
+     "multi30k_d2_tune_beam", "evaluate_test2016_d2run_", "multi30k_d2_anneal_history.csv"),
 ]
 
 

@@ -69,17 +69,27 @@ class InputFeedingDecoder(keras.layers.Layer):
         self.generator.build((batch, units))
 
     # ----------------------------------------------------------------- step math
-    def step_weights(self):
+    def step_weights(self, fold_embeddings=False):
         """The kernels a step multiplies by, sliced and fused once (outside any loop).
 
         `input`: the embedding part of the first LSTM layer's kernel;
         `state`: per layer, the kernel applied to `[layer input from the state; h]`
         (for layer 0 the state part of its input is h̃_{t-1}).
+        With `fold_embeddings`, also `input_table`: that kernel applied to every
+        target embedding, bias included, so a step gathers its input projection
+        instead of multiplying. It costs a (vocab × embedding_dim × 4·units) product
+        per call: worth it only where it is computed once, as in the export, whose
+        conversion folds it into a constant of the ONNX graph.
         """
         first = tf.concat([self.lstm_kernels[0][self.embedding_dim:], self.lstm_recurrent_kernels[0]], axis=0)
         rest = [tf.concat([k, r], axis=0) for k, r in
                 zip(self.lstm_kernels[1:], self.lstm_recurrent_kernels[1:])]
-        return {"input": self.lstm_kernels[0][: self.embedding_dim], "state": [first] + rest}
+        weights = {"input": self.lstm_kernels[0][: self.embedding_dim], "state": [first] + rest}
+        if fold_embeddings:
+            embeddings = tf.cast(self.embedding.embeddings, self.compute_dtype)
+            # |input_table| = (vocab, 4 * units)
+            weights["input_table"] = tf.matmul(embeddings, weights["input"]) + self.lstm_biases[0]
+        return weights
 
     def _input_projection(self, tokens, input_kernel, training=False):
         """Embedding part of the first LSTM layer's gates, bias included."""
@@ -143,8 +153,9 @@ class InputFeedingDecoder(keras.layers.Layer):
             memory_keys: `self.attention.memory_keys(memory)`, computed once.
             memory: `(batch, src_len, memory_dim)`; mask: `(batch, src_len)`, bool or
                 0/1 in the compute dtype (cast it once, outside a decode loop).
-            weights: `self.step_weights()`; pass it in from outside a decode loop so
-                the slicing and fusing is not redone every step.
+            weights: `self.step_weights(...)`; pass it in from outside a decode loop so
+                the slicing and fusing is not redone every step. With an
+                `input_table`, the step gathers its input projection from it.
             rows: optional int `(n,)`: the memory row of each of the `n` state rows
                 (see `_recurrent_step`); `None` when state and memory rows align.
 
@@ -152,7 +163,11 @@ class InputFeedingDecoder(keras.layers.Layer):
             `(logits (batch, vocab), weights (batch, src_len), new_state)`.
         """
         weights = weights or self.step_weights()
-        projection = self._input_projection(tf.cast(y_prev, tf.int32), weights["input"])
+        y_prev = tf.cast(y_prev, tf.int32)
+        if "input_table" in weights:
+            projection = tf.gather(weights["input_table"], y_prev)
+        else:
+            projection = self._input_projection(y_prev, weights["input"])
         attentional, attention, state = self._recurrent_step(
             projection, state, weights["state"], memory_keys, memory, mask, rows)
         return self.generator(attentional), attention, state

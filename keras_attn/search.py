@@ -40,12 +40,14 @@ class InferenceModel(tf.Module):
     ONNX `LSTM` ops in front of them (`pipelines/onnx_encoder.py`).
     """
 
-    def __init__(self, seq2seq, name="inference_model"):
+    def __init__(self, seq2seq, fold_embeddings=False, name="inference_model"):
         super().__init__(name=name)
         if not seq2seq.built:
             seq2seq.build()
         self.seq2seq = seq2seq
         self.config = seq2seq.config
+        # See `InputFeedingDecoder.step_weights`: on for the export only.
+        self.fold_embeddings = fold_embeddings
 
     def _encode(self, source_ids):
         memory, mask, final_h, final_c = self.seq2seq.encoder.encode(source_ids, training=False)
@@ -72,7 +74,7 @@ class InferenceModel(tf.Module):
         cfg, decoder = self.config, self.seq2seq.decoder
         batch, src_len = tf.shape(memory)[0], tf.shape(memory)[1]
         # |memory| = (batch, src_len, memory_dim), |mask| = (batch, src_len) 0/1 floats
-        keys, step_weights = decoder.attention.memory_keys(memory), decoder.step_weights()
+        keys, step_weights = decoder.attention.memory_keys(memory), decoder.step_weights(self.fold_embeddings)
         states = self.seq2seq.encoder.bridge(final_h, final_c)
         rows = {"alive": tf.range(tf.cast(batch, tf.int64)), "y_prev": tf.fill([batch], cfg.bos_id),
                 "state": decoder.initial_state(states, batch)}
@@ -130,7 +132,7 @@ class InferenceModel(tf.Module):
         states = self.seq2seq.encoder.bridge(final_h, final_c)
         memory, mask = tf.repeat(memory, k, axis=0), tf.repeat(mask, k, axis=0)
         states = tf.nest.map_structure(lambda s: tf.repeat(s, k, axis=0), states)
-        keys, step_weights = decoder.attention.memory_keys(memory), decoder.step_weights()
+        keys, step_weights = decoder.attention.memory_keys(memory), decoder.step_weights(self.fold_embeddings)
         # |memory| = (batch * k, src_len, memory_dim)
         # Only beam 0 is alive at the start, so the first expansion is not k copies.
         # (comparisons with tf.range rather than tf.one_hot: tf2onnx converts rank-1 one_hot only)

@@ -150,7 +150,7 @@ def export(train_dir, out, beam: int = 5, alpha: float = 0.6, quantize: str | No
 
     start = time.perf_counter()
     model, run_config, src_model, tgt_model = load_training_run(train_dir)
-    inference = InferenceModel(model)
+    inference = InferenceModel(model, fold_embeddings=True)
     max_len = max_len or int(run_config["train"].get("max_len", 100))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -26,6 +26,29 @@ def test_one_step_path_reproduces_teacher_forced_logits(layers, score):
         np.testing.assert_allclose(weights.numpy().sum(-1), 1.0, atol=1e-5)
 
 
+def test_folded_embedding_table_gives_the_same_steps():
+    """`step_weights(fold_embeddings=True)`: a step gathers embedding · kernel + bias
+    from a per-token table instead of multiplying; same logits, attention and state."""
+    rng = np.random.default_rng(4)
+    model = Seq2Seq(tiny_config(decoder_layers=2))
+    model.build()
+    source = random_ids(rng, [6, 3, 8], 30, pre_pad=True)
+    memory, mask, states = model.encoder(source)
+    decoder = model.decoder
+    keys = decoder.attention.memory_keys(memory)
+    table = decoder.step_weights(fold_embeddings=True)["input_table"]
+    assert table.shape == (model.config.tgt_vocab_size, 4 * decoder.units)
+    plain, folded = decoder.initial_state(states, 3), decoder.initial_state(states, 3)
+    for _ in range(4):
+        y = tf.constant(rng.integers(1, 25, size=3), tf.int32)
+        logits, weights, plain = decoder.step(y, plain, keys, memory, mask, decoder.step_weights())
+        f_logits, f_weights, folded = decoder.step(y, folded, keys, memory, mask,
+                                                   decoder.step_weights(fold_embeddings=True))
+        np.testing.assert_allclose(f_logits.numpy(), logits.numpy(), atol=1e-5, rtol=1e-5)
+        np.testing.assert_allclose(f_weights.numpy(), weights.numpy(), atol=1e-6)
+        np.testing.assert_allclose(folded["c"][0].numpy(), plain["c"][0].numpy(), atol=1e-5)
+
+
 def test_input_feeding_changes_the_next_step():
     """h̃_{t-1} really enters step t: zeroing the feed weights changes logits after t=0."""
     rng = np.random.default_rng(2)

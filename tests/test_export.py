@@ -37,17 +37,25 @@ def test_bundle_contents_and_config(dates_bundle):
     assert not list(dates_bundle.parent.glob(".dates.*"))  # no staging folder left behind
 
 
-def test_graphs_use_standard_ops_an_lstm_encoder_and_one_decode_loop(dates_bundle):
+def test_graphs_use_standard_ops_an_lstm_encoder_one_decode_loop_and_a_folded_embedding(dates_bundle):
     import onnx
 
     from pipelines.export import iter_nodes
 
+    config = json.loads((dates_bundle / "config.json").read_text())
     for name in ("model.onnx", "model_beam.onnx"):
         proto = onnx.load(str(dates_bundle / name))
         onnx.checker.check_model(proto)
         ops = [n.op_type for n in iter_nodes(proto.graph)]
         assert ops.count("Loop") == 1 and ops.count("LSTM") == 1  # the decode loop; the encoder's LSTM op
         assert {n.domain for n in iter_nodes(proto.graph)} <= {"", "ai.onnx"}
+        # The decoder's embedding product is folded into a (vocab, 4 * units) table the
+        # loop gathers from (InputFeedingDecoder.step_weights(fold_embeddings=True)).
+        loop = next(n for n in proto.graph.node if n.op_type == "Loop")
+        body = next(a.g for a in loop.attribute if a.name == "body")
+        shapes = {i.name: tuple(i.dims) for i in body.initializer}
+        vocab, units = config["model"]["tgt_vocab_size"], config["model"]["decoder_units"]
+        assert any(n.op_type == "Gather" and shapes.get(n.input[0]) == (vocab, 4 * units) for n in body.node)
 
 
 @pytest.mark.parametrize("layers,bidirectional", [(1, True), (2, True), (2, False)])

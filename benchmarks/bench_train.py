@@ -7,7 +7,10 @@ target tokens, for float32 and mixed bfloat16, with and without XLA (`jit_compil
 and the process's peak memory. The `--warmup + --steps` batches are tokenized up
 front and replayed (as the training run's cache replays them from its second epoch);
 the clock runs from the start of the first step after the warm-up to the end of the
-last, so tracing and `fit`'s start-up are not counted.
+last, so tracing and `fit`'s start-up are not counted. The machine's limit for the
+same work (`bench_limit.py`'s NumPy loop of a training step's matmuls, median of 3
+passes) is measured just before the clock starts and just after it stops; the row
+states their mean and the throughput as a percentage of it.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -22,21 +26,25 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from bench_limit import median_of, training_limit_tokens_per_s  # noqa: E402
 from common import DEFAULT_DATA, RESULTS, machine, recipe_config, write_results  # noqa: E402
 
 
 def step_clock(warmup: int):
     """A callback timing from the start of batch `warmup` to the end of training:
-    the warm-up steps (tracing) and `fit`'s own start-up are not counted."""
+    the warm-up steps (tracing) and `fit`'s own start-up are not counted. The
+    training limit is measured right before and right after the timed steps."""
     import keras
 
     class StepClock(keras.callbacks.Callback):
         def on_train_batch_begin(self, batch, logs=None):
             if batch == warmup:
+                self.limits = [median_of(training_limit_tokens_per_s)]
                 self.start = time.perf_counter()
 
         def on_train_end(self, logs=None):
             self.seconds = time.perf_counter() - self.start
+            self.limits.append(median_of(training_limit_tokens_per_s))
 
     return StepClock()
 
@@ -68,13 +76,15 @@ def one_setting(data_dir, precision, jit, steps, warmup, batch_tokens, bucket_wi
     replay = tf.data.Dataset.from_generator(lambda: iter(batches), output_signature=spec).prefetch(2)
     clock = step_clock(warmup)
     model.fit(replay, epochs=1, steps_per_epoch=len(batches), shuffle=False, verbose=0, callbacks=[clock])
-    seconds = clock.seconds
+    seconds, limit = clock.seconds, statistics.mean(clock.limits)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     facts = machine()
     return {"cpu simd": facts["simd"], "date": facts["date"], "precision": precision, "xla": jit,
             "batch tokens": batch_tokens, "bucket width": cfg.bucket_width, "warm-up": warmup, "steps": steps,
             "target tokens": tokens,
             "seconds": round(seconds, 2), "target tokens/s": round(tokens / seconds, 1),
+            "limit tokens/s (before, after)": "{:.0f} ({:.0f}, {:.0f})".format(limit, *clock.limits),
+            "% of limit": round(100 * tokens / seconds / limit, 1),
             "peak memory MB": round(peak_mb)}
 
 

@@ -10,8 +10,11 @@ the table gives the median and the range (this VM's speed drifts by up to 20 %).
 The onnxruntime rows run in a child process that never imports TensorFlow, as a
 deployment would (a TensorFlow runtime in the same process slows onnxruntime down).
 onnxruntime uses its default intra-op threads (all cores); TensorFlow its defaults.
-If `results/bench_limit.json` exists, greedy rows also get a percentage of its limit
-(sentences/s over the limit's; for batch-1 latency, the limit's milliseconds over p50).
+Float32 greedy rows also get a percentage of the machine's limit (`bench_limit.py`'s NumPy
+loop of the decoder's matmuls), measured interleaved: the limit (median of 3 passes)
+right after each timed pass, so both see the same minute of this drifting VM; the
+percentage is the median of the per-pass ratios. Batch-1 latency: one one-sentence limit pass
+after each sentence; percentage = the limit's median milliseconds over p50.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import DECODE_LIMIT, DEFAULT_DATA, LATENCY_LIMIT, RESULTS, batch1_millis, write_results  # noqa: E402
+from bench_limit import decode_limit_sentences_per_s, latency_limit_ms, median_of  # noqa: E402
+from common import DEFAULT_DATA, batch1_millis, write_results  # noqa: E402
 
 
 def keras_step_loop(model, sources, src_sp, tgt_sp, max_len, batch_size=128):
@@ -59,39 +63,58 @@ def keras_step_loop(model, sources, src_sp, tgt_sp, max_len, batch_size=128):
     return out
 
 
-def timed_runs(run, repeats: int):
-    """`run()` returns hypotheses; returns the last ones and the seconds of each timed run."""
+def greedy_limit() -> float:
+    """The decode limit now: median of 3 passes (sentences/s)."""
+    return median_of(decode_limit_sentences_per_s)
+
+
+def timed_runs(run, repeats: int, limit=None):
+    """`run()` returns hypotheses; returns the last ones, the seconds of each timed run
+    and, with a `limit()` (sentences/s), the limit measured right after each run."""
     run()  # warm-up: tracing, session initialization, arena growth
-    times = []
+    times, limits = [], []
     for _ in range(repeats):
         start = time.perf_counter()
         hyps = run()
         times.append(time.perf_counter() - start)
-    return hyps, times
+        if limit:
+            limits.append(limit())
+    return hyps, times, limits
 
 
-def speed_row(system, beam, n_sentences, times, hyps, refs, limit=None):
+def speed_row(system, beam, n_sentences, times, hyps, refs, limits=()):
+    """Median and range of sentences/s, BLEU, and with `limits` (one per timed run) the
+    median limit and the median of the per-run percentages of it."""
     import sacrebleu
 
-    rates = sorted(n_sentences / t for t in times)
+    rates = [n_sentences / t for t in times]
     row = {"system": system, "search": "greedy" if beam == 1 else f"beam {beam}",
            "sentences/s": round(statistics.median(rates), 1),
-           "range": f"{rates[0]:.0f}-{rates[-1]:.0f}" if len(rates) > 1 else "",
+           "range": f"{min(rates):.0f}-{max(rates):.0f}" if len(rates) > 1 else "",
            "BLEU": round(sacrebleu.corpus_bleu(hyps, [refs]).score, 2)}
-    if limit and beam == 1:
-        row["% of limit"] = round(100 * row["sentences/s"] / limit, 1)
+    if limits:
+        row["limit"] = round(statistics.median(limits), 1)
+        row["% of limit"] = round(statistics.median(100 * r / lim for r, lim in zip(rates, limits, strict=True)), 1)
     print(row, flush=True)
     return row
 
 
-def machine_limit(name: str = DECODE_LIMIT):
-    """The throughput of `bench_limit.py`'s row `name` (sentences/s; ms per sentence
-    for the one-sentence row), or None without results."""
-    path = RESULTS / "bench_limit.json"
-    if not path.is_file():
-        return None
-    rows = json.loads(path.read_text())["rows"]
-    return next((r["throughput"] for r in rows if r["limit"] == name), None)
+def latency_row(system, translator, sentences, with_limit: bool):
+    """Batch-1 p50/p95 over `sentences`; with `with_limit`, a one-sentence limit pass
+    after each sentence (the limit is float32 arithmetic: fp32 rows only)."""
+    millis, floors = [], []
+    for sentence in sentences:
+        millis += batch1_millis(translator, [sentence])
+        if with_limit:
+            floors.append(latency_limit_ms())
+    row = {"system": system, "search": "greedy, batch 1",
+           "latency p50 ms": round(float(np.percentile(millis, 50)), 2),
+           "latency p95 ms": round(float(np.percentile(millis, 95)), 2)}
+    if floors:
+        row["limit"] = round(float(np.median(floors)), 2)
+        row["% of limit"] = round(100 * row["limit"] / row["latency p50 ms"], 1)
+    print(row, flush=True)
+    return row
 
 
 def runtime_rows(args, sources, refs):
@@ -103,17 +126,12 @@ def runtime_rows(args, sources, refs):
     rows = []
     for name, translator in (("onnxruntime fp32", fp32), ("onnxruntime int8", int8)):
         for beam in (1, 5):
-            hyps, times = timed_runs(lambda t=translator, b=beam: t.translate(sources, beam=b), args.repeats)
-            rows.append(speed_row(name, beam, len(sources), times, hyps, refs, machine_limit()))
+            limit = greedy_limit if beam == 1 and name.endswith("fp32") else None  # the limit is fp32 arithmetic
+            hyps, times, limits = timed_runs(lambda t=translator, b=beam: t.translate(sources, beam=b),
+                                             args.repeats, limit)
+            rows.append(speed_row(name, beam, len(sources), times, hyps, refs, limits))
     for name, translator in (("onnxruntime fp32", fp32), ("onnxruntime int8", int8)):
-        millis = batch1_millis(translator, sources[: args.latency_sentences])
-        rows.append({"system": name, "search": "greedy, batch 1",
-                     "latency p50 ms": round(float(np.percentile(millis, 50)), 2),
-                     "latency p95 ms": round(float(np.percentile(millis, 95)), 2)})
-        floor_ms = machine_limit(LATENCY_LIMIT)
-        if floor_ms and name.endswith("fp32"):  # the limit is float32 arithmetic
-            rows[-1]["% of limit"] = round(100 * floor_ms / rows[-1]["latency p50 ms"], 1)
-        print(rows[-1], flush=True)
+        rows.append(latency_row(name, translator, sources[: args.latency_sentences], name.endswith("fp32")))
     assert "tensorflow" not in sys.modules
     return rows, fp32.config["alpha"]
 
@@ -130,12 +148,14 @@ def tensorflow_rows(args, sources, refs, alpha):
     max_len = int(run_config["train"]["max_len"])
     rows = []
     if not args.skip_keras_loop:  # slow: one timed pass after the warm-up
-        hyps, times = timed_runs(lambda: keras_step_loop(model, sources, src_sp, tgt_sp, max_len), 1)
-        rows.append(speed_row("keras step loop (eager)", 1, len(sources), times, hyps, refs, machine_limit()))
+        hyps, times, limits = timed_runs(lambda: keras_step_loop(model, sources, src_sp, tgt_sp, max_len), 1,
+                                         greedy_limit)
+        rows.append(speed_row("keras step loop (eager)", 1, len(sources), times, hyps, refs, limits))
     for beam in (1, 5):
-        hyps, times = timed_runs(
-            lambda b=beam: translate_tf(inference, sources, src_sp, tgt_sp, max_len, 128, b, alpha), args.repeats)
-        rows.append(speed_row("tf.function", beam, len(sources), times, hyps, refs, machine_limit()))
+        hyps, times, limits = timed_runs(
+            lambda b=beam: translate_tf(inference, sources, src_sp, tgt_sp, max_len, 128, b, alpha), args.repeats,
+            greedy_limit if beam == 1 else None)
+        rows.append(speed_row("tf.function", beam, len(sources), times, hyps, refs, limits))
     return rows
 
 
@@ -168,7 +188,10 @@ def main():
                     "single-threaded session; batch 1 on an all-core session); TensorFlow: batches of 128",
         "timing": f"median of {args.repeats} passes after a warm-up pass (keras step loop: 1 pass); "
                   "range = slowest-fastest pass",
-        "limit": "greedy limit from results/bench_limit.json (decoder matmuls only, NumPy)",
+        "limit": "bench_limit.py's NumPy loop of the decoder's matmuls (batch 128 x 16 steps; one "
+                 "sentence of 15 steps for batch 1), after each timed pass (median of 3 passes) and after "
+                 "each batch-1 sentence (one pass); "
+                 "column 'limit' = its median (sentences/s; ms), '% of limit' = median of per-pass ratios",
         "beam length penalty alpha": result["alpha"],
         "threads": "onnxruntime intra-op = all cores, inter-op 1, in a process without TensorFlow; "
                    "TensorFlow defaults"})

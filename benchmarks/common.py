@@ -12,10 +12,6 @@ RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "multi30k"
 
 
-# The rows of results/bench_limit.json that other scripts compare against.
-DECODE_LIMIT = "greedy decode, decoder matmuls only"
-LATENCY_LIMIT = "greedy decode of one sentence, decoder matmuls only"
-
 # CPU features that decide matmul speed: bf16 is only fast with avx512_bf16 or AMX.
 SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16")
 

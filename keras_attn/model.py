@@ -55,10 +55,14 @@ class Seq2Seq(keras.Model):
         model_config = config.pop("config")
         return cls(Seq2SeqConfig.from_dict(model_config), **config)
 
-    def compile_for_training(self, learning_rate=1e-3, label_smoothing=0.0, clipnorm=5.0, **kwargs):
-        """`compile` with Adam, the masked loss and the masked token accuracy."""
+    def compile_for_training(self, learning_rate=1e-3, label_smoothing=0.0, clipnorm=5.0, ema=0.0, **kwargs):
+        """`compile` with Adam, the masked loss and the masked token accuracy; with
+        `ema` > 0 the optimizer also keeps an exponential moving average of the
+        weights, `avg ← ema·avg + (1 − ema)·w` after every step (swap it in with
+        `keras.callbacks.SwapEMAWeights`)."""
         self.compile(
-            optimizer=keras.optimizers.Adam(learning_rate, clipnorm=clipnorm),
+            optimizer=keras.optimizers.Adam(learning_rate, clipnorm=clipnorm, use_ema=ema > 0,
+                                            ema_momentum=ema or 0.99),
             loss=MaskedSparseCrossEntropy(self.config.pad_id, label_smoothing),
             metrics=[MaskedTokenAccuracy(self.config.pad_id)],
             **kwargs)

@@ -59,6 +59,7 @@ class TrainConfig:
     min_lr: float = 1e-5
     lr_schedule: str = "plateau"  # plateau (halve when `monitor` stalls) | cosine (over `epochs`)
     average_last: int = 0  # average the weights of the last N epochs if that improves `monitor`
+    ema: float = 0.0  # > 0: validate, checkpoint and keep the exponential moving average of the weights
     # validation: greedy sacreBLEU of the validation set after every epoch (`val_bleu`
     # in history.csv), and what picks the best checkpoint, drives the plateau schedule
     # and early stopping: val_loss (lower is better) or val_bleu (higher; needs val_bleu)
@@ -116,6 +117,8 @@ class TrainConfig:
             raise ValueError(f"--lr must be > 0, got {self.lr}")
         if not 0 <= self.subword_alpha <= 1:
             raise ValueError(f"--subword-alpha must be in [0, 1], got {self.subword_alpha}")
+        if not 0 <= self.ema < 1:
+            raise ValueError(f"--ema must be in [0, 1) (0 = off; e.g. 0.998), got {self.ema}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.init_from is not None and Path(self.init_from).resolve() == Path(self.out).resolve():
@@ -251,7 +254,7 @@ def build_model(cfg: TrainConfig, model_cfg, steps_per_execution: int = 1):
 
     model = Seq2Seq(model_cfg)
     model.build()
-    model.compile_for_training(cfg.lr, cfg.label_smoothing, cfg.clipnorm, jit_compile=cfg.jit,
+    model.compile_for_training(cfg.lr, cfg.label_smoothing, cfg.clipnorm, ema=cfg.ema, jit_compile=cfg.jit,
                                steps_per_execution=steps_per_execution)
     return model
 
@@ -469,7 +472,11 @@ def validation_measure(cfg: TrainConfig, valid_ds, valid, src_sp, tgt_sp):
 def callbacks(cfg: TrainConfig, out: Path, target_tokens: int, validation_bleu=None):
     """The run's callbacks, in the order they must see the logs: `validation_bleu`
     (from `validation_bleu_callback`, required by `cfg.val_bleu`) adds `val_bleu`
-    before anything reads it."""
+    before anything reads it. With `cfg.ema`, the backup is written while the model
+    holds the trained weights (the moving average stays in the optimizer), then the
+    average is swapped in for the rest of the epoch's end: validation BLEU, the kept
+    checkpoint, epoch weights; it is swapped out when the next epoch begins (and in
+    for the validation loss)."""
     import keras
 
     if cfg.val_bleu and validation_bleu is None:
@@ -479,9 +486,11 @@ def callbacks(cfg: TrainConfig, out: Path, target_tokens: int, validation_bleu=N
     # A resumed run (BackupAndRestore left a backup) continues the schedule and the
     # early-stopping count of the epochs already logged, not from scratch.
     past = logged_epochs(out, cfg.monitor) if resuming(out) else []
-    return throughput + ([validation_bleu] if cfg.val_bleu else []) + [
-        keras.callbacks.TerminateOnNaN(),
+    return throughput + [
         keras.callbacks.BackupAndRestore(str(out / "backup"), delete_checkpoint=True),
+        *([keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if cfg.ema else []),
+        *([validation_bleu] if cfg.val_bleu else []),
+        keras.callbacks.TerminateOnNaN(),
         best_checkpoint(out, cfg.monitor, past),
         early_stopping(cfg, past),
         learning_rate_callback(cfg, past),

@@ -75,6 +75,93 @@ def test_a_killed_run_resumes_without_losing_finished_epochs(tmp_path):
     assert len(weights_after_two) == len(fresh.get_weights())
 
 
+class RawWeights(keras.callbacks.Callback):
+    """The trained (not averaged) weights after every step, and at the first step of
+    each epoch before it runs."""
+
+    def __init__(self):
+        super().__init__()
+        self.after_step, self.epoch_start, self.epoch = [], [], 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if batch == 0:
+            self.epoch_start.append(self.model.get_weights())
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.after_step.append(self.model.get_weights())
+
+
+def moving_average(steps, decay):
+    """Keras's EMA: the first step's weights, then avg = decay·avg + (1 − decay)·w."""
+    average = [w.astype(np.float64) for w in steps[0]]
+    for weights in steps[1:]:
+        average = [decay * a + (1 - decay) * w for a, w in zip(average, weights, strict=True)]
+    return average
+
+
+def test_ema_is_what_validation_and_the_checkpoint_see_while_training_goes_on_from_the_trained_weights(tmp_path):
+    from keras_attn.saving import load_model
+
+    cfg = TrainConfig(out=str(tmp_path), embedding_dim=8, encoder_units=8, decoder_units=8, lr=1e-2, ema=0.5,
+                      dropout=0.0)
+    x, y = tiny_data()
+    model = build_model(cfg, model_config(cfg, VOCAB, VOCAB))
+    raw = RawWeights()
+    history = model.fit(x, y, validation_data=(x, y), epochs=2, batch_size=16, shuffle=False, verbose=0,
+                        callbacks=callbacks(cfg, tmp_path, 100) + [raw])
+    assert len(raw.after_step) == 8
+    # Epoch 2 trains on from the weights epoch 1's steps produced, not from their average
+    # (the swap is arithmetic, a ± b, so equal up to float rounding).
+    averages = [moving_average(raw.after_step[:4], 0.5), moving_average(raw.after_step, 0.5)]
+    for a, b in zip(raw.epoch_start[1], raw.after_step[3], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert any(not np.allclose(a, b) for a, b in zip(raw.epoch_start[1], averages[0], strict=True))
+    kept = int(np.argmin(history.history["val_loss"]))  # the checkpoint: the lower validation loss
+    checkpoint = load_model(tmp_path / "model.keras").get_weights()
+    for c, a, r in zip(checkpoint, averages[kept], raw.after_step[4 * kept + 3], strict=True):
+        np.testing.assert_allclose(c, a, rtol=1e-5, atol=1e-6)
+    assert any(not np.allclose(c, r) for c, r in zip(checkpoint, raw.after_step[4 * kept + 3], strict=True))
+    # The logged validation loss is the average's, and fit leaves the final average in the model.
+    for a, m in zip(averages[1], model.get_weights(), strict=True):
+        np.testing.assert_allclose(m, a, rtol=1e-5, atol=1e-6)
+    assert model.evaluate(x, y, verbose=0, return_dict=True)["loss"] == pytest.approx(
+        history.history["val_loss"][1], rel=1e-5)
+
+
+def test_a_killed_ema_run_resumes_to_the_weights_an_uninterrupted_run_reaches(tmp_path):
+    """The backup holds the trained weights and the optimizer's average, so a resumed
+    run continues both; had it saved the swapped-in average as the weights, the
+    resumed run would train on from the average and end elsewhere."""
+    x, y = tiny_data()
+    finals = []
+    for name, killed in (("straight", False), ("killed", True)):
+        out = tmp_path / name
+        out.mkdir()
+        cfg = TrainConfig(out=str(out), embedding_dim=8, encoder_units=8, decoder_units=8, lr=1e-2, ema=0.5,
+                          dropout=0.0, epochs=4)
+        keras.utils.set_random_seed(0)
+        model = build_model(cfg, model_config(cfg, VOCAB, VOCAB))
+        fit = dict(validation_data=(x, y), epochs=4, batch_size=16, shuffle=False, verbose=0)
+        if killed:
+            with pytest.raises(KeyboardInterrupt):
+                model.fit(x, y, **fit, callbacks=callbacks(cfg, out, 100) + [Interrupt()])
+            keras.utils.set_random_seed(1)  # a new process: other initial weights, restored from the backup
+            model = build_model(cfg, model_config(cfg, VOCAB, VOCAB))
+        model.fit(x, y, **fit, callbacks=callbacks(cfg, out, 100))
+        finals.append(model.get_weights())
+    for a, b in zip(*finals, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_ema_is_checked():
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match=r"--ema must be in \[0, 1\)"):
+            TrainConfig(ema=bad).validate()
+
+
 def test_cosine_schedule_runs_from_lr_down_to_min_lr():
     rates = [cosine_lr(epoch, 10, 1e-3, 1e-5) for epoch in range(10)]
     assert rates[0] == pytest.approx(1e-3) and rates[-1] == pytest.approx(1e-5)

@@ -13,8 +13,8 @@ onnxruntime uses its default intra-op threads (all cores); TensorFlow its defaul
 Float32 greedy rows also get a percentage of the machine's limit (`bench_limit.py`'s NumPy
 loop of the decoder's matmuls), measured interleaved: the limit (median of 3 passes)
 right after each timed pass, so both see the same minute of this drifting VM; the
-percentage is the median of the per-pass ratios. Batch-1 latency: one one-sentence limit pass
-after each sentence; percentage = the limit's median milliseconds over p50.
+percentage is the median of the per-pass ratios. Batch-1 latency: the one-sentence
+limit right before and right after the sentences; percentage = its milliseconds over p50.
 """
 
 from __future__ import annotations
@@ -100,18 +100,18 @@ def speed_row(system, beam, n_sentences, times, hyps, refs, limits=()):
 
 
 def latency_row(system, translator, sentences, with_limit: bool):
-    """Batch-1 p50/p95 over `sentences`; with `with_limit`, a one-sentence limit pass
-    after each sentence (the limit is float32 arithmetic: fp32 rows only)."""
-    millis, floors = [], []
-    for sentence in sentences:
-        millis += batch1_millis(translator, [sentence])
-        if with_limit:
-            floors.append(latency_limit_ms())
+    """Batch-1 p50/p95 over `sentences`; with `with_limit`, the one-sentence limit
+    (median of 25 passes) right before and right after, averaged (the limit is
+    float32 arithmetic: fp32 rows only). Not after every sentence: BLAS threads still
+    spinning after a limit pass would slow the next sentence down."""
+    floors = [median_of(latency_limit_ms, 25)] if with_limit else []
+    millis = batch1_millis(translator, sentences)
     row = {"system": system, "search": "greedy, batch 1",
            "latency p50 ms": round(float(np.percentile(millis, 50)), 2),
            "latency p95 ms": round(float(np.percentile(millis, 95)), 2)}
     if floors:
-        row["limit"] = round(float(np.median(floors)), 2)
+        floors.append(median_of(latency_limit_ms, 25))
+        row["limit"] = round(float(np.mean(floors)), 2)
         row["% of limit"] = round(100 * row["limit"] / row["latency p50 ms"], 1)
     print(row, flush=True)
     return row
@@ -189,8 +189,8 @@ def main():
         "timing": f"median of {args.repeats} passes after a warm-up pass (keras step loop: 1 pass); "
                   "range = slowest-fastest pass",
         "limit": "bench_limit.py's NumPy loop of the decoder's matmuls (batch 128 x 16 steps; one "
-                 "sentence of 15 steps for batch 1), after each timed pass (median of 3 passes) and after "
-                 "each batch-1 sentence (one pass); "
+                 "sentence of 15 steps for batch 1), after each timed pass (median of 3 passes); for batch 1 "
+                 "before and after the sentences (median of 25 passes each, averaged); "
                  "column 'limit' = its median (sentences/s; ms), '% of limit' = median of per-pass ratios",
         "beam length penalty alpha": result["alpha"],
         "threads": "onnxruntime intra-op = all cores, inter-op 1, in a process without TensorFlow; "

@@ -38,6 +38,9 @@ RUNS = [
      "multi30k_do2_tune_beam", "evaluate_test2016_do2run_", "multi30k_fp32_do2_history.csv"),
     ("dropout 0.2", "both stages, current pipeline (whole-corpus and batch shuffle), 25 + 5 epochs",
      "multi30k_d2_tune_beam", "evaluate_test2016_d2run_", "multi30k_d2_anneal_history.csv"),
+    ("word dropout 0.1", "whole-token dropout 0.1 on source and target embeddings (with dropout 0.3), both "
+     "stages, current pipeline, 25 + 5 epochs", "multi30k_wd1_tune_beam", "evaluate_test2016_wd1run_",
+     "multi30k_wd1_anneal_history.csv"),
 ]
 
 

@@ -81,10 +81,7 @@ class RawWeights(keras.callbacks.Callback):
 
     def __init__(self):
         super().__init__()
-        self.after_step, self.epoch_start, self.epoch = [], [], 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
+        self.after_step, self.epoch_start = [], []
 
     def on_train_batch_begin(self, batch, logs=None):
         if batch == 0:

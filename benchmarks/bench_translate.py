@@ -104,14 +104,13 @@ def latency_row(system, translator, sentences, with_limit: bool):
     (median of 25 passes) right before and right after, averaged (the limit is
     float32 arithmetic: fp32 rows only). Not after every sentence: BLAS threads still
     spinning after a limit pass would slow the next sentence down."""
-    floors = [median_of(latency_limit_ms, 25)] if with_limit else []
+    before = median_of(latency_limit_ms, 25) if with_limit else None
     millis = batch1_millis(translator, sentences)
     row = {"system": system, "search": "greedy, batch 1",
            "latency p50 ms": round(float(np.percentile(millis, 50)), 2),
            "latency p95 ms": round(float(np.percentile(millis, 95)), 2)}
-    if floors:
-        floors.append(median_of(latency_limit_ms, 25))
-        row["limit"] = round(float(np.mean(floors)), 2)
+    if with_limit:
+        row["limit"] = round((before + median_of(latency_limit_ms, 25)) / 2, 2)
         row["% of limit"] = round(100 * row["limit"] / row["latency p50 ms"], 1)
     print(row, flush=True)
     return row

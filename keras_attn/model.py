@@ -61,8 +61,8 @@ class Seq2Seq(keras.Model):
         weights, `avg ← ema·avg + (1 − ema)·w` after every step (swap it in with
         `keras.callbacks.SwapEMAWeights`)."""
         self.compile(
-            optimizer=keras.optimizers.Adam(learning_rate, clipnorm=clipnorm, use_ema=ema > 0,
-                                            ema_momentum=ema or 0.99),
+            optimizer=keras.optimizers.Adam(learning_rate, clipnorm=clipnorm,
+                                            **({"use_ema": True, "ema_momentum": ema} if ema else {})),
             loss=MaskedSparseCrossEntropy(self.config.pad_id, label_smoothing),
             metrics=[MaskedTokenAccuracy(self.config.pad_id)],
             **kwargs)

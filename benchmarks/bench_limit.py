@@ -96,6 +96,18 @@ def training_limit_tokens_per_s(rng=None, batch=128, steps=16, src_len=16, vocab
     return batch * steps / training_products(rng, batch, steps, src_len, enc_units=256, vocab=vocab, **SHAPES)
 
 
+def batches_limit_tokens_per_s(shapes, tokens, rng=None, vocab=8000) -> float:
+    """Real target tokens/s of a training step's matmuls over the padded shapes
+    `(batch, src_len, tgt_len)` of given batches holding `tokens` real target tokens:
+    the limit for exactly the batches a benchmark times, padding and small batches of
+    long sentences included (the fixed B x T shape of `training_limit_tokens_per_s`
+    has neither)."""
+    rng = rng or np.random.default_rng(0)
+    seconds = sum(training_products(rng, batch, tgt_len, src_len, enc_units=256, vocab=vocab, **SHAPES)
+                  for batch, src_len, tgt_len in shapes)
+    return tokens / seconds
+
+
 def median_of(limit, passes: int = 3) -> float:
     """Median of `passes` calls of a limit function: the first pass after other work
     runs cold (caches, BLAS threads waking up)."""

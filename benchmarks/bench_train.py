@@ -10,7 +10,11 @@ the clock runs from the start of the first step after the warm-up to the end of 
 last, so tracing and `fit`'s start-up are not counted. The machine's limit for the
 same work (`bench_limit.py`'s NumPy loop of a training step's matmuls, median of 3
 passes) is measured just before the clock starts and just after it stops; the row
-states their mean and the throughput as a percentage of it.
+states their mean and the throughput as a percentage of it. That limit is the
+brief's fixed 128 x 16-token batch; the row also states the limit for the timed
+batches themselves (`bench_limit.batches_limit_tokens_per_s`: their padded shapes,
+one pass before and one after), which charges the padding and the small batches of
+long sentences that real bucketed batches carry.
 """
 
 from __future__ import annotations
@@ -26,25 +30,29 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from bench_limit import median_of, training_limit_tokens_per_s  # noqa: E402
+from bench_limit import batches_limit_tokens_per_s, median_of, training_limit_tokens_per_s  # noqa: E402
 from common import DEFAULT_DATA, RESULTS, machine, recipe_config, write_results  # noqa: E402
 
 
-def step_clock(warmup: int):
+def step_clock(warmup: int, shapes, tokens: int):
     """A callback timing from the start of batch `warmup` to the end of training:
     the warm-up steps (tracing) and `fit`'s own start-up are not counted. The
-    training limit is measured right before and right after the timed steps."""
+    training limits (fixed shape; the timed batches' `shapes` holding `tokens`) are
+    measured right before and right after the timed steps."""
     import keras
+
+    def limits():
+        return median_of(training_limit_tokens_per_s), batches_limit_tokens_per_s(shapes, tokens)
 
     class StepClock(keras.callbacks.Callback):
         def on_train_batch_begin(self, batch, logs=None):
             if batch == warmup:
-                self.limits = [median_of(training_limit_tokens_per_s)]
+                self.limits = [limits()]
                 self.start = time.perf_counter()
 
         def on_train_end(self, logs=None):
             self.seconds = time.perf_counter() - self.start
-            self.limits.append(median_of(training_limit_tokens_per_s))
+            self.limits.append(limits())
 
     return StepClock()
 
@@ -74,17 +82,23 @@ def one_setting(data_dir, precision, jit, steps, warmup, batch_tokens, bucket_wi
     spec = ({"source": tf.TensorSpec([None, None], tf.int32), "target_in": tf.TensorSpec([None, None], tf.int32)},
             tf.TensorSpec([None, None], tf.int32))
     replay = tf.data.Dataset.from_generator(lambda: iter(batches), output_signature=spec).prefetch(2)
-    clock = step_clock(warmup)
+    # |source| = (batch, src_len), |target_in| = (batch, tgt_len): padded, as the step computes them
+    shapes = [(*x["source"].shape, x["target_in"].shape[1]) for x, _ in batches[warmup:]]
+    clock = step_clock(warmup, shapes, tokens)
     model.fit(replay, epochs=1, steps_per_epoch=len(batches), shuffle=False, verbose=0, callbacks=[clock])
-    seconds, limit = clock.seconds, statistics.mean(clock.limits)
+    (fixed_before, same_before), (fixed_after, same_after) = clock.limits
+    seconds = clock.seconds
+    limit, same = statistics.mean([fixed_before, fixed_after]), statistics.mean([same_before, same_after])
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     facts = machine()
     return {"cpu simd": facts["simd"], "date": facts["date"], "precision": precision, "xla": jit,
             "batch tokens": batch_tokens, "bucket width": cfg.bucket_width, "warm-up": warmup, "steps": steps,
             "target tokens": tokens,
             "seconds": round(seconds, 2), "target tokens/s": round(tokens / seconds, 1),
-            "limit tokens/s (before, after)": "{:.0f} ({:.0f}, {:.0f})".format(limit, *clock.limits),
+            "limit tokens/s (before, after)": f"{limit:.0f} ({fixed_before:.0f}, {fixed_after:.0f})",
             "% of limit": round(100 * tokens / seconds / limit, 1),
+            "same-batches limit tokens/s (before, after)": f"{same:.0f} ({same_before:.0f}, {same_after:.0f})",
+            "% of same-batches limit": round(100 * tokens / seconds / same, 1),
             "peak memory MB": round(peak_mb)}
 
 

@@ -20,6 +20,32 @@ def lstm_update(gates, c):
     return tf.sigmoid(o) * tf.tanh(c), c
 
 
+def lstm_activations(gates, c):
+    """Activated gates `[i, f, g, o]` and the new `(h, c)`: `lstm_update` that also
+    returns what a hand-written backward pass needs."""
+    i, f, g, o = tf.split(gates, 4, axis=-1)
+    i, f, g, o = tf.sigmoid(i), tf.sigmoid(f), tf.tanh(g), tf.sigmoid(o)
+    c = f * c + i * g
+    return tf.concat([i, f, g, o], -1), o * tf.tanh(c), c
+
+
+def lstm_gate_gradients(activated, c_prev, c, dh, dc):
+    """Backward of `lstm_activations`: pre-activation gate gradients and the
+    gradient of `c_prev`, from the gradients `dh`, `dc` of the new `(h, c)`."""
+    i, f, g, o = tf.split(activated, 4, axis=-1)
+    tanh_c = tf.tanh(c)
+    dc = dc + dh * o * (1 - tanh_c * tanh_c)
+    dgates = tf.concat([dc * g * i * (1 - i), dc * c_prev * f * (1 - f),
+                        dc * i * (1 - g * g), dh * tanh_c * o * (1 - o)], -1)
+    return dgates, dc * f
+
+
+def flat_matmul(a, b):
+    """`Σ_t a_tᵀ b_t` for time-major `(time, batch, m)` and `(time, batch, n)`: `(m, n)`."""
+    return tf.matmul(tf.reshape(a, (-1, tf.shape(a)[-1])), tf.reshape(b, (-1, tf.shape(b)[-1])),
+                     transpose_a=True)
+
+
 def unstack(sequence):
     """A time-major tensor as a TensorArray, to read one step per loop iteration.
 
@@ -123,24 +149,89 @@ class MaskedLSTM(keras.layers.Layer):
     def _run(self, projection, step_mask, recurrent_kernel):
         """One direction's loop. The two directions are independent loops, so
         TensorFlow runs them concurrently on two cores."""
-        time, batch = tf.shape(projection)[0], tf.shape(projection)[1]
-        zeros = tf.zeros((batch, self.units), self.compute_dtype)
-        projection, real_steps, pad_steps = unstack(projection), unstack(step_mask), unstack(1.0 - step_mask)
-
-        def body(t, h, c, outputs):
-            new_h, new_c = lstm_update(projection.read(t) + tf.matmul(h, recurrent_kernel), c)
-            # Keep the old state at padding. With 0/1 factors this is exactly
-            # `tf.where(real, new, old)`, in three ONNX ops instead of seven.
-            real, pad = real_steps.read(t), pad_steps.read(t)
-            h, c = real * new_h + pad * h, real * new_c + pad * c
-            return t + 1, h, c, outputs.write(t, real * new_h)
-
-        _, h, c, outputs = tf.while_loop(
-            lambda t, *_: t < time, body,
-            (tf.constant(0), zeros, zeros, tf.TensorArray(self.compute_dtype, size=time)),
-            maximum_iterations=time)  # lets the gradient preallocate its accumulators
-        # |outputs| = (time, batch, units)
-        return outputs.stack(), h, c
+        return masked_lstm_loop(projection, step_mask, recurrent_kernel)
 
     def get_config(self):
         return {**super().get_config(), "units": self.units, "bidirectional": self.bidirectional}
+
+
+def masked_lstm_loop(projection, step_mask, recurrent_kernel):
+    """One direction of a masked LSTM from a zero state, with a hand-written backward.
+
+    Args:
+        projection: `(time, batch, 4 * units)`, the input part of the gates, bias
+            included.
+        step_mask: `(time, batch, 1)`, 1.0 at real steps and 0.0 at padding, where
+            the state is carried through unchanged and the output is zero.
+        recurrent_kernel: `(units, 4 * units)`.
+
+    Returns:
+        `(outputs, h, c)`: `(time, batch, units)` and the final `(batch, units)` pair.
+
+    Autodiff through the loop would accumulate the recurrent kernel's gradient inside
+    it (a small product and a full-size add per step) and differentiate every cell
+    op; the backward loop here runs only the recurrence and writes each step's gate
+    gradients, and the kernel gradient is one matmul over all steps (as
+    `keras_attn.teacher_forcing` does for the decoder). `tests/test_encoder.py`
+    checks it against autodiff of the plain loop.
+    """
+    @tf.custom_gradient
+    def run(projection, recurrent_kernel):
+        saved, outputs = _masked_forward(projection, step_mask, recurrent_kernel)
+
+        def grad(d_outputs, d_h, d_c):
+            return _masked_backward(saved, step_mask, recurrent_kernel, d_outputs, d_h, d_c)
+
+        return outputs, grad
+
+    return run(projection, recurrent_kernel)
+
+
+def _masked_forward(projection, step_mask, recurrent_kernel):
+    """The loop; returns what `_masked_backward` reads, and `(outputs, h, c)`."""
+    time, batch, dtype = tf.shape(projection)[0], tf.shape(projection)[1], projection.dtype
+    inputs, real_steps, pad_steps = unstack(projection), unstack(step_mask), unstack(1.0 - step_mask)
+
+    def body(t, h, c, stores):
+        h_prev, act, c_prev, c_new, outputs = stores
+        activated, new_h, new_c = lstm_activations(inputs.read(t) + tf.matmul(h, recurrent_kernel), c)
+        real, pad = real_steps.read(t), pad_steps.read(t)
+        stores = (h_prev.write(t, h), act.write(t, activated), c_prev.write(t, c), c_new.write(t, new_c),
+                  outputs.write(t, real * new_h))
+        # Keep the old state at padding (exactly `where(real, new, old)` for 0/1 factors).
+        return t + 1, real * new_h + pad * h, real * new_c + pad * c, stores
+
+    zeros = tf.zeros((batch, tf.shape(recurrent_kernel)[0]), dtype)
+    stores = tuple(tf.TensorArray(dtype, size=time) for _ in range(5))
+    _, h, c, stores = tf.while_loop(lambda t, *_: t < time, body, (tf.constant(0), zeros, zeros, stores),
+                                    maximum_iterations=time)
+    h_prev, act, c_prev, c_new, outputs = (a.stack() for a in stores)
+    # |h_prev| = |c_prev| = |c_new| = (time, batch, units), |act| = (time, batch, 4 * units)
+    return {"h_prev": h_prev, "act": act, "c_prev": c_prev, "c_new": c_new}, (outputs, h, c)
+
+
+def _masked_backward(saved, step_mask, recurrent_kernel, d_outputs, d_h, d_c):
+    """Gradients of `projection` and `recurrent_kernel`."""
+    time = tf.shape(saved["act"])[0]
+    # A final state no one reads (a lower layer's) has no upstream gradient.
+    d_h = tf.zeros_like(saved["h_prev"][0]) if d_h is None else d_h
+    d_c = tf.zeros_like(saved["c_prev"][0]) if d_c is None else d_c
+    act, c_prev, c_new = unstack(saved["act"]), unstack(saved["c_prev"]), unstack(saved["c_new"])
+    d_out, real_steps = unstack(d_outputs), unstack(step_mask)
+    kernel_t = tf.transpose(recurrent_kernel)
+
+    def body(step, dh, dc, d_gates_ta):
+        t = time - 1 - step
+        real = real_steps.read(t)
+        # h_t = real * new_h + (1 - real) * h_{t-1}, likewise c_t; output_t = real * new_h
+        d_gates, dc_prev = lstm_gate_gradients(act.read(t), c_prev.read(t), c_new.read(t),
+                                               real * (d_out.read(t) + dh), real * dc)
+        dh_prev = tf.matmul(d_gates, kernel_t) + (1.0 - real) * dh
+        return step + 1, dh_prev, dc_prev + (1.0 - real) * dc, d_gates_ta.write(t, d_gates)
+
+    _, _, _, d_gates = tf.while_loop(
+        lambda step, *_: step < time, body,
+        (tf.constant(0), d_h, d_c, tf.TensorArray(saved["act"].dtype, size=time)), maximum_iterations=time)
+    d_gates = d_gates.stack()
+    # |d_gates| = (time, batch, 4 * units): the projection's gradient
+    return d_gates, flat_matmul(saved["h_prev"], d_gates)

@@ -25,31 +25,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from keras_attn.attention import masked_softmax
-from keras_attn.rnn import unstack
-
-
-def _lstm(gates, c):
-    """Activated gates `[i, f, g, o]` and the new `(h, c)`."""
-    i, f, g, o = tf.split(gates, 4, axis=-1)
-    i, f, g, o = tf.sigmoid(i), tf.sigmoid(f), tf.tanh(g), tf.sigmoid(o)
-    c = f * c + i * g
-    return tf.concat([i, f, g, o], -1), o * tf.tanh(c), c
-
-
-def _lstm_backward(activated, c_prev, c, dh, dc):
-    """Pre-activation gate gradients and the gradient of `c_prev`."""
-    i, f, g, o = tf.split(activated, 4, axis=-1)
-    tanh_c = tf.tanh(c)
-    dc = dc + dh * o * (1 - tanh_c * tanh_c)
-    dgates = tf.concat([dc * g * i * (1 - i), dc * c_prev * f * (1 - f),
-                        dc * i * (1 - g * g), dh * tanh_c * o * (1 - o)], -1)
-    return dgates, dc * f
-
-
-def _flat_matmul(a, b):
-    """`Σ_t a_tᵀ b_t` for time-major `(time, batch, m)` and `(time, batch, n)`: `(m, n)`."""
-    return tf.matmul(tf.reshape(a, (-1, tf.shape(a)[-1])), tf.reshape(b, (-1, tf.shape(b)[-1])),
-                     transpose_a=True)
+from keras_attn.rnn import flat_matmul, lstm_activations, lstm_gate_gradients, unstack
 
 
 def teacher_forced_loop(projections, h0, c0, kernels, biases, keys, memory, mask,
@@ -110,7 +86,7 @@ def _forward(projections, h0, c0, kernels, biases, keys, memory, mask, combine_k
             z_l = tf.concat([layer_input, h[layer]], -1)
             gates = tf.matmul(z_l, kernels[layer])
             gates += inputs_ta.read(t) if layer == 0 else biases[layer - 1]
-            activated, h_l, c_l = _lstm(gates, c[layer])
+            activated, h_l, c_l = lstm_activations(gates, c[layer])
             z[layer], act[layer], cs[layer] = (z[layer].write(t, z_l), act[layer].write(t, activated),
                                                cs[layer].write(t, c_l))
             new_h.append(h_l)
@@ -171,7 +147,7 @@ def _backward(saved, d_attentional, d_weights, h0, c0, kernels, keys, memory, co
         d_below = d_top + tf.matmul(d_energy[:, None, :], keys)[:, 0]
         new_dh, new_dc, d_gates_ta = list(dh), list(dc), list(d_gates_ta)
         for layer in reversed(range(layers)):
-            d_gates, new_dc[layer] = _lstm_backward(act_ta[layer].read(t), c_prev_ta[layer].read(t),
+            d_gates, new_dc[layer] = lstm_gate_gradients(act_ta[layer].read(t), c_prev_ta[layer].read(t),
                                                     c_ta[layer].read(t),
                                                     d_below + dh[layer], dc[layer])
             d_gates_ta[layer] = d_gates_ta[layer].write(t, d_gates)
@@ -192,9 +168,9 @@ def _backward(saved, d_attentional, d_weights, h0, c0, kernels, keys, memory, co
     d_gates, d_tanh, d_energy, d_context = ([a.stack() for a in stores[0]], stores[1].stack(),
                                             stores[2].stack(), stores[3].stack())
     # Everything below is one matmul (or sum) over all steps.
-    d_kernels = [_flat_matmul(z, g) for z, g in zip(saved["z"], d_gates, strict=True)]
+    d_kernels = [flat_matmul(z, g) for z, g in zip(saved["z"], d_gates, strict=True)]
     d_biases = [tf.reduce_sum(g, [0, 1]) for g in d_gates[1:]]
-    d_combine_kernel = _flat_matmul(saved["combined"], d_tanh)
+    d_combine_kernel = flat_matmul(saved["combined"], d_tanh)
     d_combine_bias = tf.reduce_sum(d_tanh, [0, 1])
     top_h = saved["combined"][:, :, memory_dim:]
     # |d_keys| = (batch, src_len, units), |d_memory| = (batch, src_len, memory_dim)

@@ -1,9 +1,10 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from keras_attn import Encoder
-from keras_attn.rnn import MaskedLSTM
+from keras_attn.rnn import MaskedLSTM, lstm_update, masked_lstm_loop
 from tests.helpers import random_ids
 
 
@@ -83,3 +84,44 @@ def test_word_dropout_zeroes_whole_tokens_in_training_only():
     source = random_ids(rng, [5, 3], 30, pre_pad=True)
     np.testing.assert_array_equal(with_words.encode(source)[0], plain.encode(source)[0])  # inference: no effect
     assert not np.allclose(with_words.encode(source, training=True)[0], plain.encode(source)[0])
+
+
+def _autodiff_masked_loop(projection, step_mask, recurrent_kernel):
+    """The plain loop (what `MaskedLSTM` ran before its hand-written backward), for autodiff."""
+    time, batch = projection.shape[0], projection.shape[1]
+    h = c = tf.zeros((batch, recurrent_kernel.shape[0]))
+    outputs = []
+    for t in range(time):
+        new_h, new_c = lstm_update(projection[t] + tf.matmul(h, recurrent_kernel), c)
+        real = step_mask[t]
+        h, c = real * new_h + (1 - real) * h, real * new_c + (1 - real) * c
+        outputs.append(real * new_h)
+    return tf.stack(outputs), h, c
+
+
+@pytest.mark.parametrize("use_final_state", [True, False])
+def test_masked_lstm_hand_written_backward_equals_autodiff(use_final_state):
+    rng = np.random.default_rng(3)
+    time, batch, units = 6, 5, 4
+    projection = tf.constant(rng.normal(size=(time, batch, 4 * units)), tf.float32)
+    kernel = tf.constant(rng.normal(0, 0.5, size=(units, 4 * units)), tf.float32)
+    # Pre-padded rows of lengths 6, 4, 1 and 0, and one with a gap (post- and mid-padding).
+    real = np.arange(time)[None, :] >= time - np.array([6, 4, 1, 0, 0])[:, None]
+    real[4] = [1, 1, 0, 1, 0, 0]
+    step_mask = tf.constant(real.T[:, :, None], tf.float32)
+    upstream = [tf.constant(rng.normal(size=shape), tf.float32)
+                for shape in ((time, batch, units), (batch, units), (batch, units))]
+    results = []
+    for loop in (masked_lstm_loop, _autodiff_masked_loop):
+        with tf.GradientTape() as tape:
+            tape.watch([projection, kernel])
+            outputs, h, c = loop(projection, step_mask, kernel)
+            loss = tf.reduce_sum(outputs * upstream[0])
+            if use_final_state:  # else h and c get no gradient (a lower layer's final state)
+                loss += tf.reduce_sum(h * upstream[1]) + tf.reduce_sum(c * upstream[2])
+        results.append([outputs, h, c, *tape.gradient(loss, [projection, kernel])])
+    for name, ours, reference in zip(["outputs", "h", "c", "d_projection", "d_kernel"], *results, strict=True):
+        assert np.abs(reference.numpy()).max() > 0, name
+        np.testing.assert_allclose(ours.numpy(), reference.numpy(), rtol=1e-5, atol=1e-6, err_msg=name)
+    # Padded steps get no gradient: the all-padding row's projection gradient is zero.
+    assert np.all(results[0][3].numpy()[:, 3] == 0)

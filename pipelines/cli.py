@@ -104,6 +104,7 @@ def add_translate(sub):
     p.add_argument("--input", help="input file (default stdin)")
     p.add_argument("--output", help="output file (default stdout)")
     p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--alpha", type=float, help="beam length penalty (default: the bundle's)")
     p.set_defaults(handler=cmd_translate)
 
 
@@ -111,7 +112,7 @@ def cmd_translate(args):
     from pipelines.translate import translate_stream
 
     translate_stream(args.bundle, args.input, args.output, beam=args.beam, max_len=args.max_len,
-                     int8=args.int8, batch_size=args.batch_size)
+                     int8=args.int8, batch_size=args.batch_size, alpha=args.alpha)
 
 
 def add_attention(sub):

@@ -56,9 +56,18 @@ def read_lines(path: str | Path) -> list[str]:
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as handle:
-            raw_lines = handle.read().split(b"\n")
+            data = handle.read()
     except (OSError, EOFError) as error:
         raise CorpusError(f"{path}: cannot read ({error})") from error
+    return decode_lines(data, str(path))
+
+
+def decode_lines(data: bytes, name: str) -> list[str]:
+    """UTF-8 `data` split at line feeds only (not at the other characters
+    `str.splitlines` breaks on, such as U+2028 or form feed, which can occur inside a
+    sentence), each line without a trailing carriage return; `CorpusError` names
+    `name` and the line for invalid UTF-8."""
+    raw_lines = data.split(b"\n")
     if raw_lines and raw_lines[-1] == b"":
         raw_lines.pop()  # the newline that ends the last line
     lines = []
@@ -66,7 +75,7 @@ def read_lines(path: str | Path) -> list[str]:
         try:
             lines.append(raw.decode("utf-8").rstrip("\r"))
         except UnicodeDecodeError as error:
-            raise CorpusError(f"{path}:{number}: invalid UTF-8 at byte {error.start}") from None
+            raise CorpusError(f"{name}:{number}: invalid UTF-8 at byte {error.start}") from None
     return lines
 
 

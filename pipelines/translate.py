@@ -6,32 +6,30 @@ import sys
 from pathlib import Path
 
 from keras_attn.runtime import Translator
+from pipelines.corpus import decode_lines, read_lines
 
 
 def read_input(path: str | None) -> list[str]:
+    """Input lines of a file (`.gz` too) or of stdin, split at line feeds only: one
+    output line per input line even if a sentence holds U+2028 or a form feed."""
     if path is None:
-        return sys.stdin.read().splitlines()
-    path = Path(path)
-    if not path.is_file():
+        return decode_lines(sys.stdin.buffer.read(), "<stdin>")
+    if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: no such input file")
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8").splitlines()
-    except UnicodeDecodeError as error:
-        line = data[: error.start].count(b"\n") + 1
-        raise ValueError(f"{path}:{line}: invalid UTF-8") from None
+    return read_lines(path)
 
 
 def translate_stream(bundle, input_path=None, output_path=None, beam=1, max_len=None, int8=False,
-                     batch_size=64):
-    """Translate a file (or stdin) line by line; the output has one line per input line."""
+                     batch_size=64, alpha=None):
+    """Translate a file (or stdin) line by line; the output has one line per input line.
+    `alpha`: the beam length penalty (default: the bundle's)."""
     translator = Translator.load(bundle, int8=int8)
     lines = read_input(input_path)
     show_progress = input_path is not None and sys.stderr.isatty()
     outputs = []
     for start in range(0, len(lines), batch_size * 8):
         outputs += translator.translate(lines[start:start + batch_size * 8], beam=beam, max_len=max_len,
-                                        batch_size=batch_size)
+                                        batch_size=batch_size, alpha=alpha)
         if show_progress:
             print(f"\r{len(outputs):,}/{len(lines):,} lines", end="", file=sys.stderr, flush=True)
     if show_progress:

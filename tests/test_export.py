@@ -232,6 +232,36 @@ def test_translate_and_attention_commands(dates_bundle, tmp_path, capsys, monkey
     assert "missing.txt: no such input file" in capsys.readouterr().err
 
 
+def test_translate_keeps_one_output_line_per_input_line(dates_bundle, tmp_path, monkeypatch, capsys):
+    """Only line feeds end a line: U+2028, form feed and a CR before the LF stay inside
+    it (`str.splitlines` would split them into extra lines); `.gz` and stdin work, and
+    `--alpha` reaches the beam search."""
+    import gzip
+    import io
+
+    lines = ["25 June 2009", "3\u2028May 1999", "7 July\x0c2001", "12 March 2010\r"]
+    data = "".join(line + "\n" for line in lines).encode("utf-8")
+    gz = tmp_path / "in.txt.gz"
+    gz.write_bytes(gzip.compress(data))
+    alphas = []
+    translate = Translator.translate
+
+    def recording(self, sentences, **kwargs):
+        alphas.append(kwargs.get("alpha"))
+        return translate(self, sentences, **kwargs)
+
+    monkeypatch.setattr(Translator, "translate", recording)
+    out = tmp_path / "o.txt"
+    assert cli.main(["translate", str(dates_bundle), "--input", str(gz), "--output", str(out),
+                     "--beam", "2", "--alpha", "0.9"]) == 0
+    from_file = out.read_text(encoding="utf-8").split("\n")
+    assert len(from_file) == len(lines) + 1 and from_file[-1] == "" and alphas == [0.9]
+    assert from_file[0] == "2009-06-25"
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data), encoding="utf-8"))
+    assert cli.main(["translate", str(dates_bundle), "--beam", "2"]) == 0
+    assert capsys.readouterr().out.split("\n") == from_file and alphas == [0.9, None]
+
+
 def test_evaluate_command_reports_bleu_chrf_and_speed(dates_bundle, held_out, tmp_path, capsys):
     src, ref = tmp_path / "src.txt", tmp_path / "ref.txt"
     src.write_text("\n".join(held_out.sources[:50]) + "\n", encoding="utf-8")

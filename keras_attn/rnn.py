@@ -2,9 +2,12 @@
 
 Keras's LSTM multiplies the input by the kernel inside its time loop; here the
 input projection of both directions is one matmul over all time steps, and each
-direction's loop does only the recurrent matmul. Masked steps carry the state through unchanged, so any
-padding side works: the forward direction reads the sequence as given, the backward
-one reads it reversed, and padding never touches a real position's state.
+direction's loop does only the recurrent matmul. Masked steps carry the state
+through unchanged, so any padding side works: the forward direction reads the
+sequence as given, the backward one reads it reversed, and padding never touches a
+real position's state. The loop has a hand-written backward pass
+(`masked_lstm_loop`); the LSTM cell and its gradient here are shared with the
+decoder's (`keras_attn.teacher_forcing`).
 """
 
 from __future__ import annotations

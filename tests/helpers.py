@@ -1,8 +1,10 @@
 """Small shared helpers for the tests."""
 
 import numpy as np
+import tensorflow as tf
 
 from keras_attn import Seq2SeqConfig
+from keras_attn.rnn import lstm_update
 
 TINY = dict(src_vocab_size=30, tgt_vocab_size=25, embedding_dim=8, encoder_units=8,
             decoder_units=12, dropout=0.0)
@@ -27,3 +29,16 @@ def random_ids(rng, lengths, vocab, pre_pad, width=None):
 
 def strip(row, pre_pad, n):
     return row[len(row) - n:] if pre_pad else row[:n]
+
+
+def autodiff_masked_lstm_loop(projection, step_mask, recurrent_kernel):
+    """The plain loop (what `MaskedLSTM` ran before its hand-written backward), for autodiff."""
+    time, batch = projection.shape[0], projection.shape[1]
+    h = c = tf.zeros((batch, recurrent_kernel.shape[0]), projection.dtype)
+    outputs = []
+    for t in range(time):
+        new_h, new_c = lstm_update(projection[t] + tf.matmul(h, recurrent_kernel), c)
+        real = step_mask[t]
+        h, c = real * new_h + (1 - real) * h, real * new_c + (1 - real) * c
+        outputs.append(real * new_h)
+    return tf.stack(outputs), h, c

@@ -4,8 +4,8 @@ import pytest
 import tensorflow as tf
 
 from keras_attn import Encoder
-from keras_attn.rnn import MaskedLSTM, lstm_update, masked_lstm_loop
-from tests.helpers import random_ids
+from keras_attn.rnn import MaskedLSTM, masked_lstm_loop
+from tests.helpers import autodiff_masked_lstm_loop, random_ids
 
 
 def make_encoder(layers=2, bidirectional=True):
@@ -86,19 +86,6 @@ def test_word_dropout_zeroes_whole_tokens_in_training_only():
     assert not np.allclose(with_words.encode(source, training=True)[0], plain.encode(source)[0])
 
 
-def _autodiff_masked_loop(projection, step_mask, recurrent_kernel):
-    """The plain loop (what `MaskedLSTM` ran before its hand-written backward), for autodiff."""
-    time, batch = projection.shape[0], projection.shape[1]
-    h = c = tf.zeros((batch, recurrent_kernel.shape[0]))
-    outputs = []
-    for t in range(time):
-        new_h, new_c = lstm_update(projection[t] + tf.matmul(h, recurrent_kernel), c)
-        real = step_mask[t]
-        h, c = real * new_h + (1 - real) * h, real * new_c + (1 - real) * c
-        outputs.append(real * new_h)
-    return tf.stack(outputs), h, c
-
-
 @pytest.mark.parametrize("use_final_state", [True, False])
 def test_masked_lstm_hand_written_backward_equals_autodiff(use_final_state):
     rng = np.random.default_rng(3)
@@ -112,7 +99,7 @@ def test_masked_lstm_hand_written_backward_equals_autodiff(use_final_state):
     upstream = [tf.constant(rng.normal(size=shape), tf.float32)
                 for shape in ((time, batch, units), (batch, units), (batch, units))]
     results = []
-    for loop in (masked_lstm_loop, _autodiff_masked_loop):
+    for loop in (masked_lstm_loop, autodiff_masked_lstm_loop):
         with tf.GradientTape() as tape:
             tape.watch([projection, kernel])
             outputs, h, c = loop(projection, step_mask, kernel)

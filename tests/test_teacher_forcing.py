@@ -75,12 +75,12 @@ def _model_gradients(model, inputs, target):
 
 
 def test_mixed_bfloat16_training_step_uses_the_hand_written_backward_and_agrees(monkeypatch):
-    """Under mixed bfloat16 (bf16 math, float32 weights) the hand-written backward runs
-    and gives autodiff's gradients up to bf16 rounding."""
+    """Under mixed bfloat16 (bf16 math, float32 weights) the hand-written backward
+    passes (decoder and encoder) run and give autodiff's gradients up to bf16 rounding."""
     import keras
 
-    from keras_attn import Seq2Seq
-    from tests.helpers import random_ids, tiny_config
+    from keras_attn import Seq2Seq, rnn
+    from tests.helpers import autodiff_masked_lstm_loop, random_ids, tiny_config
 
     rng = np.random.default_rng(3)
     inputs = {"source": random_ids(rng, [6, 3, 8, 5], 30, pre_pad=True),
@@ -99,6 +99,7 @@ def test_mixed_bfloat16_training_step_uses_the_hand_written_backward_and_agrees(
         hand = _model_gradients(model, inputs, target)
         assert calls, "the general score did not take the hand-written loop"
         monkeypatch.setattr(InputFeedingDecoder, "_hand_written_loop", InputFeedingDecoder._autodiff_loop)
+        monkeypatch.setattr(rnn, "masked_lstm_loop", autodiff_masked_lstm_loop)  # the encoder's too
         auto = _model_gradients(model, inputs, target)
     finally:
         keras.mixed_precision.set_global_policy("float32")

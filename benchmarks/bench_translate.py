@@ -11,7 +11,8 @@ The onnxruntime rows run in a child process that never imports TensorFlow, as a
 deployment would (a TensorFlow runtime in the same process slows onnxruntime down).
 onnxruntime uses its default intra-op threads (all cores); TensorFlow its defaults.
 Float32 greedy rows also get a percentage of the machine's limit (`bench_limit.py`'s NumPy
-loop of the decoder's matmuls), measured interleaved: the limit (median of 3 passes)
+loop of the decoder's matmuls, its generator as wide as the bundle's target vocabulary),
+measured interleaved: the limit (median of 3 passes)
 right after each timed pass, so both see the same minute of this drifting VM; the
 percentage is the median of the per-pass ratios. Batch-1 latency: the one-sentence
 limit right before and right after the sentences; percentage = its milliseconds over p50.
@@ -63,9 +64,16 @@ def keras_step_loop(model, sources, src_sp, tgt_sp, max_len, batch_size=128):
     return out
 
 
-def greedy_limit() -> float:
-    """The decode limit now: median of 3 passes (sentences/s)."""
-    return median_of(decode_limit_sentences_per_s)
+def greedy_limit(vocab: int):
+    """A function measuring the decode limit now for a `vocab`-word generator:
+    median of 3 passes (sentences/s)."""
+    return lambda: median_of(lambda: decode_limit_sentences_per_s(vocab=vocab))
+
+
+def bundle_vocab(bundle: str) -> int:
+    """The bundle's target vocabulary: the generator's width, which the limit must share."""
+    with open(os.path.join(bundle, "config.json"), encoding="utf-8") as handle:
+        return int(json.load(handle)["tokenizers"]["tgt"]["vocab_size"])
 
 
 def timed_runs(run, repeats: int, limit=None):
@@ -99,18 +107,24 @@ def speed_row(system, beam, n_sentences, times, hyps, refs, limits=()):
     return row
 
 
-def latency_row(system, translator, sentences, with_limit: bool):
-    """Batch-1 p50/p95 over `sentences`; with `with_limit`, the one-sentence limit
-    (median of 25 passes) right before and right after, averaged (the limit is
-    float32 arithmetic: fp32 rows only). Not after every sentence: BLAS threads still
-    spinning after a limit pass would slow the next sentence down."""
-    before = median_of(latency_limit_ms, 25) if with_limit else None
+def latency_row(system, translator, sentences, limit_vocab: int | None):
+    """Batch-1 p50/p95 over `sentences`; with `limit_vocab`, the one-sentence limit
+    for that generator width (median of 25 passes) right before and right after,
+    averaged (the limit is float32 arithmetic: fp32 rows only). Not after every
+    sentence: BLAS threads still spinning after a limit pass would slow the next
+    sentence down."""
+    with_limit = limit_vocab is not None
+
+    def limit():
+        return median_of(lambda: latency_limit_ms(vocab=limit_vocab), 25)
+
+    before = limit() if with_limit else None
     millis = batch1_millis(translator, sentences)
     row = {"system": system, "search": "greedy, batch 1",
            "latency p50 ms": round(float(np.percentile(millis, 50)), 2),
            "latency p95 ms": round(float(np.percentile(millis, 95)), 2)}
     if with_limit:
-        row["limit"] = round((before + median_of(latency_limit_ms, 25)) / 2, 2)
+        row["limit"] = round((before + limit()) / 2, 2)
         row["% of limit"] = round(100 * row["limit"] / row["latency p50 ms"], 1)
     print(row, flush=True)
     return row
@@ -125,12 +139,14 @@ def runtime_rows(args, sources, refs):
     rows = []
     for name, translator in (("onnxruntime fp32", fp32), ("onnxruntime int8", int8)):
         for beam in (1, 5):
-            limit = greedy_limit if beam == 1 and name.endswith("fp32") else None  # the limit is fp32 arithmetic
+            # the limit is fp32 arithmetic
+            limit = greedy_limit(args.vocab) if beam == 1 and name.endswith("fp32") else None
             hyps, times, limits = timed_runs(lambda t=translator, b=beam: t.translate(sources, beam=b),
                                              args.repeats, limit)
             rows.append(speed_row(name, beam, len(sources), times, hyps, refs, limits))
     for name, translator in (("onnxruntime fp32", fp32), ("onnxruntime int8", int8)):
-        rows.append(latency_row(name, translator, sources[: args.latency_sentences], name.endswith("fp32")))
+        rows.append(latency_row(name, translator, sources[: args.latency_sentences],
+                                args.vocab if name.endswith("fp32") else None))
     assert "tensorflow" not in sys.modules
     return rows, fp32.config["alpha"]
 
@@ -148,12 +164,12 @@ def tensorflow_rows(args, sources, refs, alpha):
     rows = []
     if not args.skip_keras_loop:  # slow: one timed pass after the warm-up
         hyps, times, limits = timed_runs(lambda: keras_step_loop(model, sources, src_sp, tgt_sp, max_len), 1,
-                                         greedy_limit)
+                                         greedy_limit(args.vocab))
         rows.append(speed_row("keras step loop (eager)", 1, len(sources), times, hyps, refs, limits))
     for beam in (1, 5):
         hyps, times, limits = timed_runs(
             lambda b=beam: translate_tf(inference, sources, src_sp, tgt_sp, max_len, 128, b, alpha), args.repeats,
-            greedy_limit if beam == 1 else None)
+            greedy_limit(args.vocab) if beam == 1 else None)
         rows.append(speed_row("tf.function", beam, len(sources), times, hyps, refs, limits))
     return rows
 
@@ -171,6 +187,7 @@ def main():
 
     from pipelines.corpus import read_lines
 
+    args.vocab = bundle_vocab(args.bundle)
     sources = read_lines(os.path.join(args.data_dir, "test_2016_flickr.de.gz"))
     refs = read_lines(os.path.join(args.data_dir, "test_2016_flickr.en.gz"))
     if args.runtime_child:
@@ -187,7 +204,8 @@ def main():
                     "single-threaded session; batch 1 on an all-core session); TensorFlow: batches of 128",
         "timing": f"median of {args.repeats} passes after a warm-up pass (keras step loop: 1 pass); "
                   "range = slowest-fastest pass",
-        "limit": "bench_limit.py's NumPy loop of the decoder's matmuls (batch 128 x 16 steps; one "
+        "limit": f"bench_limit.py's NumPy loop of the decoder's matmuls (generator width {args.vocab}, the "
+                 "bundle's target vocabulary; batch 128 x 16 steps; one "
                  "sentence of 15 steps for batch 1), after each timed pass (median of 3 passes); for batch 1 "
                  "before and after the sentences (median of 25 passes each, averaged); "
                  "column 'limit' = its median (sentences/s; ms), '% of limit' = median of per-pass ratios",

@@ -593,16 +593,17 @@ def run(cfg: TrainConfig) -> dict:
     log(f"[model] {model.count_params():,} parameters; training for up to {cfg.epochs} epochs")
     if cfg.steps_per_epoch:
         train_ds = train_ds.repeat()
-    # The bucketed dataset's length is unknown until its first pass ends, which Keras
-    # reports as "Your input ran out of data; interrupting training": that is the end
-    # of epoch 1, not an error (with --steps-per-epoch the dataset repeats).
-    warnings.filterwarnings("ignore", message="Your input ran out of data", category=UserWarning)
     start = time.perf_counter()
     bleu = validation_bleu_callback(valid, src_sp, tgt_sp, cfg.max_len) if cfg.val_bleu else None
-    history = model.fit(train_ds, validation_data=valid_ds, epochs=cfg.epochs,
-                        shuffle=False,  # make_dataset shuffles pairs and batches itself
-                        steps_per_epoch=cfg.steps_per_epoch, verbose=cfg.verbose,
-                        callbacks=callbacks(cfg, out, target_tokens, bleu))
+    with warnings.catch_warnings():
+        # The bucketed dataset's length is unknown until its first pass ends, which
+        # Keras reports as "Your input ran out of data; interrupting training": the end
+        # of epoch 1, not an error (with --steps-per-epoch the dataset repeats).
+        warnings.filterwarnings("ignore", message="Your input ran out of data", category=UserWarning)
+        history = model.fit(train_ds, validation_data=valid_ds, epochs=cfg.epochs,
+                            shuffle=False,  # make_dataset shuffles pairs and batches itself
+                            steps_per_epoch=cfg.steps_per_epoch, verbose=cfg.verbose,
+                            callbacks=callbacks(cfg, out, target_tokens, bleu))
     train_seconds = time.perf_counter() - start
     if not (out / "model.keras").is_file():
         raise RuntimeError("training ended without a checkpoint (was the loss NaN from the start?)")

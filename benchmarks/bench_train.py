@@ -34,15 +34,17 @@ from bench_limit import batches_limit_tokens_per_s, median_of, training_limit_to
 from common import DEFAULT_DATA, RESULTS, machine, recipe_config, write_results  # noqa: E402
 
 
-def step_clock(warmup: int, shapes, tokens: int):
+def step_clock(warmup: int, shapes, tokens: int, vocab: int):
     """A callback timing from the start of batch `warmup` to the end of training:
     the warm-up steps (tracing) and `fit`'s own start-up are not counted. The
-    training limits (fixed shape; the timed batches' `shapes` holding `tokens`) are
-    measured right before and right after the timed steps."""
+    training limits (fixed shape; the timed batches' `shapes` holding `tokens`), both
+    with the model's `vocab`-wide generator, are measured right before and right
+    after the timed steps."""
     import keras
 
     def limits():
-        return median_of(training_limit_tokens_per_s), batches_limit_tokens_per_s(shapes, tokens)
+        return (median_of(lambda: training_limit_tokens_per_s(vocab=vocab)),
+                batches_limit_tokens_per_s(shapes, tokens, vocab=vocab))
 
     class StepClock(keras.callbacks.Callback):
         def on_train_batch_begin(self, batch, logs=None):
@@ -73,8 +75,8 @@ def one_setting(data_dir, precision, jit, steps, warmup, batch_tokens, bucket_wi
     train, _, _ = load_corpora(cfg)
     src_model, tgt_model = train_sentencepiece(train.sources, 8000), train_sentencepiece(train.targets, 8000)
     ds = make_dataset(train, src_model, tgt_model, batching_config(cfg), training=True)
-    model = build_model(cfg, model_config(cfg, load_processor(src_model).get_piece_size(),
-                                          load_processor(tgt_model).get_piece_size()))
+    tgt_vocab = load_processor(tgt_model).get_piece_size()  # the generator's width, shared with the limits
+    model = build_model(cfg, model_config(cfg, load_processor(src_model).get_piece_size(), tgt_vocab))
     # The exact batches, tokenized up front (as the training run's cache replays them
     # from its second epoch on), so the pipeline's first pass is not what is timed.
     batches = list(ds.repeat().take(warmup + steps).as_numpy_iterator())
@@ -84,7 +86,7 @@ def one_setting(data_dir, precision, jit, steps, warmup, batch_tokens, bucket_wi
     replay = tf.data.Dataset.from_generator(lambda: iter(batches), output_signature=spec).prefetch(2)
     # |source| = (batch, src_len), |target_in| = (batch, tgt_len): padded, as the step computes them
     shapes = [(*x["source"].shape, x["target_in"].shape[1]) for x, _ in batches[warmup:]]
-    clock = step_clock(warmup, shapes, tokens)
+    clock = step_clock(warmup, shapes, tokens, tgt_vocab)
     model.fit(replay, epochs=1, steps_per_epoch=len(batches), shuffle=False, verbose=0, callbacks=[clock])
     (fixed_before, same_before), (fixed_after, same_after) = clock.limits
     seconds = clock.seconds

@@ -25,7 +25,8 @@ def lstm_update(gates, c):
 
 def lstm_activations(gates, c):
     """Activated gates `[i, f, g, o]` and the new `(h, c)`: `lstm_update` that also
-    returns what a hand-written backward pass needs."""
+    returns what a hand-written backward pass needs (`lstm_update` stays separate so
+    the exported decode step carries no unused concat)."""
     i, f, g, o = tf.split(gates, 4, axis=-1)
     i, f, g, o = tf.sigmoid(i), tf.sigmoid(f), tf.tanh(g), tf.sigmoid(o)
     c = f * c + i * g

@@ -1,6 +1,14 @@
 """The machine's limit for our work: only the matrix products, nothing else.
 
-Decode limit: a NumPy loop doing the greedy decoder's per-step matrix products
+Each limit is timed with more than one library's matrix products, and the limit is
+the fastest of them: which library multiplies these shapes fastest depends on the CPU
+(on an AVX2 VM NumPy's OpenBLAS beat TensorFlow's MatMul; on an AVX-512 VM
+onnxruntime's MLAS did the decoder's products 1.9x and TensorFlow's oneDNN the
+training step's 1.6x faster than NumPy), and a limit some other library beats is no
+limit. Decode: NumPy and onnxruntime (the deployment's own runtime); training:
+NumPy and TensorFlow, and for bfloat16 TensorFlow alone (NumPy has no bfloat16).
+
+Decode limit: a loop doing the greedy decoder's per-step matrix products
 (LSTM gates on [embedding; h̃; h], attention energy and context, W_c, generator) at
 batch B for S steps, the same shapes as the reference model; and the same loop for
 one sentence (batch 1, `--latency-steps` steps: test2016's mean output length with
@@ -10,11 +18,19 @@ products per forward product) for a batch of B x T target tokens.
 
     python benchmarks/bench_limit.py [--vocab 8000] [--batch 128] [--steps 16] [--src-len 16] \
         [--latency-steps 15]
+
+The onnxruntime decode graph is the NumPy loop unrolled (each step's input takes
+the previous step's output, as in the loop, so no step can be merged with another);
+the TensorFlow training products run in `tf.while_loop`s whose inputs change with the
+step (so TensorFlow cannot hoist or merge repeated products). TensorFlow and
+onnxruntime are imported only when their limit is asked for: the decode limits run
+without TensorFlow, as a deployment does.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -76,36 +92,157 @@ def training_products(rng, batch, steps, src_len, emb, enc_units, hidden, vocab)
 
 # The reference model's shapes (configs/multi30k_deen.yaml); the vocabulary is an argument.
 SHAPES = dict(emb=256, hidden=512)
+DECODE_LIBRARIES = ("numpy", "onnxruntime")
+TRAINING_LIBRARIES = {"float32": ("numpy", "tensorflow"), "bfloat16": ("tensorflow",)}
 
 
-def decode_limit_sentences_per_s(rng=None, batch=128, steps=16, src_len=16, vocab=8000) -> float:
-    """Sentences/s of one pass of the greedy decoder's matmuls (batch x steps)."""
+@functools.lru_cache(maxsize=4)
+def onnx_decoder(batch, steps, src_len, emb, hidden, memory_dim, vocab):
+    """An onnxruntime session running `decoder_products`' loop unrolled, and its feed."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = {"w_gates": (emb + 2 * hidden, 4 * hidden), "w_combine": (memory_dim + hidden, hidden),
+               "w_gen": (hidden, vocab), "keys_t": (batch, hidden, src_len), "memory": (batch, src_len, memory_dim)}
+    init = [numpy_helper.from_array(rng.standard_normal(shape, dtype=np.float32) * 0.02, name)
+            for name, shape in weights.items()]
+    init += [numpy_helper.from_array(np.array([v], np.int64), name)
+             for name, v in {"zero": 0, "h": hidden, "one": 1, "end": 1 << 30}.items()]
+    node, nodes, x = helper.make_node, [], "x"
+    for t in range(steps):
+        def n(name, t=t):
+            return f"s{t}_{name}"
+        nodes += [node("MatMul", [x, "w_gates"], [n("gates")]),
+                  node("Slice", [n("gates"), "zero", "h", "one"], [n("h")]),
+                  node("Unsqueeze", [n("h"), "one"], [n("query")]),
+                  node("MatMul", [n("query"), "keys_t"], [n("energy")]),      # (batch, 1, src_len)
+                  node("MatMul", [n("energy"), "memory"], [n("context3")]),   # (batch, 1, memory_dim)
+                  node("Squeeze", [n("context3"), "one"], [n("context")]),
+                  node("Concat", [n("context"), n("h")], [n("combined")], axis=1),
+                  node("MatMul", [n("combined"), "w_combine"], [n("attentional")]),
+                  node("MatMul", [n("attentional"), "w_gen"], [n("logits")]),
+                  # as the NumPy loop's x[:, :hidden] = logits[:, :hidden]: step t+1 needs step t
+                  node("Slice", [n("logits"), "zero", "h", "one"], [n("fed")]),
+                  node("Slice", [x, "h", "end", "one"], [n("rest")]),
+                  node("Concat", [n("fed"), n("rest")], [n("x")], axis=1)]
+        x = n("x")
+    graph = helper.make_graph(
+        nodes, "decoder_products", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, emb + 2 * hidden])],
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, None)], init)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    feed = {"x": rng.standard_normal((batch, emb + 2 * hidden), dtype=np.float32)}
+    session.run(None, feed)  # the first run allocates
+    return session, feed
+
+
+def onnx_decoder_products(batch, steps, src_len, emb, hidden, memory_dim, vocab):
+    session, feed = onnx_decoder(batch, steps, src_len, emb, hidden, memory_dim, vocab)
+    start = time.perf_counter()
+    session.run(None, feed)
+    return time.perf_counter() - start
+
+
+@functools.lru_cache(maxsize=2)
+def tf_training_step(dtype: str):
+    """A traced TensorFlow function doing `training_products`' matmuls in `dtype`."""
+    import tensorflow as tf
+
+    def three(a, b, shift):
+        a = a + shift  # changes with the step, so the loop's products cannot be hoisted or merged
+        c = tf.matmul(a, b)
+        return (tf.reduce_sum(tf.matmul(c, b, transpose_b=True)[:1, :1])
+                + tf.reduce_sum(tf.matmul(a, c, transpose_a=True)[:1, :1]))
+
+    matrix, count = tf.TensorSpec([None, None], dtype), tf.TensorSpec([], tf.int32)
+
+    @tf.function(input_signature=[matrix] * 10 + [count] * 2)
+    def step(enc_in, w_enc_in, enc_h, w_enc_rec, dec_in, w_dec, comb_in, w_comb, gen_in, w_gen, src_len, steps):
+        total = tf.zeros([], dtype)
+        for i in tf.range(2 * src_len):  # two directions
+            shift = tf.cast(i, dtype)
+            total += three(enc_in, w_enc_in, shift) + three(enc_h, w_enc_rec, shift)
+        for i in tf.range(steps):
+            shift = tf.cast(i, dtype)
+            total += three(dec_in, w_dec, shift) + three(comb_in, w_comb, shift)
+        return total + three(gen_in, w_gen, tf.zeros([], dtype))
+
+    return step
+
+
+def tf_training_products(rng, batch, steps, src_len, emb, enc_units, hidden, vocab, dtype="float32"):
+    import tensorflow as tf
+
+    def matrix(*shape):
+        return tf.cast(rng.standard_normal(shape, dtype=np.float32), dtype)
+
+    inputs = [matrix(batch, emb), matrix(emb, 4 * enc_units), matrix(batch, enc_units),
+              matrix(enc_units, 4 * enc_units), matrix(batch, emb + 2 * hidden), matrix(emb + 2 * hidden, 4 * hidden),
+              matrix(batch, 2 * enc_units + hidden), matrix(2 * enc_units + hidden, hidden),
+              matrix(batch * steps, hidden), matrix(hidden, vocab)]
+    step = tf_training_step(dtype)
+    start = time.perf_counter()
+    step(*inputs, tf.constant(src_len), tf.constant(steps)).numpy()
+    return time.perf_counter() - start
+
+
+def decoder_seconds(library, batch, steps, src_len, vocab, rng=None):
+    shape = dict(batch=batch, steps=steps, src_len=src_len, memory_dim=512, vocab=vocab, **SHAPES)
+    if library == "onnxruntime":
+        return onnx_decoder_products(**shape)
+    return decoder_products(rng or np.random.default_rng(0), **shape)
+
+
+def training_seconds(library, batch, steps, src_len, vocab, dtype="float32", rng=None):
     rng = rng or np.random.default_rng(0)
-    return batch / decoder_products(rng, batch, steps, src_len, memory_dim=512, vocab=vocab, **SHAPES)
+    shape = dict(batch=batch, steps=steps, src_len=src_len, enc_units=256, vocab=vocab, **SHAPES)
+    if library == "tensorflow":
+        return tf_training_products(rng, dtype=dtype, **shape)
+    if dtype != "float32":
+        raise ValueError(f"{library} has no {dtype} matmuls")
+    return training_products(rng, **shape)
 
 
-def latency_limit_ms(rng=None, steps=15, vocab=8000) -> float:
-    """Milliseconds of one pass of the decoder's matmuls for one sentence of `steps` steps."""
-    rng = rng or np.random.default_rng(0)
-    return 1000 * decoder_products(rng, 1, steps, steps, memory_dim=512, vocab=vocab, **SHAPES)
+def decode_limits(batch=128, steps=16, src_len=16, vocab=8000, passes=3) -> dict[str, float]:
+    """Sentences/s of the greedy decoder's matmuls (batch x steps), per library (median of `passes`)."""
+    return {lib: median_of(lambda lib=lib: batch / decoder_seconds(lib, batch, steps, src_len, vocab), passes)
+            for lib in DECODE_LIBRARIES}
 
 
-def training_limit_tokens_per_s(rng=None, batch=128, steps=16, src_len=16, vocab=8000) -> float:
-    """Target tokens/s of one pass of a training step's matmuls (batch x steps tokens)."""
-    rng = rng or np.random.default_rng(0)
-    return batch * steps / training_products(rng, batch, steps, src_len, enc_units=256, vocab=vocab, **SHAPES)
+def latency_limits_ms(steps=15, vocab=8000, passes=25) -> dict[str, float]:
+    """Milliseconds of the decoder's matmuls for one sentence of `steps` steps, per library."""
+    return {lib: median_of(lambda lib=lib: 1000 * decoder_seconds(lib, 1, steps, steps, vocab), passes)
+            for lib in DECODE_LIBRARIES}
 
 
-def batches_limit_tokens_per_s(shapes, tokens, rng=None, vocab=8000) -> float:
+def training_limits(batch=128, steps=16, src_len=16, vocab=8000, dtype="float32", passes=3) -> dict[str, float]:
+    """Target tokens/s of a training step's matmuls (batch x steps tokens), per library."""
+    return {lib: median_of(lambda lib=lib: batch * steps / training_seconds(lib, batch, steps, src_len, vocab, dtype),
+                           passes)
+            for lib in TRAINING_LIBRARIES[dtype]}
+
+
+def batches_limits(shapes, tokens, vocab=8000, dtype="float32") -> dict[str, float]:
     """Real target tokens/s of a training step's matmuls over the padded shapes
-    `(batch, src_len, tgt_len)` of given batches holding `tokens` real target tokens:
-    the limit for exactly the batches a benchmark times, padding and small batches of
-    long sentences included (the fixed B x T shape of `training_limit_tokens_per_s`
-    has neither)."""
-    rng = rng or np.random.default_rng(0)
-    seconds = sum(training_products(rng, batch, tgt_len, src_len, enc_units=256, vocab=vocab, **SHAPES)
-                  for batch, src_len, tgt_len in shapes)
-    return tokens / seconds
+    `(batch, src_len, tgt_len)` of given batches holding `tokens` real target tokens,
+    per library: the limit for exactly the batches a benchmark times, padding and
+    small batches of long sentences included (the fixed B x T shape of
+    `training_limits` has neither)."""
+    return {lib: tokens / sum(training_seconds(lib, batch, tgt_len, src_len, vocab, dtype)
+                              for batch, src_len, tgt_len in shapes)
+            for lib in TRAINING_LIBRARIES[dtype]}
+
+
+def fastest(limits: dict[str, float], lower_is_faster=False) -> tuple[str, float]:
+    """The library with the best of `limits`, and its value."""
+    pick = min if lower_is_faster else max
+    return pick(limits.items(), key=lambda item: item[1])
+
+
+def describe(limits: dict[str, float], digits=0) -> str:
+    """'numpy 4,512 / onnxruntime 7,136': each library's limit, for a results table."""
+    return " / ".join(f"{lib} {value:,.{digits}f}" for lib, value in limits.items())
 
 
 def median_of(limit, passes: int = 3) -> float:
@@ -123,21 +260,26 @@ def main():
     parser.add_argument("--latency-steps", type=int, default=15)
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()
-    rng = np.random.default_rng(0)
-    shape = dict(batch=args.batch, steps=args.steps, src_len=args.src_len, vocab=args.vocab)
-    decode = [decode_limit_sentences_per_s(rng, **shape) for _ in range(args.repeats)]
-    train = [training_limit_tokens_per_s(rng, **shape) for _ in range(args.repeats)]
-    single = [latency_limit_ms(rng, args.latency_steps, args.vocab) for _ in range(5 * args.repeats)]
-    rows = [
-        {"limit": "greedy decode, decoder matmuls only", "shape": f"batch {args.batch} x {args.steps} steps",
-         "throughput": round(float(np.median(decode)), 1), "unit": "sentences/s"},
-        {"limit": "greedy decode of one sentence, decoder matmuls only", "shape": f"batch 1 x {args.latency_steps} steps",
-         "throughput": round(float(np.median(single)), 2), "unit": "ms per sentence"},
-        {"limit": "training step, forward+backward matmuls only",
-         "shape": f"batch {args.batch} x {args.steps} target tokens",
-         "throughput": round(float(np.median(train)), 1), "unit": "target tokens/s"},
+    shape = dict(batch=args.batch, steps=args.steps, vocab=args.vocab)
+    fixed = f"batch {args.batch} x {args.steps}"
+    measured = [
+        ("greedy decode, decoder matmuls only", f"{fixed} steps", "float32", "sentences/s",
+         decode_limits(src_len=args.src_len, passes=args.repeats, **shape)),
+        ("greedy decode of one sentence, decoder matmuls only", f"batch 1 x {args.latency_steps} steps", "float32",
+         "ms per sentence", latency_limits_ms(args.latency_steps, args.vocab, passes=5 * args.repeats)),
+        *[("training step, forward+backward matmuls only", f"{fixed} target tokens", dtype, "target tokens/s",
+           training_limits(src_len=args.src_len, dtype=dtype, passes=args.repeats, **shape))
+          for dtype in TRAINING_LIBRARIES],
     ]
-    write_results("bench_limit", rows, {"numpy": np.__version__, "dtype": "float32",
+    rows = []
+    for limit, shape_text, dtype, unit, limits in measured:
+        digits = 2 if unit.startswith("ms") else 1
+        library, value = fastest(limits, lower_is_faster=unit.startswith("ms"))
+        rows.append({"limit": limit, "shape": shape_text, "dtype": dtype,
+                     **{lib: round(limits[lib], digits) if lib in limits else "-"
+                        for lib in ("numpy", "onnxruntime", "tensorflow")},
+                     "limit (fastest)": round(value, digits), "fastest library": library, "unit": unit})
+    write_results("bench_limit", rows, {"numpy": np.__version__, "generator width": args.vocab,
                                         "timing": f"median of {args.repeats} passes ({5 * args.repeats} "
                                                   "for one sentence)",
                                         "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE", "(unset)")})

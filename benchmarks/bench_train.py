@@ -8,13 +8,14 @@ and the process's peak memory. The `--warmup + --steps` batches are tokenized up
 front and replayed (as the training run's cache replays them from its second epoch);
 the clock runs from the start of the first step after the warm-up to the end of the
 last, so tracing and `fit`'s start-up are not counted. The machine's limit for the
-same work (`bench_limit.py`'s NumPy loop of a training step's matmuls, median of 3
-passes) is measured just before the clock starts and just after it stops; the row
-states their mean and the throughput as a percentage of it. That limit is the
-brief's fixed 128 x 16-token batch; the row also states the limit for the timed
-batches themselves (`bench_limit.batches_limit_tokens_per_s`: their padded shapes,
-one pass before and one after), which charges the padding and the small batches of
-long sentences that real bucketed batches carry.
+same work (`bench_limit.py`: a training step's matmuls alone, in NumPy and in
+TensorFlow for float32, in TensorFlow for bfloat16; median of 3 passes) is measured
+just before the clock starts and just after it stops; the row states each library's
+mean, and the throughput as a percentage of the fastest. That limit is the brief's
+fixed 128 x 16-token batch; the row also states the limit for the timed batches
+themselves (`bench_limit.batches_limits`: their padded shapes, one pass before and
+one after), which charges the padding and the small batches of long sentences that
+real bucketed batches carry.
 """
 
 from __future__ import annotations
@@ -30,21 +31,20 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from bench_limit import batches_limit_tokens_per_s, median_of, training_limit_tokens_per_s  # noqa: E402
+from bench_limit import batches_limits, describe, fastest, training_limits  # noqa: E402
 from common import DEFAULT_DATA, RESULTS, machine, recipe_config, write_results  # noqa: E402
 
 
-def step_clock(warmup: int, shapes, tokens: int, vocab: int):
+def step_clock(warmup: int, shapes, tokens: int, vocab: int, dtype: str):
     """A callback timing from the start of batch `warmup` to the end of training:
     the warm-up steps (tracing) and `fit`'s own start-up are not counted. The
-    training limits (fixed shape; the timed batches' `shapes` holding `tokens`), both
-    with the model's `vocab`-wide generator, are measured right before and right
-    after the timed steps."""
+    training limits in `dtype` (fixed shape; the timed batches' `shapes` holding
+    `tokens`), both with the model's `vocab`-wide generator, are measured right
+    before and right after the timed steps."""
     import keras
 
     def limits():
-        return (median_of(lambda: training_limit_tokens_per_s(vocab=vocab)),
-                batches_limit_tokens_per_s(shapes, tokens, vocab=vocab))
+        return (training_limits(vocab=vocab, dtype=dtype), batches_limits(shapes, tokens, vocab=vocab, dtype=dtype))
 
     class StepClock(keras.callbacks.Callback):
         def on_train_batch_begin(self, batch, logs=None):
@@ -86,22 +86,32 @@ def one_setting(data_dir, precision, jit, steps, warmup, batch_tokens, bucket_wi
     replay = tf.data.Dataset.from_generator(lambda: iter(batches), output_signature=spec).prefetch(2)
     # |source| = (batch, src_len), |target_in| = (batch, tgt_len): padded, as the step computes them
     shapes = [(*x["source"].shape, x["target_in"].shape[1]) for x, _ in batches[warmup:]]
-    clock = step_clock(warmup, shapes, tokens, tgt_vocab)
+    # mixed_bfloat16 multiplies in bfloat16: its limit is bfloat16 matmuls
+    dtype = "bfloat16" if precision == "mixed_bfloat16" else "float32"
+    clock = step_clock(warmup, shapes, tokens, tgt_vocab, dtype)
     model.fit(replay, epochs=1, steps_per_epoch=len(batches), shuffle=False, verbose=0, callbacks=[clock])
-    (fixed_before, same_before), (fixed_after, same_after) = clock.limits
     seconds = clock.seconds
-    limit, same = statistics.mean([fixed_before, fixed_after]), statistics.mean([same_before, same_after])
+    rate = tokens / seconds
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     facts = machine()
     return {"cpu simd": facts["simd"], "date": facts["date"], "precision": precision, "xla": jit,
             "batch tokens": batch_tokens, "bucket width": cfg.bucket_width, "warm-up": warmup, "steps": steps,
             "target tokens": tokens,
-            "seconds": round(seconds, 2), "target tokens/s": round(tokens / seconds, 1),
-            "limit tokens/s (before, after)": f"{limit:.0f} ({fixed_before:.0f}, {fixed_after:.0f})",
-            "% of limit": round(100 * tokens / seconds / limit, 1),
-            "same-batches limit tokens/s (before, after)": f"{same:.0f} ({same_before:.0f}, {same_after:.0f})",
-            "% of same-batches limit": round(100 * tokens / seconds / same, 1),
+            "seconds": round(seconds, 2), "target tokens/s": round(rate, 1),
+            **limit_columns("limit", [fixed for fixed, _ in clock.limits], rate),
+            **limit_columns("same-batches limit", [same for _, same in clock.limits], rate),
             "peak memory MB": round(peak_mb)}
+
+
+def limit_columns(name: str, before_after: list[dict[str, float]], rate: float) -> dict:
+    """Each library's limit (mean of before and after), the fastest with its before and
+    after values, and `rate` as a percentage of it."""
+    means = {lib: statistics.mean(limits[lib] for limits in before_after) for lib in before_after[0]}
+    library, limit = fastest(means)
+    before, after = (limits[library] for limits in before_after)
+    return {f"{name} tokens/s by library": describe(means),
+            f"{name} tokens/s (before, after)": f"{limit:.0f} ({before:.0f}, {after:.0f}) {library}",
+            f"% of {name}": round(100 * rate / limit, 1)}
 
 
 def main():

@@ -10,12 +10,13 @@ the table gives the median and the range (this VM's speed drifts by up to 20 %).
 The onnxruntime rows run in a child process that never imports TensorFlow, as a
 deployment would (a TensorFlow runtime in the same process slows onnxruntime down).
 onnxruntime uses its default intra-op threads (all cores); TensorFlow its defaults.
-Float32 greedy rows also get a percentage of the machine's limit (`bench_limit.py`'s NumPy
-loop of the decoder's matmuls, its generator as wide as the bundle's target vocabulary),
-measured interleaved: the limit (median of 3 passes)
-right after each timed pass, so both see the same minute of this drifting VM; the
-percentage is the median of the per-pass ratios. Batch-1 latency: the one-sentence
-limit right before and right after the sentences; percentage = its milliseconds over p50.
+Float32 greedy rows also get a percentage of the machine's limit (`bench_limit.py`: the
+decoder's matmuls alone, in NumPy and in onnxruntime, its generator as wide as the
+bundle's target vocabulary; the limit is the faster of the two), measured
+interleaved: the limit (median of 3 passes per library) right after each timed pass,
+so both see the same minute of this drifting VM; the percentage is the median of the
+per-pass ratios. Batch-1 latency: the one-sentence limit right before and right
+after the sentences; percentage = its milliseconds over p50.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench_limit import decode_limit_sentences_per_s, latency_limit_ms, median_of  # noqa: E402
+from bench_limit import decode_limits, describe, fastest, latency_limits_ms  # noqa: E402
 from common import DEFAULT_DATA, batch1_millis, write_results  # noqa: E402
 
 
@@ -65,9 +66,9 @@ def keras_step_loop(model, sources, src_sp, tgt_sp, max_len, batch_size=128):
 
 
 def greedy_limit(vocab: int):
-    """A function measuring the decode limit now for a `vocab`-word generator:
-    median of 3 passes (sentences/s)."""
-    return lambda: median_of(lambda: decode_limit_sentences_per_s(vocab=vocab))
+    """A function measuring the decode limits now for a `vocab`-word generator:
+    sentences/s per library, median of 3 passes each."""
+    return lambda: decode_limits(vocab=vocab)
 
 
 def bundle_vocab(bundle: str) -> int:
@@ -78,7 +79,7 @@ def bundle_vocab(bundle: str) -> int:
 
 def timed_runs(run, repeats: int, limit=None):
     """`run()` returns hypotheses; returns the last ones, the seconds of each timed run
-    and, with a `limit()` (sentences/s), the limit measured right after each run."""
+    and, with a `limit()` (sentences/s per library), the limits measured right after each run."""
     run()  # warm-up: tracing, session initialization, arena growth
     times, limits = [], []
     for _ in range(repeats):
@@ -91,8 +92,9 @@ def timed_runs(run, repeats: int, limit=None):
 
 
 def speed_row(system, beam, n_sentences, times, hyps, refs, limits=()):
-    """Median and range of sentences/s, BLEU, and with `limits` (one per timed run) the
-    median limit and the median of the per-run percentages of it."""
+    """Median and range of sentences/s, BLEU, and with `limits` (one per timed run,
+    sentences/s per library) each library's median, the fastest library's median as
+    the limit, and the median of the per-run percentages of the fastest."""
     import sacrebleu
 
     rates = [n_sentences / t for t in times]
@@ -101,22 +103,26 @@ def speed_row(system, beam, n_sentences, times, hyps, refs, limits=()):
            "range": f"{min(rates):.0f}-{max(rates):.0f}" if len(rates) > 1 else "",
            "BLEU": round(sacrebleu.corpus_bleu(hyps, [refs]).score, 2)}
     if limits:
-        row["limit"] = round(statistics.median(limits), 1)
-        row["% of limit"] = round(statistics.median(100 * r / lim for r, lim in zip(rates, limits, strict=True)), 1)
+        medians = {lib: statistics.median(run[lib] for run in limits) for lib in limits[0]}
+        row["limit"] = round(fastest(medians)[1], 1)
+        row["limit by library"] = describe(medians)
+        row["% of limit"] = round(statistics.median(100 * r / fastest(run)[1]
+                                                    for r, run in zip(rates, limits, strict=True)), 1)
     print(row, flush=True)
     return row
 
 
 def latency_row(system, translator, sentences, limit_vocab: int | None):
-    """Batch-1 p50/p95 over `sentences`; with `limit_vocab`, the one-sentence limit
-    for that generator width (median of 25 passes) right before and right after,
-    averaged (the limit is float32 arithmetic: fp32 rows only). Not after every
+    """Batch-1 p50/p95 over `sentences`; with `limit_vocab`, the one-sentence limits
+    for that generator width (median of 25 passes per library) right before and right
+    after, averaged, the fastest library's being the limit (the limit is float32
+    arithmetic: fp32 rows only). Not after every
     sentence: BLAS threads still spinning after a limit pass would slow the next
     sentence down."""
     with_limit = limit_vocab is not None
 
     def limit():
-        return median_of(lambda: latency_limit_ms(vocab=limit_vocab), 25)
+        return latency_limits_ms(vocab=limit_vocab)
 
     before = limit() if with_limit else None
     millis = batch1_millis(translator, sentences)
@@ -124,7 +130,10 @@ def latency_row(system, translator, sentences, limit_vocab: int | None):
            "latency p50 ms": round(float(np.percentile(millis, 50)), 2),
            "latency p95 ms": round(float(np.percentile(millis, 95)), 2)}
     if with_limit:
-        row["limit"] = round((before + limit()) / 2, 2)
+        after = limit()
+        means = {lib: (before[lib] + after[lib]) / 2 for lib in before}
+        row["limit"] = round(fastest(means, lower_is_faster=True)[1], 2)
+        row["limit by library"] = describe(means, digits=2)
         row["% of limit"] = round(100 * row["limit"] / row["latency p50 ms"], 1)
     print(row, flush=True)
     return row
@@ -204,8 +213,8 @@ def main():
                     "single-threaded session; batch 1 on an all-core session); TensorFlow: batches of 128",
         "timing": f"median of {args.repeats} passes after a warm-up pass (keras step loop: 1 pass); "
                   "range = slowest-fastest pass",
-        "limit": f"bench_limit.py's NumPy loop of the decoder's matmuls (generator width {args.vocab}, the "
-                 "bundle's target vocabulary; batch 128 x 16 steps; one "
+        "limit": f"bench_limit.py: the decoder's matmuls alone in NumPy and onnxruntime, the faster of the "
+                 f"two (generator width {args.vocab}, the bundle's target vocabulary; batch 128 x 16 steps; one "
                  "sentence of 15 steps for batch 1), after each timed pass (median of 3 passes); for batch 1 "
                  "before and after the sentences (median of 25 passes each, averaged); "
                  "column 'limit' = its median (sentences/s; ms), '% of limit' = median of per-pass ratios",

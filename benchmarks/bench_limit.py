@@ -281,8 +281,7 @@ def main():
                      "limit (fastest)": round(value, digits), "fastest library": library, "unit": unit})
     write_results("bench_limit", rows, {"numpy": np.__version__, "generator width": args.vocab,
                                         "timing": f"median of {args.repeats} passes ({5 * args.repeats} "
-                                                  "for one sentence)",
-                                        "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE", "(unset)")})
+                                                  "for one sentence)"})
 
 
 if __name__ == "__main__":

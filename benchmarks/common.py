@@ -28,7 +28,9 @@ def machine() -> dict:
         pass
     return {"cpu": model or platform.processor(), "cores": os.cpu_count(), "python": platform.python_version(),
             "simd": " ".join(f for f in SIMD_FLAGS if f in flags) or "unknown",
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            # set, it pins OpenBLAS (NumPy's matmuls) to one kernel family: Haswell keeps it off AVX-512
+            "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE", "(unset)")}
 
 
 def batch1_millis(translator, sentences: list[str]) -> list[float]:
@@ -48,7 +50,8 @@ def write_results(name: str, rows: list[dict], notes: dict | None = None) -> Pat
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     keys = list(dict.fromkeys(k for row in rows for k in row))
     lines = [f"# {name}", "", f"Machine: {payload['machine']['cpu']} ({payload['machine']['simd']}), "
-             f"{payload['machine']['cores']} cores, {payload['machine']['date']}", ""]
+             f"{payload['machine']['cores']} cores, {payload['machine']['date']}, "
+             f"OPENBLAS_CORETYPE {payload['machine']['OPENBLAS_CORETYPE']}", ""]
     lines += ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     for row in rows:
         lines.append("| " + " | ".join(fmt(row.get(k, "")) for k in keys) + " |")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from keras_attn.rnn import dense_3d
+from keras_attn.rnn import compute_weight, dense_3d
 
 
 def masked_softmax(scores, mask):
@@ -87,18 +87,19 @@ class LuongAttention(keras.layers.Layer):
         """The query-independent part of the score, computed once per sentence."""
         if self.score == "general":
             # |keys| = (batch, src_len, q_dim)
-            return dense_3d(memory, self.kernel, transpose_b=True)
+            return dense_3d(memory, compute_weight(self, self.kernel), transpose_b=True)
         if self.score == "concat":
             # |keys| = (batch, src_len, units)
-            return dense_3d(memory, self.memory_kernel) + self.bias
+            return dense_3d(memory, compute_weight(self, self.memory_kernel)) + compute_weight(self, self.bias)
         return memory
 
     def energy(self, query, keys):
         """Unnormalized scores `(batch, tgt_len, src_len)` for a 3-D query."""
         if self.score == "concat":
             # |hidden| = (batch, tgt_len, src_len, units)
-            hidden = tf.tanh(dense_3d(query, self.query_kernel)[:, :, None, :] + keys[:, None, :, :])
-            return tf.tensordot(hidden, self.v, axes=1)
+            query = dense_3d(query, compute_weight(self, self.query_kernel))
+            hidden = tf.tanh(query[:, :, None, :] + keys[:, None, :, :])
+            return tf.tensordot(hidden, compute_weight(self, self.v), axes=1)
         # |energy| = (batch, tgt_len, src_len)
         return tf.matmul(query, keys, transpose_b=True)
 

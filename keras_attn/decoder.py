@@ -6,7 +6,7 @@ import keras
 import tensorflow as tf
 
 from keras_attn.attention import LuongAttention
-from keras_attn.rnn import dense_3d, drop_tokens, lstm_update, unit_forget_bias, unstack
+from keras_attn.rnn import compute_weight, dense_3d, drop_tokens, lstm_update, unit_forget_bias, unstack
 from keras_attn.teacher_forcing import teacher_forced_loop
 
 
@@ -81,14 +81,15 @@ class InputFeedingDecoder(keras.layers.Layer):
         per call: worth it only where it is computed once, as in the export, whose
         conversion folds it into a constant of the ONNX graph.
         """
-        first = tf.concat([self.lstm_kernels[0][self.embedding_dim:], self.lstm_recurrent_kernels[0]], axis=0)
-        rest = [tf.concat([k, r], axis=0) for k, r in
-                zip(self.lstm_kernels[1:], self.lstm_recurrent_kernels[1:])]
-        weights = {"input": self.lstm_kernels[0][: self.embedding_dim], "state": [first] + rest}
+        kernels = [compute_weight(self, k) for k in self.lstm_kernels]
+        recurrent = [compute_weight(self, r) for r in self.lstm_recurrent_kernels]
+        first = tf.concat([kernels[0][self.embedding_dim:], recurrent[0]], axis=0)
+        rest = [tf.concat([k, r], axis=0) for k, r in zip(kernels[1:], recurrent[1:])]
+        weights = {"input": kernels[0][: self.embedding_dim], "state": [first] + rest}
         if fold_embeddings:
-            embeddings = tf.cast(self.embedding.embeddings, self.compute_dtype)
+            embeddings = compute_weight(self, self.embedding.embeddings)
             # |input_table| = (vocab, 4 * units)
-            weights["input_table"] = tf.matmul(embeddings, weights["input"]) + self.lstm_biases[0]
+            weights["input_table"] = tf.matmul(embeddings, weights["input"]) + compute_weight(self, self.lstm_biases[0])
         return weights
 
     def _input_projection(self, tokens, input_kernel, training=False):
@@ -101,7 +102,7 @@ class InputFeedingDecoder(keras.layers.Layer):
         if training and self.dropout > 0:
             embedded = keras.random.dropout(embedded, self.dropout, seed=self.seed_generator)
         # |projection| = (..., 4 * units)
-        return dense_3d(embedded, input_kernel) + self.lstm_biases[0]
+        return dense_3d(embedded, input_kernel) + compute_weight(self, self.lstm_biases[0])
 
     def _recurrent_step(self, input_projection, state, kernels, keys, memory, mask, rows=None):
         """One step from the precomputed input projection; returns (h̃, weights, state).
@@ -117,7 +118,7 @@ class InputFeedingDecoder(keras.layers.Layer):
             h, c = state["h"][layer], state["c"][layer]
             # |gates| = (batch, 4 * units)
             gates = tf.matmul(tf.concat([layer_input, h], axis=-1), kernels[layer])
-            gates += input_projection if layer == 0 else self.lstm_biases[layer]
+            gates += input_projection if layer == 0 else compute_weight(self, self.lstm_biases[layer])
             h, c = lstm_update(gates, c)
             new_h.append(h)
             new_c.append(c)
@@ -131,8 +132,8 @@ class InputFeedingDecoder(keras.layers.Layer):
         if rows is not None:
             context, weights = tf.gather(context, rows), tf.gather(weights, rows)
         # |attentional| = (batch, units): h̃_t, the generator's input and the next feed
-        attentional = tf.tanh(tf.matmul(tf.concat([context, h], axis=-1), self.combine_kernel)
-                              + self.combine_bias)
+        attentional = tf.tanh(tf.matmul(tf.concat([context, h], axis=-1), compute_weight(self, self.combine_kernel))
+                              + compute_weight(self, self.combine_bias))
         return attentional, weights, {"feed": attentional, "h": new_h, "c": new_c}
 
     # ------------------------------------------------------------- public API

@@ -60,6 +60,14 @@ def unstack(sequence):
     return tf.TensorArray(sequence.dtype, size=tf.shape(sequence)[0]).unstack(sequence)
 
 
+def compute_weight(layer, variable):
+    """`variable` in `layer`'s compute dtype. Inside a layer's `call` Keras has cast
+    it already (this is then a no-op); the search loops call the layers' step methods
+    outside any `call`, where a mixed-bfloat16 model's float32 variables would meet
+    bfloat16 activations."""
+    return tf.cast(variable, layer.compute_dtype)
+
+
 def dense_3d(inputs, kernel, transpose_b=False):
     """`(..., in) @ kernel` as one 2-D matmul; a 2-D input is a plain matmul.
 

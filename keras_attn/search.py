@@ -25,6 +25,14 @@ def length_penalty(length, alpha):
     return tf.pow((5.0 + tf.cast(length, tf.float32)) / 6.0, alpha)
 
 
+def float32_step(decoder, *args):
+    """`decoder.step` with logits and attention weights in float32: the search's
+    scores and buffers are float32 whatever the model computes in (mixed bfloat16);
+    for a float32 model the casts are no-ops."""
+    logits, weights, state = decoder.step(*args)
+    return tf.cast(logits, tf.float32), tf.cast(weights, tf.float32), state
+
+
 class InferenceModel(tf.Module):
     """Greedy and beam-search decoding for a trained `Seq2Seq`.
 
@@ -79,11 +87,11 @@ class InferenceModel(tf.Module):
         rows = {"alive": tf.range(tf.cast(batch, tf.int64)), "y_prev": tf.fill([batch], cfg.bos_id),
                 "state": decoder.initial_state(states, batch)}
         # Full-batch buffers the loop scatters the alive rows' results into.
-        no_ids, no_weights = tf.zeros([batch], tf.int32), tf.zeros([batch, src_len], memory.dtype)
+        no_ids, no_weights = tf.zeros([batch], tf.int32), tf.zeros([batch, src_len], tf.float32)
 
         def body(t, rows, log_prob, ids, attention):
-            logits, weights, state = decoder.step(
-                rows["y_prev"], rows["state"], keys, memory, mask, step_weights, rows["alive"])
+            logits, weights, state = float32_step(
+                decoder, rows["y_prev"], rows["state"], keys, memory, mask, step_weights, rows["alive"])
             # |logits| = (alive, vocab), |weights| = (alive, src_len)
             # top_k(k=1) gives the argmax and its log-prob in one op.
             token_log_prob, token = tf.math.top_k(tf.nn.log_softmax(logits), k=1)
@@ -144,7 +152,7 @@ class InferenceModel(tf.Module):
         beam_offsets = tf.range(batch)[:, None] * k
 
         def body(t, y_prev, state, finished, scores, lengths, ids, attention):
-            logits, weights, state = decoder.step(tf.reshape(y_prev, [-1]), state, keys, memory, mask,
+            logits, weights, state = float32_step(decoder, tf.reshape(y_prev, [-1]), state, keys, memory, mask,
                                                   step_weights)
             log_probs = tf.reshape(tf.nn.log_softmax(logits), [batch, k, vocab])
             log_probs = tf.where(finished[:, :, None], finished_row, log_probs)

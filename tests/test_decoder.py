@@ -88,3 +88,41 @@ def test_word_dropout_drops_whole_target_tokens_in_training():
     gone = np.all(np.abs(dropped) < 1e-6, axis=-1)
     np.testing.assert_allclose(dropped[~gone], 2 * full[~gone], rtol=1e-5, atol=1e-6)
     assert 0.3 < gone.mean() < 0.7
+
+
+@pytest.mark.parametrize("score", ["general", "concat"])
+def test_search_runs_under_mixed_bfloat16_and_scores_what_teacher_forcing_scores(score):
+    """The search loops call the layers' step methods outside any Keras `call`, where
+    a mixed-bfloat16 model's float32 variables are not autocast (this used to raise a
+    dtype error in validation BLEU). Greedy must pick, at every step, the token the
+    teacher-forced model ranks first, and both searches must report the log-prob the
+    teacher-forced model gives their output (up to bfloat16 rounding)."""
+    import keras
+
+    from keras_attn.search import InferenceModel
+
+    rng = np.random.default_rng(5)
+    source = random_ids(rng, [6, 3, 8, 5], 30, pre_pad=True)
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = Seq2Seq(tiny_config(attention=score))
+        model.build()
+        assert model.decoder.compute_dtype == "bfloat16"
+        inference = InferenceModel(model)
+        outputs = {beam: inference.translate_ids(source, 9, beam, alpha=0.0) for beam in (1, 3)}
+        scored = {}
+        for beam, out in outputs.items():
+            ids = out["ids"].numpy()
+            target_in = np.concatenate([np.full((len(ids), 1), model.config.bos_id, np.int32), ids[:, :-1]], 1)
+            logits = model({"source": source, "target_in": target_in}).numpy().astype("float64")
+            scored[beam] = (ids, logits, out["log_probs"].numpy())
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    for beam, (ids, logits, reported) in scored.items():
+        log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        for row in range(len(ids)):
+            length = list(ids[row]).index(model.config.eos_id) + 1 if model.config.eos_id in ids[row] else ids.shape[1]
+            chosen = log_probs[row, np.arange(length), ids[row, :length]]
+            assert abs(chosen.sum() - reported[row]) <= 0.02 * length, (beam, row)
+            if beam == 1:  # greedy: each token is the best one, up to bf16 rounding
+                assert np.all(chosen >= log_probs[row, :length].max(-1) - 0.02), row

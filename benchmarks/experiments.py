@@ -41,6 +41,11 @@ RUNS = [
     ("word dropout 0.1", "whole-token dropout 0.1 on source and target embeddings (with dropout 0.3), both "
      "stages, current pipeline, 25 + 5 epochs", "multi30k_wd1_tune_beam", "evaluate_test2016_wd1run_",
      "multi30k_wd1_anneal_history.csv"),
+    ("target vocabulary 4k", "SentencePiece target vocabulary 4,000 instead of 8,000 (source 8,000), both stages, "
+     "25 + 5 epochs, AVX-512 VM (val loss not comparable: other target pieces)", "multi30k_v4k_tune_beam",
+     "evaluate_test2016_v4krun_", "multi30k_v4k_anneal_history.csv"),
+    ("target vocabulary 4k, bf16", "the same in mixed bfloat16 (bf16 hardware)", "multi30k_v4k_bf16_tune_beam",
+     "evaluate_test2016_v4k_bf16run_", "multi30k_v4k_bf16_anneal_history.csv"),
 ]
 
 

@@ -2,11 +2,14 @@
 
 Each limit is timed with more than one library's matrix products, and the limit is
 the fastest of them: which library multiplies these shapes fastest depends on the CPU
-(on an AVX2 VM NumPy's OpenBLAS beat TensorFlow's MatMul; on an AVX-512 VM
-onnxruntime's MLAS did the decoder's products 1.9x and TensorFlow's oneDNN the
-training step's 1.6x faster than NumPy), and a limit some other library beats is no
-limit. Decode: NumPy and onnxruntime (the deployment's own runtime); training:
-NumPy and TensorFlow, and for bfloat16 TensorFlow alone (NumPy has no bfloat16).
+and on the environment (on an AVX2 VM NumPy's OpenBLAS beat TensorFlow's MatMul; on
+an AVX-512 VM whose environment set OPENBLAS_CORETYPE=Haswell, onnxruntime's MLAS did
+the decoder's products 1.9x and TensorFlow the training step's 1.6x faster than
+NumPy; with the variable unset, onnxruntime was still 1.2x faster on the decoder's
+and NumPy level with TensorFlow on the training step's), and a limit some other
+library beats is no limit. Decode: NumPy and onnxruntime (the deployment's own
+runtime); training: NumPy and TensorFlow, and for bfloat16 TensorFlow alone (NumPy
+has no bfloat16).
 
 Decode limit: a loop doing the greedy decoder's per-step matrix products
 (LSTM gates on [embedding; h̃; h], attention energy and context, W_c, generator) at

@@ -126,3 +126,37 @@ def test_search_runs_under_mixed_bfloat16_and_scores_what_teacher_forcing_scores
             assert abs(chosen.sum() - reported[row]) <= 0.02 * length, (beam, row)
             if beam == 1:  # greedy: each token is the best one, up to bf16 rounding
                 assert np.all(chosen >= log_probs[row, :length].max(-1) - 0.02), row
+
+
+def test_generator_gradients_under_mixed_bfloat16_match_float32():
+    """A bfloat16 bias add sums its gradient over every target position in bfloat16,
+    which drops the many small softmax terms (a Keras `Dense` under the policy was
+    ~35 % off here). The generator adds its bias in float32, so both gradients match
+    float32 to bfloat16 rounding, and its logits are float32."""
+    import keras
+
+    from keras_attn.decoder import Generator
+    from keras_attn.model import MaskedSparseCrossEntropy
+
+    rng = np.random.default_rng(0)
+    units, vocab = 64, 1000
+    h = rng.normal(size=(64, 40, units)).astype("float32")  # 2,560 target positions
+    labels = rng.zipf(1.3, size=(64, 40)).clip(1, vocab - 1).astype("int32")  # word-like frequencies
+    weights = [rng.normal(size=(units, vocab)).astype("float32") * 0.3, rng.normal(size=vocab).astype("float32")]
+
+    def gradients(policy):
+        keras.mixed_precision.set_global_policy(policy)
+        try:
+            layer = Generator(vocab)
+            layer.build((None, units))
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
+        layer.set_weights(weights)
+        with tf.GradientTape() as tape:
+            logits = layer(h)
+            loss = MaskedSparseCrossEntropy(0, 0.1)(labels, logits)
+        assert logits.dtype == tf.float32
+        return [g.numpy().astype("float64") for g in tape.gradient(loss, [layer.kernel, layer.bias])]
+
+    for got, want in zip(gradients("mixed_bfloat16"), gradients("float32"), strict=True):
+        assert np.linalg.norm(got - want) / np.linalg.norm(want) < 0.02

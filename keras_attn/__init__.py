@@ -15,6 +15,7 @@ _EXPORTS = {
     "LuongAttention": "keras_attn.attention",
     "Encoder": "keras_attn.encoder",
     "InputFeedingDecoder": "keras_attn.decoder",
+    "Generator": "keras_attn.decoder",
     "Seq2Seq": "keras_attn.model",
     "MaskedSparseCrossEntropy": "keras_attn.model",
     "MaskedTokenAccuracy": "keras_attn.model",

@@ -160,3 +160,19 @@ def test_generator_gradients_under_mixed_bfloat16_match_float32():
 
     for got, want in zip(gradients("mixed_bfloat16"), gradients("float32"), strict=True):
         assert np.linalg.norm(got - want) / np.linalg.norm(want) < 0.02
+
+
+def test_generator_is_a_dense_layer_in_float32_and_round_trips():
+    import keras
+
+    from keras_attn import Generator
+
+    rng = np.random.default_rng(1)
+    layer = Generator(7, name="gen")
+    layer.build((None, 5))
+    layer.set_weights([rng.normal(size=(5, 7)).astype("float32"), rng.normal(size=7).astype("float32")])
+    h = rng.normal(size=(2, 3, 5)).astype("float32")
+    want = h @ layer.kernel.numpy() + layer.bias.numpy()
+    np.testing.assert_allclose(layer(h).numpy(), want, rtol=1e-5, atol=1e-5)
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+    assert isinstance(restored, Generator) and restored.get_config() == layer.get_config()

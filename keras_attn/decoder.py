@@ -18,9 +18,10 @@ class Generator(keras.layers.Layer):
     bias is added in float32. A Keras `Dense` under the policy adds its bias with
     `tf.nn.bias_add`, whose gradient (`BiasAddGrad`) on CPU sums over every target
     position of the batch in bfloat16: the many small softmax terms are dropped once
-    the running sum has grown (4,096 × 0.001 sums to 0.5). Over 24 recipe batches at
-    trained weights the mean bias gradient came out 17 % off the float32 one, the
-    batches' errors pointing the same way (other weights: ~5 %, as noise). In
+    the running sum has grown (4,096 × 0.001 sums to 0.5). Over 24 training batches
+    at trained weights the mean bias gradient came out 12–17 % off the float32 one,
+    the batches' errors pointing the same way (other weights: ~5 %, as noise;
+    `benchmarks/bf16_gradients.py`). In
     float32 the casts are no-ops: a MatMul and an Add, as `Dense` exports.
 
     Call args: `(..., units)`. Returns float32 logits `(..., vocab_size)`.

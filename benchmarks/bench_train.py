@@ -2,8 +2,8 @@
 
     python benchmarks/bench_train.py [--data-dir ../shared/data/multi30k] [--steps 60]
 
-Target tokens/s (real, non-pad) of `fit` on real bucketed Multi30k batches of 2,048
-target tokens, for float32 and mixed bfloat16, with and without XLA (`jit_compile`),
+Target tokens/s (real, non-pad) of `fit` on real bucketed Multi30k batches of the
+recipe's `batch_tokens` (or `--batch-tokens`) target tokens, for float32 and mixed bfloat16, with and without XLA (`jit_compile`),
 and the process's peak memory. The `--warmup + --steps` batches are tokenized up
 front and replayed (as the training run's cache replays them from its second epoch);
 the clock runs from the start of the first step after the warm-up to the end of the
@@ -67,13 +67,14 @@ def one_setting(data_dir, precision, jit, steps, warmup, batch_tokens, bucket_wi
 
     from pipelines.dataset import make_dataset
     from pipelines.tokenizer import load_processor, train_sentencepiece
-    from pipelines.train import batching_config, build_model, load_corpora, model_config
+    from pipelines.train import batching_config, build_model, load_corpora, model_config, vocab_sizes
 
     cfg = recipe_config(data_dir=data_dir, precision=precision, jit=jit, batch_tokens=batch_tokens,
                         **({"bucket_width": bucket_width} if bucket_width else {}))
     keras.mixed_precision.set_global_policy(precision)
     train, _, _ = load_corpora(cfg)
-    src_model, tgt_model = train_sentencepiece(train.sources, 8000), train_sentencepiece(train.targets, 8000)
+    src_size, tgt_size = vocab_sizes(cfg)  # the recipe's
+    src_model, tgt_model = train_sentencepiece(train.sources, src_size), train_sentencepiece(train.targets, tgt_size)
     ds = make_dataset(train, src_model, tgt_model, batching_config(cfg), training=True)
     tgt_vocab = load_processor(tgt_model).get_piece_size()  # the generator's width, shared with the limits
     model = build_model(cfg, model_config(cfg, load_processor(src_model).get_piece_size(), tgt_vocab))
@@ -95,7 +96,8 @@ def one_setting(data_dir, precision, jit, steps, warmup, batch_tokens, bucket_wi
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     facts = machine()
     return {"cpu simd": facts["simd"], "date": facts["date"], "precision": precision, "xla": jit,
-            "batch tokens": batch_tokens, "bucket width": cfg.bucket_width, "warm-up": warmup, "steps": steps,
+            "batch tokens": batch_tokens, "target vocabulary": tgt_vocab, "bucket width": cfg.bucket_width,
+            "warm-up": warmup, "steps": steps,
             "target tokens": tokens,
             "seconds": round(seconds, 2), "target tokens/s": round(rate, 1),
             **limit_columns("limit", [fixed for fixed, _ in clock.limits], rate),
@@ -119,13 +121,14 @@ def main():
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA))
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--batch-tokens", type=int, nargs="+", default=[2048])
+    parser.add_argument("--batch-tokens", type=int, nargs="+", default=None, help="default: the recipe's")
     parser.add_argument("--bucket-width", type=int, default=None, help="default: the recipe's")
     parser.add_argument("--precisions", nargs="+", default=["float32", "mixed_bfloat16"])
     parser.add_argument("--xla", nargs="+", default=["0", "1"], help="0 = off, 1 = jit_compile")
     parser.add_argument("--append", action="store_true", help="add rows to results/bench_train.json")
     parser.add_argument("--one", nargs=2, metavar=("PRECISION", "JIT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.batch_tokens = args.batch_tokens or [recipe_config().batch_tokens]
     if args.one:
         import json
 

@@ -46,6 +46,12 @@ RUNS = [
      "evaluate_test2016_v4krun_", "multi30k_v4k_anneal_history.csv"),
     ("target vocabulary 4k, bf16", "the same in mixed bfloat16 (bf16 hardware)", "multi30k_v4k_bf16_tune_beam",
      "evaluate_test2016_v4k_bf16run_", "multi30k_v4k_bf16_anneal_history.csv"),
+    ("target vocabulary 4k, bf16, float32 generator bias", "the bf16 run again with the `Generator` layer "
+     "(logits and bias add in float32; the bf16 bias gradient summed in bf16 before)",
+     "multi30k_v4k_bf16fix_tune_beam", "evaluate_test2016_v4k_bf16fixrun_", "multi30k_v4k_bf16fix_anneal_history.csv"),
+    ("target vocabulary 4k, 1,024-token batches", "the 4k float32 run with `--batch-tokens 1024` in both stages "
+     "(twice the updates per epoch)", "multi30k_v4k_bt1k_tune_beam", "evaluate_test2016_v4k_bt1krun_",
+     "multi30k_v4k_bt1k_anneal_history.csv"),
 ]
 
 

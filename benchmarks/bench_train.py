@@ -3,8 +3,9 @@
     python benchmarks/bench_train.py [--data-dir ../shared/data/multi30k] [--steps 60]
 
 Target tokens/s (real, non-pad) of `fit` on real bucketed Multi30k batches of the
-recipe's `batch_tokens` (or `--batch-tokens`) target tokens, for float32 and mixed bfloat16, with and without XLA (`jit_compile`),
-and the process's peak memory. The `--warmup + --steps` batches are tokenized up
+recipe's `batch_tokens` (or `--batch-tokens`) target tokens and vocabularies, for
+float32 and mixed bfloat16, with and without XLA (`jit_compile`), and the process's
+peak memory. The `--warmup + --steps` batches are tokenized up
 front and replayed (as the training run's cache replays them from its second epoch);
 the clock runs from the start of the first step after the warm-up to the end of the
 last, so tracing and `fit`'s start-up are not counted. The machine's limit for the

@@ -21,8 +21,8 @@ class Generator(keras.layers.Layer):
     the running sum has grown (4,096 × 0.001 sums to 0.5). Over 24 training batches
     at trained weights the mean bias gradient came out 12–17 % off the float32 one,
     the batches' errors pointing the same way (other weights: ~5 %, as noise;
-    `benchmarks/bf16_gradients.py`). In
-    float32 the casts are no-ops: a MatMul and an Add, as `Dense` exports.
+    `benchmarks/bf16_gradients.py`). In float32 the cast is a no-op: a MatMul and an
+    Add, as `Dense` exports.
 
     Call args: `(..., units)`. Returns float32 logits `(..., vocab_size)`.
     """
@@ -40,7 +40,7 @@ class Generator(keras.layers.Layer):
     def call(self, inputs):
         # |logits| = (..., vocab_size)
         logits = dense_3d(inputs, compute_weight(self, self.kernel))
-        return tf.cast(logits, tf.float32) + tf.cast(self.bias, tf.float32)
+        return tf.cast(logits, tf.float32) + self.bias
 
     def get_config(self):
         return {**super().get_config(), "vocab_size": self.vocab_size}

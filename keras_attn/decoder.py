@@ -39,7 +39,7 @@ class Generator(keras.layers.Layer):
 
     def call(self, inputs):
         # |logits| = (..., vocab_size)
-        logits = dense_3d(inputs, compute_weight(self, self.kernel))
+        logits = dense_3d(inputs, self.kernel)  # the kernel is autocast inside `call`
         return tf.cast(logits, tf.float32) + self.bias
 
     def get_config(self):

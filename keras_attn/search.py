@@ -26,11 +26,11 @@ def length_penalty(length, alpha):
 
 
 def float32_step(decoder, *args):
-    """`decoder.step` with logits and attention weights in float32: the search's
-    scores and buffers are float32 whatever the model computes in (mixed bfloat16);
-    for a float32 model the casts are no-ops."""
+    """`decoder.step` with its attention weights in float32, like its logits (the
+    `Generator` returns float32): the search's scores and buffers are float32 whatever
+    the model computes in (mixed bfloat16); for a float32 model the cast is a no-op."""
     logits, weights, state = decoder.step(*args)
-    return tf.cast(logits, tf.float32), tf.cast(weights, tf.float32), state
+    return logits, tf.cast(weights, tf.float32), state
 
 
 class InferenceModel(tf.Module):

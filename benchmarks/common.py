@@ -33,12 +33,12 @@ def machine() -> dict:
             "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE", "(unset)")}
 
 
-def batch1_millis(translator, sentences: list[str]) -> list[float]:
-    """Milliseconds of `translator.translate([sentence])`, one sentence at a time."""
+def batch1_millis(translator, sentences: list[str], beam: int = 1) -> list[float]:
+    """Milliseconds of `translator.translate([sentence], beam)`, one sentence at a time."""
     millis = []
     for sentence in sentences:
         start = time.perf_counter()
-        translator.translate([sentence])
+        translator.translate([sentence], beam=beam)
         millis.append(1000 * (time.perf_counter() - start))
     return millis
 

@@ -132,7 +132,11 @@ class InferenceModel(tf.Module):
         """Batched beam search; hypotheses are ranked by log-prob / length penalty.
 
         A finished hypothesis stays in the beam and may only be extended by pad at no
-        cost, so it competes with the open ones until the search ends.
+        cost, so it competes with the open ones. When all `k` hypotheses of a sentence
+        have finished, nothing can change its ranking any more: its best hypothesis
+        is written to the output and the sentence leaves the search, so later steps
+        cost what the sentences still being searched need (as in `_greedy`, the
+        memory stays whole and each hypothesis row is mapped to its memory row).
         """
         cfg, decoder = self.config, self.seq2seq.decoder
         batch, src_len = tf.shape(memory)[0], tf.shape(memory)[1]
@@ -141,57 +145,86 @@ class InferenceModel(tf.Module):
         memory, mask = tf.repeat(memory, k, axis=0), tf.repeat(mask, k, axis=0)
         states = tf.nest.map_structure(lambda s: tf.repeat(s, k, axis=0), states)
         keys, step_weights = decoder.attention.memory_keys(memory), decoder.step_weights(self.fold_embeddings)
-        # |memory| = (batch * k, src_len, memory_dim)
+        # |memory| = (batch * k, src_len, memory_dim): hypothesis j of sentence b reads row b * k + j
         # Only beam 0 is alive at the start, so the first expansion is not k copies.
         # (comparisons with tf.range rather than tf.one_hot: tf2onnx converts rank-1 one_hot only)
         first = tf.where(tf.equal(tf.range(k), 0), 0.0, -1e9)
-        scores = tf.tile(first[None], [batch, 1])
-        # |scores| = (batch, k): summed log-probs
         finished_row = tf.where(tf.equal(tf.range(vocab), cfg.pad_id), 0.0, -1e9)
         # |finished_row| = (vocab,): a finished beam can only emit pad, at no cost
-        beam_offsets = tf.range(batch)[:, None] * k
+        # Per sentence still searched (n of them); `alive` holds their batch rows.
+        search = {"alive": tf.range(batch), "y_prev": tf.fill([batch, k], cfg.bos_id),
+                  "state": decoder.initial_state(states, batch * k), "finished": tf.zeros([batch, k], tf.bool),
+                  "scores": tf.tile(first[None], [batch, 1]), "lengths": tf.zeros([batch, k], tf.int32),
+                  "ids": tf.zeros([batch, k, max_len], tf.int32),
+                  "attention": tf.zeros([batch, k, max_len, src_len], tf.float32)}
+        # |scores| = (n, k): summed log-probs; |ids| = (n, k, max_len)
+        # The best hypothesis of each sentence, written when it leaves the search.
+        best_of = {"ids": tf.zeros([batch, max_len], tf.int32), "attention": tf.zeros([batch, max_len, src_len]),
+                   "log_probs": tf.zeros([batch])}
 
-        def body(t, y_prev, state, finished, scores, lengths, ids, attention):
-            logits, weights, state = float32_step(decoder, tf.reshape(y_prev, [-1]), state, keys, memory, mask,
-                                                  step_weights)
-            log_probs = tf.reshape(tf.nn.log_softmax(logits), [batch, k, vocab])
+        def body(t, search, best_of):
+            search = expand(t, search)
+            done = tf.logical_or(tf.reduce_all(search["finished"], axis=1), t + 1 >= max_len)
+            search, best_of = leave(search, best_of, done)
+            return t + 1, search, best_of
+
+        def expand(t, search):
+            """One step of every hypothesis, the k best expansions kept per sentence."""
+            n = tf.shape(search["alive"])[0]
+            memory_rows = tf.reshape(search["alive"][:, None] * k + tf.range(k)[None], [-1])
+            logits, weights, state = float32_step(decoder, tf.reshape(search["y_prev"], [-1]), search["state"], keys,
+                                                  memory, mask, step_weights, tf.cast(memory_rows, tf.int64))
+            finished = search["finished"]
+            log_probs = tf.reshape(tf.nn.log_softmax(logits), [n, k, vocab])
             log_probs = tf.where(finished[:, :, None], finished_row, log_probs)
-            total = scores[:, :, None] + log_probs
-            # |total| = (batch, k, vocab)
-            new_lengths = lengths[:, :, None] + tf.cast(tf.logical_not(finished), tf.int32)[:, :, None]
+            total = search["scores"][:, :, None] + log_probs
+            # |total| = (n, k, vocab)
+            new_lengths = search["lengths"][:, :, None] + tf.cast(tf.logical_not(finished), tf.int32)[:, :, None]
             ranking = total / length_penalty(new_lengths, alpha)
-            _, flat = tf.math.top_k(tf.reshape(ranking, [batch, k * vocab]), k=k)
+            _, flat = tf.math.top_k(tf.reshape(ranking, [n, k * vocab]), k=k)
             parent, token = flat // vocab, flat % vocab
-            # |parent| = |token| = (batch, k)
-            scores = tf.gather(tf.reshape(total, [batch, -1]), flat, batch_dims=1)
-            lengths = tf.gather(tf.reshape(tf.broadcast_to(new_lengths, [batch, k, vocab]), [batch, -1]),
-                                flat, batch_dims=1)
-            finished = tf.gather(finished, parent, batch_dims=1)
-            finished = tf.logical_or(finished, tf.equal(token, cfg.eos_id))
-            rows = tf.reshape(parent + beam_offsets, [-1])
-            state = tf.nest.map_structure(lambda s: tf.gather(s, rows), state)
-            weights = tf.reshape(tf.gather(weights, rows), [batch, k, 1, src_len])
+            # |parent| = |token| = (n, k)
+            rows = tf.reshape(parent + tf.range(n)[:, None] * k, [-1])
+            weights = tf.reshape(tf.gather(weights, rows), [n, k, 1, src_len])
             step = tf.cast(tf.equal(tf.range(max_len), t), tf.int32)
-            # |ids| = (batch, k, max_len): histories reordered by parent, then step t set
-            ids = tf.gather(ids, parent, batch_dims=1) + token[:, :, None] * step
-            attention = (tf.gather(attention, parent, batch_dims=1)
-                         + weights * tf.cast(step, tf.float32)[:, None])
-            return t + 1, token, state, finished, scores, lengths, ids, attention
+            # histories reordered by parent, then step t set
+            return {"alive": search["alive"], "y_prev": token,
+                    "state": tf.nest.map_structure(lambda s: tf.gather(s, rows), state),
+                    "finished": tf.logical_or(tf.gather(finished, parent, batch_dims=1), tf.equal(token, cfg.eos_id)),
+                    "scores": tf.gather(tf.reshape(total, [n, -1]), flat, batch_dims=1),
+                    "lengths": tf.gather(tf.reshape(tf.broadcast_to(new_lengths, [n, k, vocab]), [n, -1]), flat,
+                                         batch_dims=1),
+                    "ids": tf.gather(search["ids"], parent, batch_dims=1) + token[:, :, None] * step,
+                    "attention": (tf.gather(search["attention"], parent, batch_dims=1)
+                                  + weights * tf.cast(step, tf.float32)[:, None])}
 
-        def running(t, y_prev, state, finished, *_):
-            return tf.logical_and(t < max_len, tf.logical_not(tf.reduce_all(finished)))
+        def leave(search, best_of, done):
+            """Write the best hypothesis of each `done` sentence; keep the others."""
+            leaving, staying = tf.where(done), tf.reshape(tf.where(tf.logical_not(done)), [-1])
+            # |leaving| = (d, 1) positions among the n searched sentences
+            best = tf.argmax(search["scores"] / length_penalty(search["lengths"], alpha), axis=-1,
+                             output_type=tf.int32)
+            best, where = tf.gather_nd(best, leaving), tf.expand_dims(tf.gather_nd(search["alive"], leaving), 1)
 
-        loop_vars = (
-            tf.constant(0), tf.fill([batch, k], cfg.bos_id),
-            decoder.initial_state(states, batch * k), tf.zeros([batch, k], tf.bool), scores,
-            tf.zeros([batch, k], tf.int32), tf.zeros([batch, k, max_len], tf.int32),
-            tf.zeros([batch, k, max_len, src_len], tf.float32))
-        steps, _, _, _, scores, lengths, ids, attention = tf.while_loop(running, body, loop_vars)
-        best = tf.argmax(scores / length_penalty(lengths, alpha), axis=-1, output_type=tf.int32)
-        # |best| = (batch,)
-        ids = tf.gather(ids, best, batch_dims=1)[:, :steps]
-        attention = tf.gather(attention, best, batch_dims=1)[:, :steps]
-        return {"ids": ids, "attention": attention, "log_probs": tf.gather(scores, best, batch_dims=1)}
+            def write(output, hypotheses):  # |hypotheses| = (n, k, ...): the leaving ones' best into `output`
+                best_rows = tf.gather(tf.gather_nd(hypotheses, leaving), best, batch_dims=1)
+                return tf.tensor_scatter_nd_update(output, where, best_rows)
+
+            best_of = {"ids": write(best_of["ids"], search["ids"]),
+                       "attention": write(best_of["attention"], search["attention"]),
+                       "log_probs": write(best_of["log_probs"], search["scores"])}
+            n = tf.shape(search["alive"])[0]
+            staying_rows = tf.reshape(tf.gather(tf.reshape(tf.range(n * k), [n, k]), staying), [-1])
+            search = {name: tf.nest.map_structure(lambda s: tf.gather(s, staying_rows), value) if name == "state"
+                      else tf.gather(value, staying) for name, value in search.items()}
+            return search, best_of
+
+        def running(t, search, best_of):
+            return tf.logical_and(t < max_len, tf.size(search["alive"]) > 0)
+
+        steps, _, best_of = tf.while_loop(running, body, (tf.constant(0), search, best_of))
+        return {"ids": best_of["ids"][:, :steps], "attention": best_of["attention"][:, :steps],
+                "log_probs": best_of["log_probs"]}
 
     def translate_ids(self, source_ids, max_len, beam_size=1, alpha=0.6):
         """Convenience eager entry point: greedy for beam 1, else beam search."""

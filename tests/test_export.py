@@ -129,6 +129,54 @@ def test_beam_one_equals_greedy_and_beam_is_never_worse(tf_side, held_out):
     assert np.all(beam4["log_probs"].numpy() >= greedy["log_probs"].numpy() - 1e-4)
 
 
+def test_beam_search_of_a_batch_equals_each_sentence_searched_alone():
+    """A sentence leaves the beam search once all its hypotheses have finished; the
+    others leaving (or not) must not change its result, in TensorFlow or in the ONNX
+    graph. An untrained model's outputs end at different steps (dates all end at the
+    same one)."""
+    import keras
+    import onnxruntime as ort
+
+    from keras_attn import Seq2Seq
+    from pipelines.export import convert
+    from tests.helpers import random_ids, tiny_config
+
+    lengths = [3, 9, 5, 12, 1, 7, 10, 4, 6, 8]
+    source = random_ids(np.random.default_rng(4), lengths, 30, pre_pad=True)
+    for seed in range(10):  # an initialization whose outputs end at several different steps
+        keras.utils.set_random_seed(seed)
+        model = Seq2Seq(tiny_config(tgt_vocab_size=12))
+        model.build()
+        inference = InferenceModel(model, fold_embeddings=True)
+        ids = inference.translate_ids(source, 12, 3, 0.6)["ids"].numpy()
+        if len({list(row).index(3) if 3 in row else None for row in ids}) > 2:
+            break
+    proto = convert(inference.beam_search_from_encoding, model.encoder, 17)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = ["ids", "attention", "log_probs"]
+
+    def onnx_search(source):
+        feeds = {"source_ids": source, "max_len": np.array(12, np.int32), "beam_size": np.array(3, np.int32),
+                 "alpha": np.array(0.6, np.float32)}
+        return dict(zip(names, session.run(names, feeds), strict=True))
+
+    def tf_search(source):
+        return {k: v.numpy() for k, v in inference.translate_ids(source, 12, 3, 0.6).items()}
+
+    for search in (tf_search, onnx_search):
+        batch = search(source)
+        ends = {list(ids).index(3) if 3 in ids else None for ids in batch["ids"]}
+        assert len(ends) > 2, "the sentences must end at different steps for the test to mean anything"
+        for i, n in enumerate(lengths):
+            alone = search(source[i:i + 1, -n:])
+            steps = alone["ids"].shape[1]
+            n_out = list(alone["ids"][0]).index(3) + 1 if 3 in alone["ids"][0] else steps
+            np.testing.assert_array_equal(batch["ids"][i, :steps], alone["ids"][0])
+            assert not batch["ids"][i, steps:].any()
+            np.testing.assert_allclose(batch["log_probs"][i], alone["log_probs"][0], rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(batch["attention"][i, :n_out, -n:], alone["attention"][0, :n_out], atol=1e-5)
+
+
 def test_translator_translates_in_order_and_keeps_empty_lines(dates_bundle, held_out):
     translator = Translator.load(dates_bundle)
     sources = held_out.sources[:30]

@@ -152,7 +152,8 @@ class InferenceModel(tf.Module):
         finished_row = tf.where(tf.equal(tf.range(vocab), cfg.pad_id), 0.0, -1e9)
         # |finished_row| = (vocab,): a finished beam can only emit pad, at no cost
         # Per sentence still searched (n of them); `alive` holds their batch rows.
-        search = {"alive": tf.range(batch), "y_prev": tf.fill([batch, k], cfg.bos_id),
+        k64 = tf.cast(k, tf.int64)
+        search = {"alive": tf.range(tf.cast(batch, tf.int64)), "y_prev": tf.fill([batch, k], cfg.bos_id),
                   "state": decoder.initial_state(states, batch * k), "finished": tf.zeros([batch, k], tf.bool),
                   "scores": tf.tile(first[None], [batch, 1]), "lengths": tf.zeros([batch, k], tf.int32),
                   "ids": tf.zeros([batch, k, max_len], tf.int32),
@@ -171,9 +172,9 @@ class InferenceModel(tf.Module):
         def expand(t, search):
             """One step of every hypothesis, the k best expansions kept per sentence."""
             n = tf.shape(search["alive"])[0]
-            memory_rows = tf.reshape(search["alive"][:, None] * k + tf.range(k)[None], [-1])
+            memory_rows = tf.reshape(search["alive"][:, None] * k64 + tf.range(k64)[None], [-1])
             logits, weights, state = float32_step(decoder, tf.reshape(search["y_prev"], [-1]), search["state"], keys,
-                                                  memory, mask, step_weights, tf.cast(memory_rows, tf.int64))
+                                                  memory, mask, step_weights, memory_rows)
             finished = search["finished"]
             log_probs = tf.reshape(tf.nn.log_softmax(logits), [n, k, vocab])
             log_probs = tf.where(finished[:, :, None], finished_row, log_probs)
@@ -181,6 +182,7 @@ class InferenceModel(tf.Module):
             # |total| = (n, k, vocab)
             new_lengths = search["lengths"][:, :, None] + tf.cast(tf.logical_not(finished), tf.int32)[:, :, None]
             ranking = total / length_penalty(new_lengths, alpha)
+            # sorted: a sentence's first hypothesis is its best (highest log-prob / length penalty)
             _, flat = tf.math.top_k(tf.reshape(ranking, [n, k * vocab]), k=k)
             parent, token = flat // vocab, flat % vocab
             # |parent| = |token| = (n, k)
@@ -199,22 +201,19 @@ class InferenceModel(tf.Module):
                                   + weights * tf.cast(step, tf.float32)[:, None])}
 
         def leave(search, best_of, done):
-            """Write the best hypothesis of each `done` sentence; keep the others."""
-            leaving, staying = tf.where(done), tf.reshape(tf.where(tf.logical_not(done)), [-1])
-            # |leaving| = (d, 1) positions among the n searched sentences
-            best = tf.argmax(search["scores"] / length_penalty(search["lengths"], alpha), axis=-1,
-                             output_type=tf.int32)
-            best, where = tf.gather_nd(best, leaving), tf.expand_dims(tf.gather_nd(search["alive"], leaving), 1)
+            """Write the best (first) hypothesis of each `done` sentence; keep the others."""
+            leaving = tf.reshape(tf.where(done), [-1])
+            staying = tf.reshape(tf.where(tf.logical_not(done)), [-1])
+            # |leaving| = (d,), |staying| = (n - d,): positions among the n searched sentences
+            where = tf.expand_dims(tf.gather(search["alive"], leaving), 1)
 
-            def write(output, hypotheses):  # |hypotheses| = (n, k, ...): the leaving ones' best into `output`
-                best_rows = tf.gather(tf.gather_nd(hypotheses, leaving), best, batch_dims=1)
-                return tf.tensor_scatter_nd_update(output, where, best_rows)
+            def write(output, hypotheses):  # |hypotheses| = (n, k, ...)
+                return tf.tensor_scatter_nd_update(output, where, tf.gather(tf.gather(hypotheses, leaving), 0, axis=1))
 
             best_of = {"ids": write(best_of["ids"], search["ids"]),
                        "attention": write(best_of["attention"], search["attention"]),
                        "log_probs": write(best_of["log_probs"], search["scores"])}
-            n = tf.shape(search["alive"])[0]
-            staying_rows = tf.reshape(tf.gather(tf.reshape(tf.range(n * k), [n, k]), staying), [-1])
+            staying_rows = tf.reshape(staying[:, None] * k64 + tf.range(k64)[None], [-1])
             search = {name: tf.nest.map_structure(lambda s: tf.gather(s, staying_rows), value) if name == "state"
                       else tf.gather(value, staying) for name, value in search.items()}
             return search, best_of

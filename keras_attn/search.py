@@ -142,17 +142,18 @@ class InferenceModel(tf.Module):
         batch, src_len = tf.shape(memory)[0], tf.shape(memory)[1]
         k, vocab = beam_size, cfg.tgt_vocab_size
         states = self.seq2seq.encoder.bridge(final_h, final_c)
-        memory, mask = tf.repeat(memory, k, axis=0), tf.repeat(mask, k, axis=0)
-        states = tf.nest.map_structure(lambda s: tf.repeat(s, k, axis=0), states)
+        # The keys before the repeat: k copies of one product, not k products.
         keys, step_weights = decoder.attention.memory_keys(memory), decoder.step_weights(self.fold_embeddings)
+        memory, mask, keys = (tf.repeat(x, k, axis=0) for x in (memory, mask, keys))
+        states = tf.nest.map_structure(lambda s: tf.repeat(s, k, axis=0), states)
         # |memory| = (batch * k, src_len, memory_dim): hypothesis j of sentence b reads row b * k + j
         # Only beam 0 is alive at the start, so the first expansion is not k copies.
         # (comparisons with tf.range rather than tf.one_hot: tf2onnx converts rank-1 one_hot only)
         first = tf.where(tf.equal(tf.range(k), 0), 0.0, -1e9)
         finished_row = tf.where(tf.equal(tf.range(vocab), cfg.pad_id), 0.0, -1e9)
         # |finished_row| = (vocab,): a finished beam can only emit pad, at no cost
-        # Per sentence still searched (n of them); `alive` holds their batch rows.
         k64 = tf.cast(k, tf.int64)
+        # Per sentence still searched (n of them); `alive` holds their batch rows.
         search = {"alive": tf.range(tf.cast(batch, tf.int64)), "y_prev": tf.fill([batch, k], cfg.bos_id),
                   "state": decoder.initial_state(states, batch * k), "finished": tf.zeros([batch, k], tf.bool),
                   "scores": tf.tile(first[None], [batch, 1]), "lengths": tf.zeros([batch, k], tf.int32),

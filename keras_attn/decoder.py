@@ -143,11 +143,14 @@ class InputFeedingDecoder(keras.layers.Layer):
     def _recurrent_step(self, input_projection, state, kernels, keys, memory, mask, rows=None):
         """One step from the precomputed input projection; returns (h̃, weights, state).
 
-        `rows` (optional, int `(n,)`): the memory row of each state row, when the state
-        holds only some of the sentences (greedy search drops finished ones). The
-        attention then runs over the whole memory batch (rows without a query get a
-        zero query) and its outputs are gathered back: that reads the memory instead
-        of copying a compacted memory at every step.
+        `rows` (optional, int `(n,)`): the memory row of each group of state rows, when
+        the state holds only some of the sentences (the searches drop finished ones):
+        the state's rows are `n` groups of equal size (1 in greedy search, the `k`
+        hypotheses of a sentence in beam search), group `i` attending to memory row
+        `rows[i]`. The attention then runs over the whole memory batch, with each
+        memory row's queries in one product (rows without queries get zero ones), and
+        its outputs are gathered back: that reads each sentence's memory once, and
+        does not copy a compacted (or k times repeated) memory at every step.
         """
         layer_input, new_h, new_c = state["feed"], [], []
         for layer in range(self.num_layers):
@@ -159,14 +162,19 @@ class InputFeedingDecoder(keras.layers.Layer):
             new_h.append(h)
             new_c.append(c)
             layer_input = h
-        query = h
-        if rows is not None:
-            batch = tf.shape(memory, out_type=rows.dtype)[0]
-            query = tf.scatter_nd(tf.expand_dims(rows, 1), h, tf.stack([batch, self.units]))
-        # |context| = (batch, memory_dim), |weights| = (batch, src_len)
-        context, weights = self.attention.attend(query, keys, memory, mask)
-        if rows is not None:
-            context, weights = tf.gather(context, rows), tf.gather(weights, rows)
+        if rows is None:
+            # |context| = (batch, memory_dim), |weights| = (batch, src_len)
+            context, weights = self.attention.attend(h, keys, memory, mask)
+        else:
+            batch, groups = tf.shape(memory, out_type=rows.dtype)[0], tf.shape(rows, out_type=rows.dtype)[0]
+            query = tf.reshape(h, tf.stack([groups, -1, self.units]))
+            # |query| = (batch, group size, units)
+            query = tf.scatter_nd(tf.expand_dims(rows, 1), query,
+                                  tf.stack([batch, tf.shape(query, out_type=rows.dtype)[1], self.units]))
+            context, weights = self.attention.attend(query, keys, memory, mask)
+            # |context| = (n * group size, memory_dim), |weights| = (n * group size, src_len)
+            context = tf.reshape(tf.gather(context, rows), tf.stack([-1, tf.shape(memory)[2]]))
+            weights = tf.reshape(tf.gather(weights, rows), tf.stack([-1, tf.shape(memory)[1]]))
         # |attentional| = (batch, units): h̃_t, the generator's input and the next feed
         attentional = tf.tanh(tf.matmul(tf.concat([context, h], axis=-1), compute_weight(self, self.combine_kernel))
                               + compute_weight(self, self.combine_bias))
@@ -193,8 +201,9 @@ class InputFeedingDecoder(keras.layers.Layer):
             weights: `self.step_weights(...)`; pass it in from outside a decode loop so
                 the slicing and fusing is not redone every step. With an
                 `input_table`, the step gathers its input projection from it.
-            rows: optional int `(n,)`: the memory row of each of the `n` state rows
-                (see `_recurrent_step`); `None` when state and memory rows align.
+            rows: optional int `(n,)`: the memory row of each of `n` equal groups of
+                state rows (see `_recurrent_step`); `None` when state and memory
+                rows align.
 
         Returns:
             `(logits (batch, vocab), weights (batch, src_len), new_state)`.

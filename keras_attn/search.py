@@ -136,17 +136,17 @@ class InferenceModel(tf.Module):
         have finished, nothing can change its ranking any more: its best hypothesis
         is written to the output and the sentence leaves the search, so later steps
         cost what the sentences still being searched need (as in `_greedy`, the
-        memory stays whole and each hypothesis row is mapped to its memory row).
+        memory stays whole; a sentence's k hypotheses attend to its memory row in one
+        product, the memory is never repeated).
         """
         cfg, decoder = self.config, self.seq2seq.decoder
         batch, src_len = tf.shape(memory)[0], tf.shape(memory)[1]
         k, vocab = beam_size, cfg.tgt_vocab_size
         states = self.seq2seq.encoder.bridge(final_h, final_c)
-        # The keys before the repeat: k copies of one product, not k products.
         keys, step_weights = decoder.attention.memory_keys(memory), decoder.step_weights(self.fold_embeddings)
-        memory, mask, keys = (tf.repeat(x, k, axis=0) for x in (memory, mask, keys))
         states = tf.nest.map_structure(lambda s: tf.repeat(s, k, axis=0), states)
-        # |memory| = (batch * k, src_len, memory_dim): hypothesis j of sentence b reads row b * k + j
+        # |states| = (batch * k, units): hypothesis j of sentence b is state row b * k + j; the memory is
+        # not repeated: a step attends with sentence b's k queries in one product (`rows`)
         # Only beam 0 is alive at the start, so the first expansion is not k copies.
         # (comparisons with tf.range rather than tf.one_hot: tf2onnx converts rank-1 one_hot only)
         first = tf.where(tf.equal(tf.range(k), 0), 0.0, -1e9)
@@ -173,9 +173,8 @@ class InferenceModel(tf.Module):
         def expand(t, search):
             """One step of every hypothesis, the k best expansions kept per sentence."""
             n = tf.shape(search["alive"])[0]
-            memory_rows = tf.reshape(search["alive"][:, None] * k64 + tf.range(k64)[None], [-1])
             logits, weights, state = float32_step(decoder, tf.reshape(search["y_prev"], [-1]), search["state"], keys,
-                                                  memory, mask, step_weights, memory_rows)
+                                                  memory, mask, step_weights, search["alive"])
             finished = search["finished"]
             log_probs = tf.reshape(tf.nn.log_softmax(logits), [n, k, vocab])
             log_probs = tf.where(finished[:, :, None], finished_row, log_probs)

@@ -52,9 +52,9 @@ RUNS = [
     ("target vocabulary 4k, 1,024-token batches", "the 4k float32 run with `--batch-tokens 1024` in both stages "
      "(twice the updates per epoch)", "multi30k_v4k_bt1k_tune_beam", "evaluate_test2016_v4k_bt1krun_",
      "multi30k_v4k_bt1k_anneal_history.csv"),
-    ("512-token batches", "the current recipe (4k target, 1,024-token batches) with `--batch-tokens 512` in both "
-     "stages", "multi30k_bt512_tune_beam", "evaluate_test2016_bt512run_", "multi30k_bt512_anneal_history.csv"),
-    ("label smoothing 0.2", "the current recipe with `--label-smoothing 0.2` in both stages (val loss not "
+    ("512-token batches", "the 1,024-token run with `--batch-tokens 512` in both stages (the recipe since "
+     "2026-11-27)", "multi30k_bt512_tune_beam", "evaluate_test2016_bt512run_", "multi30k_bt512_anneal_history.csv"),
+    ("label smoothing 0.2", "the 1,024-token run with `--label-smoothing 0.2` in both stages (val loss not "
      "comparable: it includes the smoothing)", "multi30k_ls02_tune_beam", "evaluate_test2016_ls02run_",
      "multi30k_ls02_anneal_history.csv"),
 ]

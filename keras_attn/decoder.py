@@ -168,9 +168,9 @@ class InputFeedingDecoder(keras.layers.Layer):
         else:
             batch, groups = tf.shape(memory, out_type=rows.dtype)[0], tf.shape(rows, out_type=rows.dtype)[0]
             query = tf.reshape(h, tf.stack([groups, -1, self.units]))
-            # |query| = (batch, group size, units)
             query = tf.scatter_nd(tf.expand_dims(rows, 1), query,
                                   tf.stack([batch, tf.shape(query, out_type=rows.dtype)[1], self.units]))
+            # |query| = (batch, group size, units): zeros for memory rows without queries
             context, weights = self.attention.attend(query, keys, memory, mask)
             # |context| = (n * group size, memory_dim), |weights| = (n * group size, src_len)
             context = tf.reshape(tf.gather(context, rows), tf.stack([-1, tf.shape(memory)[2]]))

@@ -148,8 +148,9 @@ def test_beam_search_of_a_batch_equals_each_sentence_searched_alone():
         model = Seq2Seq(tiny_config(tgt_vocab_size=12))
         model.build()
         inference = InferenceModel(model, fold_embeddings=True)
+        eos = model.config.eos_id
         ids = inference.translate_ids(source, 12, 3, 0.6)["ids"].numpy()
-        if len({list(row).index(3) if 3 in row else None for row in ids}) > 2:
+        if len({list(row).index(eos) if eos in row else None for row in ids}) > 2:
             break
     proto = convert(inference.beam_search_from_encoding, model.encoder, 17)
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -165,12 +166,12 @@ def test_beam_search_of_a_batch_equals_each_sentence_searched_alone():
 
     for search in (tf_search, onnx_search):
         batch = search(source)
-        ends = {list(ids).index(3) if 3 in ids else None for ids in batch["ids"]}
+        ends = {list(ids).index(eos) if eos in ids else None for ids in batch["ids"]}
         assert len(ends) > 2, "the sentences must end at different steps for the test to mean anything"
         for i, n in enumerate(lengths):
             alone = search(source[i:i + 1, -n:])
             steps = alone["ids"].shape[1]
-            n_out = list(alone["ids"][0]).index(3) + 1 if 3 in alone["ids"][0] else steps
+            n_out = list(alone["ids"][0]).index(eos) + 1 if eos in alone["ids"][0] else steps
             np.testing.assert_array_equal(batch["ids"][i, :steps], alone["ids"][0])
             assert not batch["ids"][i, steps:].any()
             np.testing.assert_allclose(batch["log_probs"][i], alone["log_probs"][0], rtol=1e-5, atol=1e-5)

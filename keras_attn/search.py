@@ -189,13 +189,14 @@ class InferenceModel(tf.Module):
             rows = tf.reshape(parent + tf.range(n)[:, None] * k, [-1])
             weights = tf.reshape(tf.gather(weights, rows), [n, k, 1, src_len])
             step = tf.cast(tf.equal(tf.range(max_len), t), tf.int32)
-            # histories reordered by parent, then step t set
+            parent_finished = tf.gather(finished, parent, batch_dims=1)
+            # histories reordered by parent, then step t set; a length depends on the parent only
             return {"alive": search["alive"], "y_prev": token,
                     "state": tf.nest.map_structure(lambda s: tf.gather(s, rows), state),
-                    "finished": tf.logical_or(tf.gather(finished, parent, batch_dims=1), tf.equal(token, cfg.eos_id)),
+                    "finished": tf.logical_or(parent_finished, tf.equal(token, cfg.eos_id)),
                     "scores": tf.gather(tf.reshape(total, [n, -1]), flat, batch_dims=1),
-                    "lengths": tf.gather(tf.reshape(tf.broadcast_to(new_lengths, [n, k, vocab]), [n, -1]), flat,
-                                         batch_dims=1),
+                    "lengths": (tf.gather(search["lengths"], parent, batch_dims=1)
+                                + tf.cast(tf.logical_not(parent_finished), tf.int32)),
                     "ids": tf.gather(search["ids"], parent, batch_dims=1) + token[:, :, None] * step,
                     "attention": (tf.gather(search["attention"], parent, batch_dims=1)
                                   + weights * tf.cast(step, tf.float32)[:, None])}

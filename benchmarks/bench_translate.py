@@ -52,16 +52,16 @@ def keras_step_loop(model, sources, src_sp, tgt_sp, max_len, batch_size=128):
         keys, weights = decoder.attention.memory_keys(memory), decoder.step_weights()
         state = decoder.initial_state(states, len(batch))
         token = tf.fill([len(batch)], model.config.bos_id)
-        rows = []
-        for _ in range(decode_limit(source.shape[1], max_len)):
+        rows, caps = [], decode_limit([len(encoded[i]) for i in batch], max_len)  # one cap per sentence
+        for _ in range(caps.max()):
             logits, _, state = decoder.step(token, state, keys, memory, mask, weights)
             token = tf.argmax(logits, -1, output_type=tf.int32)
             rows.append(token.numpy())
             if all((np.stack(rows) == model.config.eos_id).any(0)):
                 break
         ids = np.stack(rows, 1)
-        for i, row in zip(batch, ids):
-            out[i] = tgt_sp.decode(strip_special(row))
+        for i, row, cap in zip(batch, ids, caps):
+            out[i] = tgt_sp.decode(strip_special(row[:cap]))
     return out
 
 

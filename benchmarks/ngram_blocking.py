@@ -67,7 +67,8 @@ def main():
         memory, mask, keys, state = encode(source)
         y_prev = np.full(len(batch), cfg.bos_id, np.int32)
         histories, done = [[] for _ in batch], np.zeros(len(batch), bool)
-        for _ in range(decode_limit(source.shape[1], args.max_len)):  # the exported decoders' limit
+        caps = decode_limit([len(src_sp.encode(s)) for s in batch], args.max_len)  # the exported decoders' caps
+        for _ in range(caps.max()):
             log_probs, state = step(tf.constant(y_prev), state, keys, memory, mask)
             log_probs = log_probs.numpy()
             for row, history in enumerate(histories):
@@ -76,7 +77,7 @@ def main():
             y_prev = log_probs.argmax(-1).astype(np.int32)
             for row in np.flatnonzero(~done):
                 histories[row].append(int(y_prev[row]))
-            done |= y_prev == cfg.eos_id
+            done |= (y_prev == cfg.eos_id) | (np.array([len(h) for h in histories]) >= caps)
             if done.all():
                 break
         return [tgt_sp.decode(strip_special(h)) for h in histories]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 SOURCE_SPEC = tf.TensorSpec([None, None], tf.int32, name="source_ids")
-MAX_LEN_SPEC = tf.TensorSpec([], tf.int32, name="max_len")
+MAX_LEN_SPEC = tf.TensorSpec([None], tf.int32, name="max_len")  # each sentence's output cap
 BEAM_SPEC = tf.TensorSpec([], tf.int32, name="beam_size")
 ALPHA_SPEC = tf.TensorSpec([], tf.float32, name="alpha")
 # The encoder's outputs before the bridge: what the `*_from_encoding` functions take.
@@ -37,7 +37,9 @@ class InferenceModel(tf.Module):
     """Greedy and beam-search decoding for a trained `Seq2Seq`.
 
     Both take `source_ids (batch, src_len) int32`, pre-padded with pad id 0, and
-    return a dict with
+    `max_len (batch,) int32`, each sentence's output cap (EOS included): a sentence's
+    cap, not its batch's, ends it, so a batch neighbour never changes a translation.
+    They return a dict with
     `ids (batch, out_len) int32`: tokens up to and including EOS, then pad 0;
     `attention (batch, out_len, src_len)`: the weights that produced each token;
     `log_probs (batch,)`: the sequence log-probability.
@@ -85,7 +87,7 @@ class InferenceModel(tf.Module):
         keys, step_weights = decoder.attention.memory_keys(memory), decoder.step_weights(self.fold_embeddings)
         states = self.seq2seq.encoder.bridge(final_h, final_c)
         rows = {"alive": tf.range(tf.cast(batch, tf.int64)), "y_prev": tf.fill([batch], cfg.bos_id),
-                "state": decoder.initial_state(states, batch)}
+                "state": decoder.initial_state(states, batch), "max_len": max_len}
         # Full-batch buffers the loop scatters the alive rows' results into.
         no_ids, no_weights = tf.zeros([batch], tf.int32), tf.zeros([batch, src_len], tf.float32)
 
@@ -101,13 +103,14 @@ class InferenceModel(tf.Module):
             ids = ids.write(t, tf.tensor_scatter_nd_update(no_ids, where, token))
             attention = attention.write(t, tf.tensor_scatter_nd_update(no_weights, where, weights))
             log_prob = tf.tensor_scatter_nd_add(log_prob, where, token_log_prob)
-            keep = tf.reshape(tf.where(tf.not_equal(token, cfg.eos_id)), [-1])
+            # A row leaves at EOS or at its own cap.
+            keep = tf.reshape(tf.where(tf.logical_and(tf.not_equal(token, cfg.eos_id), t + 1 < rows["max_len"])), [-1])
             rows = tf.nest.map_structure(lambda x: tf.gather(x, keep),
                                          {**rows, "y_prev": token, "state": state})
             return t + 1, rows, log_prob, ids, attention
 
         def running(t, rows, *_):
-            return tf.logical_and(t < max_len, tf.size(rows["alive"]) > 0)
+            return tf.size(rows["alive"]) > 0
 
         loop_vars = (
             tf.constant(0), rows, tf.zeros([batch], tf.float32),
@@ -142,6 +145,7 @@ class InferenceModel(tf.Module):
         cfg, decoder = self.config, self.seq2seq.decoder
         batch, src_len = tf.shape(memory)[0], tf.shape(memory)[1]
         k, vocab = beam_size, cfg.tgt_vocab_size
+        longest = tf.reduce_max(max_len)  # the output buffers' length
         states = self.seq2seq.encoder.bridge(final_h, final_c)
         keys, step_weights = decoder.attention.memory_keys(memory), decoder.step_weights(self.fold_embeddings)
         states = tf.nest.map_structure(lambda s: tf.repeat(s, k, axis=0), states)
@@ -157,16 +161,16 @@ class InferenceModel(tf.Module):
         search = {"alive": tf.range(tf.cast(batch, tf.int64)), "y_prev": tf.fill([batch, k], cfg.bos_id),
                   "state": decoder.initial_state(states, batch * k), "finished": tf.zeros([batch, k], tf.bool),
                   "scores": tf.tile(first[None], [batch, 1]), "lengths": tf.zeros([batch, k], tf.int32),
-                  "ids": tf.zeros([batch, k, max_len], tf.int32),
-                  "attention": tf.zeros([batch, k, max_len, src_len], tf.float32)}
-        # |scores| = (n, k): summed log-probs; |ids| = (n, k, max_len)
+                  "max_len": max_len, "ids": tf.zeros([batch, k, longest], tf.int32),
+                  "attention": tf.zeros([batch, k, longest, src_len], tf.float32)}
+        # |scores| = (n, k): summed log-probs; |ids| = (n, k, longest)
         # The best hypothesis of each sentence, written when it leaves the search.
-        best_of = {"ids": tf.zeros([batch, max_len], tf.int32), "attention": tf.zeros([batch, max_len, src_len]),
+        best_of = {"ids": tf.zeros([batch, longest], tf.int32), "attention": tf.zeros([batch, longest, src_len]),
                    "log_probs": tf.zeros([batch])}
 
         def body(t, search, best_of):
             search = expand(t, search)
-            done = tf.logical_or(tf.reduce_all(search["finished"], axis=1), t + 1 >= max_len)
+            done = tf.logical_or(tf.reduce_all(search["finished"], axis=1), t + 1 >= search["max_len"])
             search, best_of = leave(search, best_of, done)
             return t + 1, search, best_of
 
@@ -188,10 +192,10 @@ class InferenceModel(tf.Module):
             # |parent| = |token| = (n, k)
             rows = tf.reshape(parent + tf.range(n)[:, None] * k, [-1])
             weights = tf.reshape(tf.gather(weights, rows), [n, k, 1, src_len])
-            step = tf.cast(tf.equal(tf.range(max_len), t), tf.int32)
+            step = tf.cast(tf.equal(tf.range(longest), t), tf.int32)
             parent_finished = tf.gather(finished, parent, batch_dims=1)
             # histories reordered by parent, then step t set; a length depends on the parent only
-            return {"alive": search["alive"], "y_prev": token,
+            return {"alive": search["alive"], "max_len": search["max_len"], "y_prev": token,
                     "state": tf.nest.map_structure(lambda s: tf.gather(s, rows), state),
                     "finished": tf.logical_or(parent_finished, tf.equal(token, cfg.eos_id)),
                     "scores": tf.gather(tf.reshape(total, [n, -1]), flat, batch_dims=1),
@@ -220,16 +224,18 @@ class InferenceModel(tf.Module):
             return search, best_of
 
         def running(t, search, best_of):
-            return tf.logical_and(t < max_len, tf.size(search["alive"]) > 0)
+            return tf.size(search["alive"]) > 0
 
         steps, _, best_of = tf.while_loop(running, body, (tf.constant(0), search, best_of))
         return {"ids": best_of["ids"][:, :steps], "attention": best_of["attention"][:, :steps],
                 "log_probs": best_of["log_probs"]}
 
     def translate_ids(self, source_ids, max_len, beam_size=1, alpha=0.6):
-        """Convenience eager entry point: greedy for beam 1, else beam search."""
+        """Convenience eager entry point: greedy for beam 1, else beam search;
+        `max_len` one cap for all sentences or one per sentence."""
         source_ids = tf.convert_to_tensor(source_ids, tf.int32)
+        max_len = tf.broadcast_to(tf.cast(max_len, tf.int32), tf.shape(source_ids)[:1])
         if beam_size == 1:
-            return self.greedy(source_ids, tf.constant(max_len, tf.int32))
-        return self.beam_search(source_ids, tf.constant(max_len, tf.int32),
+            return self.greedy(source_ids, max_len)
+        return self.beam_search(source_ids, max_len,
                                 tf.constant(beam_size, tf.int32), tf.constant(alpha, tf.float32))

@@ -16,7 +16,7 @@ def translate_tf(inference, sources: list[str], src_sp, tgt_sp, max_len: int = 1
     outputs = [""] * len(sources)
     for batch in length_sorted_batches([len(e) for e in encoded], batch_size):
         rows = [encoded[i] for i in batch]
-        limit = decode_limit(max(len(r) for r in rows), max_len)
+        limit = decode_limit([len(r) for r in rows], max_len)  # one cap per sentence, as the runtime
         result = inference.translate_ids(pre_pad(rows), limit, beam_size, alpha)
         for i, ids in zip(batch, result["ids"].numpy()):
             outputs[i] = tgt_sp.decode(strip_special(ids, EOS_ID, PAD_ID)) if encoded[i] else ""

@@ -134,9 +134,9 @@ def check_parity(translator: Translator, inference, sentences: list[str], beam: 
     """The ONNX graphs must give the TensorFlow model's ids for every sentence."""
     rows = [r for r in translator.encode(sentences) if r]
     source = pre_pad(rows)
-    limit = decode_limit(source.shape[1], translator.max_tgt_len)
+    limit = decode_limit([len(r) for r in rows], translator.max_tgt_len)  # one cap per sentence
     for kind, size in (("greedy", 1), ("beam", beam)):
-        onnx_ids = translator.decode_ids(source, size, limit, alpha)["ids"]
+        onnx_ids = translator.decode_ids(source, size, None, alpha)["ids"]  # the same caps, by default
         tf_ids = inference.translate_ids(source, limit, size, alpha)["ids"].numpy()
         if onnx_ids.shape != tf_ids.shape or not np.array_equal(onnx_ids, tf_ids):
             raise ExportError(f"{kind} ONNX output differs from TensorFlow on the validation sentences; "

@@ -5,7 +5,6 @@ import sys
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from keras_attn.runtime import BundleError, Translator
 from keras_attn.runtime.translator import pre_pad, strip_special
@@ -125,15 +124,16 @@ def test_beam_one_equals_greedy_and_beam_is_never_worse(tf_side, held_out):
     greedy = inference.translate_ids(source, 20)
     beam1 = inference.translate_ids(source, 20, beam_size=1)
     np.testing.assert_array_equal(greedy["ids"].numpy(), beam1["ids"].numpy())
-    beam4 = inference.beam_search(tf.constant(source), tf.constant(20), tf.constant(4), tf.constant(0.0))
+    beam4 = inference.translate_ids(source, 20, beam_size=4, alpha=0.0)
     assert np.all(beam4["log_probs"].numpy() >= greedy["log_probs"].numpy() - 1e-4)
 
 
-def test_beam_search_of_a_batch_equals_each_sentence_searched_alone():
-    """A sentence leaves the beam search once all its hypotheses have finished; the
-    others leaving (or not) must not change its result, in TensorFlow or in the ONNX
-    graph. An untrained model's outputs end at different steps (dates all end at the
-    same one)."""
+@pytest.mark.parametrize("beam", [1, 3])
+def test_search_of_a_batch_equals_each_sentence_searched_alone(beam):
+    """A sentence leaves the search when it has finished (beam: all its hypotheses) or
+    reached its own output cap; the others leaving (or not) must not change its
+    result, in TensorFlow or in the ONNX graph. An untrained model's outputs end at
+    different steps (dates all end at the same one), some only at their cap."""
     import keras
     import onnxruntime as ort
 
@@ -142,6 +142,7 @@ def test_beam_search_of_a_batch_equals_each_sentence_searched_alone():
     from tests.helpers import random_ids, tiny_config
 
     lengths = [3, 9, 5, 12, 1, 7, 10, 4, 6, 8]
+    caps = np.array([n + 4 for n in lengths], np.int32)  # one output cap per sentence
     source = random_ids(np.random.default_rng(4), lengths, 30, pre_pad=True)
     for seed in range(10):  # an initialization whose outputs end at several different steps
         keras.utils.set_random_seed(seed)
@@ -149,27 +150,32 @@ def test_beam_search_of_a_batch_equals_each_sentence_searched_alone():
         model.build()
         inference = InferenceModel(model, fold_embeddings=True)
         eos = model.config.eos_id
-        ids = inference.translate_ids(source, 12, 3, 0.6)["ids"].numpy()
+        ids = inference.translate_ids(source, caps, 3, 0.6)["ids"].numpy()
         if len({list(row).index(eos) if eos in row else None for row in ids}) > 2:
             break
-    proto = convert(inference.beam_search_from_encoding, model.encoder, 17)
+    search_function = inference.greedy_from_encoding if beam == 1 else inference.beam_search_from_encoding
+    proto = convert(search_function, model.encoder, 17)
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     names = ["ids", "attention", "log_probs"]
 
-    def onnx_search(source):
-        feeds = {"source_ids": source, "max_len": np.array(12, np.int32), "beam_size": np.array(3, np.int32),
-                 "alpha": np.array(0.6, np.float32)}
+    def onnx_search(source, caps):
+        feeds = {"source_ids": source, "max_len": caps}
+        if beam > 1:
+            feeds.update(beam_size=np.array(beam, np.int32), alpha=np.array(0.6, np.float32))
         return dict(zip(names, session.run(names, feeds), strict=True))
 
-    def tf_search(source):
-        return {k: v.numpy() for k, v in inference.translate_ids(source, 12, 3, 0.6).items()}
+    def tf_search(source, caps):
+        return {k: v.numpy() for k, v in inference.translate_ids(source, caps, beam, 0.6).items()}
 
     for search in (tf_search, onnx_search):
-        batch = search(source)
+        batch = search(source, caps)
         ends = {list(ids).index(eos) if eos in ids else None for ids in batch["ids"]}
         assert len(ends) > 2, "the sentences must end at different steps for the test to mean anything"
+        # Some sentence must stop at its cap while others go on (else caps are not tested).
+        width = batch["ids"].shape[1]
+        assert any(eos not in ids[:cap - 1] and cap < width for ids, cap in zip(batch["ids"], caps))
         for i, n in enumerate(lengths):
-            alone = search(source[i:i + 1, -n:])
+            alone = search(source[i:i + 1, -n:], caps[i:i + 1])
             steps = alone["ids"].shape[1]
             n_out = list(alone["ids"][0]).index(eos) + 1 if eos in alone["ids"][0] else steps
             np.testing.assert_array_equal(batch["ids"][i, :steps], alone["ids"][0])
@@ -201,6 +207,28 @@ def test_batches_on_parallel_single_thread_sessions_equal_one_session(dates_bund
     for a, b in zip(parallel, single, strict=True):
         np.testing.assert_allclose(a.attention, b.attention, atol=1e-5)
         assert a.log_prob == pytest.approx(b.log_prob, abs=1e-4)
+
+
+def test_translator_caps_each_sentence_by_its_own_length(dates_bundle):
+    """The graphs stop each sentence at its own cap (the search test above); the
+    Translator must give each sentence the cap of its own length, not of the batch's
+    longest, or a runaway output would depend on its neighbours."""
+    translator = Translator.load(dates_bundle, threads=1)
+    session, fed = translator.sessions["greedy"], []
+
+    class Recorder:
+        def run(self, names, feeds):
+            fed.append(feeds)
+            return session.run(names, feeds)
+
+    translator.sessions = {**translator.sessions, "greedy": Recorder()}
+    sentences = ["2009", "Donnerstag, 25. Juni 2009, am Nachmittag, um drei Uhr"]
+    lengths = [len(ids) for ids in translator.encode(sentences)]
+    translator.translate(sentences)
+    caps = {int(c) for c in fed[0]["max_len"]}
+    assert caps == {min(translator.max_tgt_len, 2 * n + 10) for n in lengths} and len(caps) == 2
+    translator.translate(sentences, max_len=7)
+    assert fed[1]["max_len"].tolist() == [7, 7]
 
 
 def test_translate_with_attention_rows_sum_to_one(dates_bundle):
@@ -244,6 +272,14 @@ def test_bundle_errors_are_clear(dates_bundle, tmp_path):
         Translator.load(bundle)
     with pytest.raises(BundleError, match="not found"):
         Translator.load(tmp_path / "nothing")
+
+
+def test_a_bundle_of_another_format_is_refused(dates_bundle, tmp_path):
+    bundle = copy_bundle(dates_bundle, tmp_path)
+    config = json.loads((bundle / "config.json").read_text())
+    (bundle / "config.json").write_text(json.dumps({**config, "format": 1}))
+    with pytest.raises(BundleError, match="config.json: bundle format 1, this runtime reads format 2"):
+        Translator.load(bundle)
 
 
 def test_truncated_graph_without_checksum_still_fails_at_load(dates_bundle, tmp_path):

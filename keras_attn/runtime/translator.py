@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-BUNDLE_FORMAT = 1
+BUNDLE_FORMAT = 2  # 2: the graphs take one output cap per sentence
 REQUIRED_FILES = ("config.json", "model.onnx", "model_beam.onnx", "src.spm.model", "tgt.spm.model")
 
 
@@ -67,9 +67,11 @@ def length_sorted_batches(lengths: list[int], batch_size: int) -> list[np.ndarra
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def decode_limit(src_len: int, max_len: int) -> int:
-    """Output length cap for a batch whose longest source has `src_len` tokens."""
-    return int(min(max_len, 2 * src_len + 10))
+def decode_limit(src_len, max_len: int):
+    """Output length cap (EOS included) for a source of `src_len` tokens: an int, or
+    an int32 array for an array of lengths (one cap per sentence)."""
+    caps = np.minimum(max_len, 2 * np.asarray(src_len) + 10).astype(np.int32)
+    return int(caps) if caps.ndim == 0 else caps
 
 
 def thread_count(threads: int | None = None) -> int:
@@ -139,7 +141,7 @@ class Translator:
             raise BundleError(f"{bundle / 'config.json'}: not valid JSON ({error})") from None
         if config.get("format") != BUNDLE_FORMAT:
             raise BundleError(f"{bundle / 'config.json'}: bundle format {config.get('format')!r}, "
-                              f"this runtime reads format {BUNDLE_FORMAT}")
+                              f"this runtime reads format {BUNDLE_FORMAT} (re-export it with `keras-attn export`)")
         for side in ("src", "tgt"):
             path = bundle / f"{side}.spm.model"
             if sha256(path) != config["tokenizers"][side]["sha256"]:
@@ -180,10 +182,12 @@ class Translator:
     def decode_ids(self, source_ids: np.ndarray, beam: int = 1, max_len: int | None = None,
                    alpha: float | None = None, sessions: dict | None = None) -> dict:
         """One `InferenceSession.run` over a pre-padded id batch (on `sessions`,
-        default the all-cores ones)."""
+        default the all-cores ones). Each sentence's output is capped by `max_len`,
+        default `decode_limit` of its own length (not the batch's width)."""
         sessions = sessions or self.sessions
-        limit = max_len or decode_limit(source_ids.shape[1], self.max_tgt_len)
-        feeds = {"source_ids": source_ids.astype(np.int32), "max_len": np.array(limit, np.int32)}
+        lengths = np.count_nonzero(source_ids != self.pad_id, axis=1)
+        limit = np.full(len(source_ids), max_len, np.int32) if max_len else decode_limit(lengths, self.max_tgt_len)
+        feeds = {"source_ids": source_ids.astype(np.int32), "max_len": limit}
         session = sessions["greedy"]
         if beam > 1:
             session = sessions["beam"]

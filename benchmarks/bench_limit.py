@@ -17,7 +17,11 @@ batch B for S steps, the same shapes as the reference model; and the same loop f
 one sentence (batch 1, `--latency-steps` steps: test2016's mean output length with
 EOS is 15 pieces), the floor under batch-1 latency. Training limit: the
 matrix products of one teacher-forced training step (forward, plus the two backward
-products per forward product) for a batch of B x T target tokens.
+products per forward product) for a batch of B x T target tokens, scheduled as fast
+as they can be (`training_shapes`): what does not depend on the recurrence (the
+encoder's input projections, the attention keys, the decoder's embedding projection,
+the generator, and every recurrent weight's gradient) as single products over all
+positions, only the recurrences' forward and input-gradient products step by step.
 
     python benchmarks/bench_limit.py [--vocab 8000] [--batch 128] [--steps 16] [--src-len 16] \
         [--latency-steps 15]
@@ -63,33 +67,57 @@ def decoder_products(rng, batch, steps, src_len, emb, hidden, memory_dim, vocab)
     return time.perf_counter() - start
 
 
+def training_shapes(batch, steps, src_len, emb, enc_units, hidden, vocab):
+    """The matrix products of one teacher-forced training step, as the fastest
+    schedule for them does them (and as `keras_attn.rnn` / `teacher_forcing` do):
+
+    `hoisted`: `(rows, in, out)` products over all positions at once, each costing
+    three products (forward, input gradient, weight gradient);
+    `loops`: `(count, [(in, out), ...])`: the recurrences, whose forward and
+    input-gradient products must run step by step at `batch` rows (`count` steps,
+    the products of one step in order), their weight gradients then one product
+    over all `count x batch` rows each.
+    """
+    enc_tokens, tokens, memory_dim = batch * src_len, batch * steps, 2 * enc_units
+    hoisted = [(enc_tokens, emb, 8 * enc_units),  # both directions' input projections
+               (enc_tokens, memory_dim, hidden),  # attention keys
+               (tokens, emb, 4 * hidden),  # the embedding part of the decoder's gates
+               (tokens, hidden, vocab)]  # generator
+    loops = [(src_len, [(enc_units, 4 * enc_units)] * 2),  # each direction's recurrent product
+             (steps, [(2 * hidden, 4 * hidden),  # gates from [h~_{t-1}; h_{t-1}]
+                      (memory_dim + hidden, hidden)])]  # W_c on [context; h_t]
+    return hoisted, loops
+
+
+def training_multiply_adds(batch, steps, src_len, emb, enc_units, hidden, vocab) -> int:
+    """Multiply-adds of `training_shapes` (forward + backward)."""
+    hoisted, loops = training_shapes(batch, steps, src_len, emb, enc_units, hidden, vocab)
+    return (sum(3 * rows * k * n for rows, k, n in hoisted)
+            + sum(3 * count * batch * k * n for count, products in loops for k, n in products))
+
+
 def training_products(rng, batch, steps, src_len, emb, enc_units, hidden, vocab):
-    """Seconds for the matmuls of one training step: each forward product A@B also
-    costs dA = dC@Bᵀ and dB = Aᵀ@dC backward."""
-    def three(a, b):
+    """Seconds for the matmuls of one training step (`training_shapes`) in NumPy."""
+    hoisted, loops = training_shapes(batch, steps, src_len, emb, enc_units, hidden, vocab)
+
+    def matrix(*shape):
+        return rng.standard_normal(shape, dtype=np.float32)
+
+    big = [(matrix(rows, k), matrix(k, n)) for rows, k, n in hoisted]
+    recurrent = [(count, [(matrix(batch, k), matrix(k, n), matrix(count * batch, k), matrix(count * batch, n))
+                          for k, n in products]) for count, products in loops]
+    start = time.perf_counter()
+    for a, b in big:
         c = a @ b
         _ = c @ b.T
         _ = a.T @ c
-
-    tokens = batch * steps
-    enc_in = rng.standard_normal((batch, emb), dtype=np.float32)
-    enc_h = rng.standard_normal((batch, enc_units), dtype=np.float32)
-    w_enc_in = rng.standard_normal((emb, 4 * enc_units), dtype=np.float32)
-    w_enc_rec = rng.standard_normal((enc_units, 4 * enc_units), dtype=np.float32)
-    dec_in = rng.standard_normal((batch, emb + 2 * hidden), dtype=np.float32)
-    w_dec = rng.standard_normal((emb + 2 * hidden, 4 * hidden), dtype=np.float32)
-    comb_in = rng.standard_normal((batch, 2 * enc_units + hidden), dtype=np.float32)
-    w_comb = rng.standard_normal((2 * enc_units + hidden, hidden), dtype=np.float32)
-    gen_in = rng.standard_normal((tokens, hidden), dtype=np.float32)
-    w_gen = rng.standard_normal((hidden, vocab), dtype=np.float32)
-    start = time.perf_counter()
-    for _ in range(2 * src_len):  # two directions
-        three(enc_in, w_enc_in)
-        three(enc_h, w_enc_rec)
-    for _ in range(steps):
-        three(dec_in, w_dec)
-        three(comb_in, w_comb)
-    three(gen_in, w_gen)
+    for count, products in recurrent:
+        for _ in range(count):
+            for a, b, _, _ in products:
+                c = a @ b
+                _ = c @ b.T
+        for _, _, a_all, c_all in products:
+            _ = a_all.T @ c_all
     return time.perf_counter() - start
 
 
@@ -149,41 +177,50 @@ def onnx_decoder_products(batch, steps, src_len, emb, hidden, memory_dim, vocab)
 
 @functools.lru_cache(maxsize=2)
 def tf_training_step(dtype: str):
-    """A traced TensorFlow function doing `training_products`' matmuls in `dtype`."""
+    """A traced TensorFlow function doing `training_shapes`' matmuls in `dtype`:
+    inputs `(a, b)` per hoisted product, `(a, b, a_all, c_all)` per recurrent product
+    of the encoder (2) and decoder (2) loops, then the two loops' step counts."""
     import tensorflow as tf
 
-    def three(a, b, shift):
-        a = a + shift  # changes with the step, so the loop's products cannot be hoisted or merged
-        c = tf.matmul(a, b)
-        return (tf.reduce_sum(tf.matmul(c, b, transpose_b=True)[:1, :1])
-                + tf.reduce_sum(tf.matmul(a, c, transpose_a=True)[:1, :1]))
+    def first(x):  # one element of a product, so that it is computed but not returned
+        return tf.reduce_sum(x[:1, :1])
+
+    def recurrent(products, count):
+        total = tf.zeros([], dtype)
+        for i in tf.range(count):
+            shift = tf.cast(i, dtype)  # changes with the step, so no step's products can be hoisted or merged
+            for a, b, _, _ in products:
+                c = tf.matmul(a + shift, b)
+                total += first(tf.matmul(c, b, transpose_b=True))
+        return total + sum(first(tf.matmul(a_all, c_all, transpose_a=True)) for _, _, a_all, c_all in products)
 
     matrix, count = tf.TensorSpec([None, None], dtype), tf.TensorSpec([], tf.int32)
 
-    @tf.function(input_signature=[matrix] * 10 + [count] * 2)
-    def step(enc_in, w_enc_in, enc_h, w_enc_rec, dec_in, w_dec, comb_in, w_comb, gen_in, w_gen, src_len, steps):
+    @tf.function(input_signature=[matrix] * (2 * 4 + 4 * 4) + [count] * 2)
+    def step(*args):
+        big, (encoder, decoder), (src_len, steps) = args[:8], (args[8:16], args[16:24]), args[24:]
         total = tf.zeros([], dtype)
-        for i in tf.range(2 * src_len):  # two directions
-            shift = tf.cast(i, dtype)
-            total += three(enc_in, w_enc_in, shift) + three(enc_h, w_enc_rec, shift)
-        for i in tf.range(steps):
-            shift = tf.cast(i, dtype)
-            total += three(dec_in, w_dec, shift) + three(comb_in, w_comb, shift)
-        return total + three(gen_in, w_gen, tf.zeros([], dtype))
+        for a, b in zip(big[::2], big[1::2]):
+            c = tf.matmul(a, b)
+            total += first(tf.matmul(c, b, transpose_b=True)) + first(tf.matmul(a, c, transpose_a=True))
+        return (total + recurrent([encoder[:4], encoder[4:]], src_len)
+                + recurrent([decoder[:4], decoder[4:]], steps))
 
     return step
 
 
 def tf_training_products(rng, batch, steps, src_len, emb, enc_units, hidden, vocab, dtype="float32"):
+    """Seconds for the matmuls of one training step (`training_shapes`) in TensorFlow."""
     import tensorflow as tf
+
+    hoisted, loops = training_shapes(batch, steps, src_len, emb, enc_units, hidden, vocab)
 
     def matrix(*shape):
         return tf.cast(rng.standard_normal(shape, dtype=np.float32), dtype)
 
-    inputs = [matrix(batch, emb), matrix(emb, 4 * enc_units), matrix(batch, enc_units),
-              matrix(enc_units, 4 * enc_units), matrix(batch, emb + 2 * hidden), matrix(emb + 2 * hidden, 4 * hidden),
-              matrix(batch, 2 * enc_units + hidden), matrix(2 * enc_units + hidden, hidden),
-              matrix(batch * steps, hidden), matrix(hidden, vocab)]
+    inputs = [m for rows, k, n in hoisted for m in (matrix(rows, k), matrix(k, n))]
+    inputs += [matrix(*shape) for count, products in loops for k, n in products
+               for shape in ((batch, k), (k, n), (count * batch, k), (count * batch, n))]
     step = tf_training_step(dtype)
     start = time.perf_counter()
     step(*inputs, tf.constant(src_len), tf.constant(steps)).numpy()

@@ -104,7 +104,8 @@ class InferenceModel(tf.Module):
             attention = attention.write(t, tf.tensor_scatter_nd_update(no_weights, where, weights))
             log_prob = tf.tensor_scatter_nd_add(log_prob, where, token_log_prob)
             # A row leaves at EOS or at its own cap.
-            keep = tf.reshape(tf.where(tf.logical_and(tf.not_equal(token, cfg.eos_id), t + 1 < rows["max_len"])), [-1])
+            stays = tf.logical_and(tf.not_equal(token, cfg.eos_id), t + 1 < rows["max_len"])
+            keep = tf.reshape(tf.where(stays), [-1])
             rows = tf.nest.map_structure(lambda x: tf.gather(x, keep),
                                          {**rows, "y_prev": token, "state": state})
             return t + 1, rows, log_prob, ids, attention

@@ -57,6 +57,12 @@ RUNS = [
     ("label smoothing 0.2", "the 1,024-token run with `--label-smoothing 0.2` in both stages, stage 2 on 512-token "
      "batches by accident (val loss not comparable: it includes the smoothing)", "multi30k_ls02_tune_beam", "evaluate_test2016_ls02run_",
      "multi30k_ls02_anneal_history.csv"),
+    ("512-token batches, label smoothing 0.2", "the 512-token recipe with `--label-smoothing 0.2` in both stages "
+     "(val loss not comparable: it includes the smoothing)", "multi30k_bt512ls02_tune_beam",
+     "evaluate_test2016_bt512ls02run_", "multi30k_bt512ls02_anneal_history.csv"),
+    ("512-token batches, EMA 0.999", "the 512-token recipe with `--ema 0.999` in both stages (validation, kept "
+     "checkpoint and export are the weights' moving average)", "multi30k_bt512ema_tune_beam",
+     "evaluate_test2016_bt512emarun_", "multi30k_bt512ema_anneal_history.csv"),
 ]
 
 

@@ -319,7 +319,10 @@ def main():
                      **{lib: round(limits[lib], digits) if lib in limits else "-"
                         for lib in ("numpy", "onnxruntime", "tensorflow")},
                      "limit (fastest)": round(value, digits), "fastest library": library, "unit": unit})
+    macs = training_multiply_adds(src_len=args.src_len, enc_units=256, **shape, **SHAPES)
     write_results("bench_limit", rows, {"numpy": np.__version__, "generator width": args.vocab,
+                                        "training multiply-adds per target token (forward + backward)":
+                                            f"{macs / (args.batch * args.steps) / 1e6:.1f} M",
                                         "timing": f"median of {args.repeats} passes ({5 * args.repeats} "
                                                   "for one sentence)"})
 

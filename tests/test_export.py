@@ -150,7 +150,7 @@ def test_search_of_a_batch_equals_each_sentence_searched_alone(beam):
         model.build()
         inference = InferenceModel(model, fold_embeddings=True)
         eos = model.config.eos_id
-        ids = inference.translate_ids(source, caps, 3, 0.6)["ids"].numpy()
+        ids = inference.translate_ids(source, caps, beam, 0.6)["ids"].numpy()
         if len({list(row).index(eos) if eos in row else None for row in ids}) > 2:
             break
     search_function = inference.greedy_from_encoding if beam == 1 else inference.beam_search_from_encoding

@@ -104,8 +104,7 @@ def run_batches(session, batches, max_tgt_len: int, max_len: int | None = None) 
     start = time.perf_counter()
     for rows in batches:
         ids = pre_pad(rows).astype(np.int32)
-        caps = np.full(len(rows), max_len, np.int32) if max_len else decode_limit([len(r) for r in rows], max_tgt_len)
-        session.run(["ids"], {"source_ids": ids, "max_len": caps})
+        session.run(["ids"], {"source_ids": ids, "max_len": decode_limit([len(r) for r in rows], max_tgt_len, max_len)})
     return time.perf_counter() - start
 
 

@@ -67,11 +67,12 @@ def length_sorted_batches(lengths: list[int], batch_size: int) -> list[np.ndarra
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def decode_limit(src_len, max_len: int):
-    """Output length cap (EOS included) for a source of `src_len` tokens: an int, or
-    an int32 array for an array of lengths (one cap per sentence)."""
-    caps = np.minimum(max_len, 2 * np.asarray(src_len) + 10).astype(np.int32)
-    return int(caps) if caps.ndim == 0 else caps
+def decode_limit(src_lens, max_len: int, fixed: int | None = None) -> np.ndarray:
+    """Each sentence's output cap (EOS included), int32 `(len(src_lens),)`: `fixed`
+    for all when given, else `min(max_len, 2 * source length + 10)`."""
+    src_lens = np.asarray(src_lens)
+    caps = np.full(src_lens.shape, fixed) if fixed else np.minimum(max_len, 2 * src_lens + 10)
+    return caps.astype(np.int32)
 
 
 def thread_count(threads: int | None = None) -> int:
@@ -186,8 +187,8 @@ class Translator:
         default `decode_limit` of its own length (not the batch's width)."""
         sessions = sessions or self.sessions
         lengths = np.count_nonzero(source_ids != self.pad_id, axis=1)
-        limit = np.full(len(source_ids), max_len, np.int32) if max_len else decode_limit(lengths, self.max_tgt_len)
-        feeds = {"source_ids": source_ids.astype(np.int32), "max_len": limit}
+        feeds = {"source_ids": source_ids.astype(np.int32),
+                 "max_len": decode_limit(lengths, self.max_tgt_len, max_len)}
         session = sessions["greedy"]
         if beam > 1:
             session = sessions["beam"]

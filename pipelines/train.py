@@ -73,7 +73,7 @@ class TrainConfig:
     strategy: str = "none"  # none | mirrored | multiworker
     steps_per_epoch: int | None = None
     out: str = DEFAULT_OUT
-    verbose: int = 1
+    verbose: int = 1  # 0 silent; 1 a progress bar on a terminal, one line per epoch in a file; 2 one line per epoch
 
     @classmethod
     def from_file(cls, path: str | Path) -> dict:
@@ -291,6 +291,14 @@ def throughput_callback(target_tokens: int):
             self.train_seconds = None
 
     return Throughput()
+
+
+def fit_verbosity(verbose: int, stream=None) -> int:
+    """`fit`'s verbose level: a progress bar (1) only on a terminal. Written to a file
+    (`nohup keras-attn train > log`), Keras's bar adds a line per step, ~150 kB an
+    epoch; one line per epoch (2) is what a log wants."""
+    stream = sys.stdout if stream is None else stream
+    return 2 if verbose == 1 and not stream.isatty() else verbose
 
 
 def monitor_mode(monitor: str) -> str:
@@ -602,7 +610,7 @@ def run(cfg: TrainConfig) -> dict:
         warnings.filterwarnings("ignore", message="Your input ran out of data", category=UserWarning)
         history = model.fit(train_ds, validation_data=valid_ds, epochs=cfg.epochs,
                             shuffle=False,  # make_dataset shuffles pairs and batches itself
-                            steps_per_epoch=cfg.steps_per_epoch, verbose=cfg.verbose,
+                            steps_per_epoch=cfg.steps_per_epoch, verbose=fit_verbosity(cfg.verbose),
                             callbacks=callbacks(cfg, out, target_tokens, bleu))
     train_seconds = time.perf_counter() - start
     if not (out / "model.keras").is_file():

@@ -1,4 +1,5 @@
 import csv
+import io
 import json
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from pipelines.train import (
     cosine_lr,
     epoch_weights,
     evaluate_held_out,
+    fit_verbosity,
     load_corpora,
     logged_epochs,
     model_config,
@@ -422,3 +424,23 @@ def test_config_file_keys_are_checked(tmp_path):
         TrainConfig.from_file(path)
     path.write_text("epochs: 3\nbatch-size: 8\n")
     assert TrainConfig.from_file(path) == {"epochs": 3, "batch_size": 8}
+
+
+class _Stream(io.StringIO):
+    def __init__(self, tty: bool):
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self):
+        return self.tty
+
+
+def test_progress_bar_only_on_a_terminal(capsys):
+    assert fit_verbosity(1, _Stream(tty=True)) == 1
+    assert [fit_verbosity(v, _Stream(tty=False)) for v in (0, 1, 2)] == [0, 2, 2]
+    # pytest's captured stdout is not a terminal: the default level logs one line per epoch
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    model.fit(np.zeros((64, 3)), np.zeros((64, 1)), batch_size=4, epochs=3, verbose=fit_verbosity(1))
+    lines = [line for line in capsys.readouterr().out.splitlines() if "loss" in line]
+    assert len(lines) == 3, lines

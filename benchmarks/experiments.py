@@ -63,6 +63,9 @@ RUNS = [
     ("512-token batches, EMA 0.999", "the 512-token recipe with `--ema 0.999` in both stages (validation, kept "
      "checkpoint and export are the weights' moving average)", "multi30k_bt512ema_tune_beam",
      "evaluate_test2016_bt512emarun_", "multi30k_bt512ema_anneal_history.csv"),
+    ("512-token batches, EMA 0.999, stage 1 only", "the EMA run's stage-1 model (best validation loss, epoch 17), "
+     "exported without stage 2", "multi30k_bt512emas1_tune_beam", "evaluate_test2016_bt512emas1run_",
+     "multi30k_bt512ema_history.csv"),
     ("1,024-token batches, stage 1 only", "the 1,024-token run's stage-1 model (best validation loss), exported "
      "without stage 2", "multi30k_v4k_bt1ks1_tune_beam", "evaluate_test2016_v4k_bt1ks1run_",
      "multi30k_v4k_bt1k_history.csv"),

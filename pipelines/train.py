@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -475,7 +476,23 @@ def validation_measure(cfg: TrainConfig, valid_ds, valid, src_sp, tgt_sp):
     """`model -> value of cfg.monitor` on the validation set (for checkpoint averaging)."""
     if cfg.monitor == "val_bleu":
         return lambda model: evaluate_held_out(model, valid, src_sp, tgt_sp, cfg.max_len, limit=None)["bleu"]
-    return lambda model: model.evaluate(valid_ds, verbose=0, return_dict=True)["loss"]
+
+    def validation_loss(model):
+        with dataset_end_is_epoch_end():
+            return model.evaluate(valid_ds, verbose=0, return_dict=True)["loss"]
+
+    return validation_loss
+
+
+@contextlib.contextmanager
+def dataset_end_is_epoch_end():
+    """The bucketed datasets' length is unknown until their first pass ends, which
+    Keras reports as "Your input ran out of data; interrupting training": the end of
+    an epoch or of an evaluation, not an error (with --steps-per-epoch the training
+    dataset repeats)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Your input ran out of data", category=UserWarning)
+        yield
 
 
 def callbacks(cfg: TrainConfig, out: Path, target_tokens: int, validation_bleu=None):
@@ -603,11 +620,7 @@ def run(cfg: TrainConfig) -> dict:
         train_ds = train_ds.repeat()
     start = time.perf_counter()
     bleu = validation_bleu_callback(valid, src_sp, tgt_sp, cfg.max_len) if cfg.val_bleu else None
-    with warnings.catch_warnings():
-        # The bucketed dataset's length is unknown until its first pass ends, which
-        # Keras reports as "Your input ran out of data; interrupting training": the end
-        # of epoch 1, not an error (with --steps-per-epoch the dataset repeats).
-        warnings.filterwarnings("ignore", message="Your input ran out of data", category=UserWarning)
+    with dataset_end_is_epoch_end():
         history = model.fit(train_ds, validation_data=valid_ds, epochs=cfg.epochs,
                             shuffle=False,  # make_dataset shuffles pairs and batches itself
                             steps_per_epoch=cfg.steps_per_epoch, verbose=fit_verbosity(cfg.verbose),

@@ -23,6 +23,7 @@ from pipelines.train import (
     logged_epochs,
     model_config,
     run,
+    validation_measure,
 )
 
 
@@ -444,3 +445,19 @@ def test_progress_bar_only_on_a_terminal(capsys):
     model.fit(np.zeros((64, 3)), np.zeros((64, 1)), batch_size=4, epochs=3, verbose=fit_verbosity(1))
     lines = [line for line in capsys.readouterr().out.splitlines() if "loss" in line]
     assert len(lines) == 3, lines
+
+
+def test_checkpoint_averaging_measure_does_not_warn_at_the_end_of_the_data(recwarn):
+    """An evaluation over a dataset of unknown length (the bucketed validation set)
+    ends with Keras's "Your input ran out of data" warning, which is not an error."""
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    pairs = tf.data.Dataset.from_tensor_slices((np.ones((8, 3)), np.ones((8, 1)))).filter(lambda x, y: True)
+    valid_ds = pairs.batch(4)
+    assert valid_ds.cardinality() == tf.data.UNKNOWN_CARDINALITY
+    measure = validation_measure(TrainConfig(), valid_ds, None, None, None)
+    assert measure(model) == pytest.approx(model.evaluate(valid_ds, verbose=0))
+    assert any("ran out of data" in str(w.message) for w in recwarn)  # the unguarded evaluate above
+    recwarn.clear()
+    measure(model)
+    assert not [w for w in recwarn if "ran out of data" in str(w.message)]

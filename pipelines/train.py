@@ -296,8 +296,8 @@ def throughput_callback(target_tokens: int):
 
 def fit_verbosity(verbose: int, stream=None) -> int:
     """`fit`'s verbose level: a progress bar (1) only on a terminal. Written to a file
-    (`nohup keras-attn train > log`), Keras's bar adds a line per step, ~150 kB an
-    epoch; one line per epoch (2) is what a log wants."""
+    (`nohup keras-attn train > log`), Keras's bar writes every step's update, 200-300 kB
+    a Multi30k epoch; one line per epoch (2) is what a log wants."""
     stream = sys.stdout if stream is None else stream
     return 2 if verbose == 1 and not stream.isatty() else verbose
 

@@ -8,6 +8,7 @@ import tensorflow as tf
 from keras_attn.config import Seq2SeqConfig
 from keras_attn.decoder import InputFeedingDecoder
 from keras_attn.encoder import Encoder
+from keras_attn.optimizer import FusedAdam
 
 
 @keras.saving.register_keras_serializable(package="keras_attn")
@@ -56,13 +57,13 @@ class Seq2Seq(keras.Model):
         return cls(Seq2SeqConfig.from_dict(model_config), **config)
 
     def compile_for_training(self, learning_rate=1e-3, label_smoothing=0.0, clipnorm=5.0, ema=0.0, **kwargs):
-        """`compile` with Adam, the masked loss and the masked token accuracy; with
+        """`compile` with Adam (`FusedAdam`), the masked loss and the masked token accuracy; with
         `ema` > 0 the optimizer also keeps an exponential moving average of the
         weights, `avg ← ema·avg + (1 − ema)·w` after every step (swap it in with
         `keras.callbacks.SwapEMAWeights`)."""
         self.compile(
-            optimizer=keras.optimizers.Adam(learning_rate, clipnorm=clipnorm,
-                                            **({"use_ema": True, "ema_momentum": ema} if ema else {})),
+            optimizer=FusedAdam(learning_rate, clipnorm=clipnorm,
+                                 **({"use_ema": True, "ema_momentum": ema} if ema else {})),
             loss=MaskedSparseCrossEntropy(self.config.pad_id, label_smoothing),
             metrics=[MaskedTokenAccuracy(self.config.pad_id)],
             **kwargs)

@@ -52,8 +52,8 @@ RUNS = [
     ("target vocabulary 4k, 1,024-token batches", "the 4k float32 run with `--batch-tokens 1024` in both stages "
      "(twice the updates per epoch)", "multi30k_v4k_bt1k_tune_beam", "evaluate_test2016_v4k_bt1krun_",
      "multi30k_v4k_bt1k_anneal_history.csv"),
-    ("512-token batches", "the 1,024-token run with `--batch-tokens 512` in both stages (the recipe since "
-     "2026-11-27)", "multi30k_bt512_tune_beam", "evaluate_test2016_bt512run_", "multi30k_bt512_anneal_history.csv"),
+    ("512-token batches", "the 1,024-token run with `--batch-tokens 512` in both stages (the recipe "
+     "from 2026-11-27 morning to evening)", "multi30k_bt512_tune_beam", "evaluate_test2016_bt512run_", "multi30k_bt512_anneal_history.csv"),
     ("label smoothing 0.2", "the 1,024-token run with `--label-smoothing 0.2` in both stages, stage 2 on 512-token "
      "batches by accident (val loss not comparable: it includes the smoothing)", "multi30k_ls02_tune_beam", "evaluate_test2016_ls02run_",
      "multi30k_ls02_anneal_history.csv"),
@@ -75,6 +75,9 @@ RUNS = [
     ("512-token batches, Adam 5e-4, stage 1 only", "the 512-token recipe's stage 1 with `--lr 0.0005` (1e-3 in the "
      "recipe), no stage 2; compare with the recipe's stage 1 alone", "multi30k_lr5e4_tune_beam",
      "evaluate_test2016_lr5e4run_", "multi30k_lr5e4_history.csv"),
+    ("256-token batches, stage 1 only (the recipe)", "the 512-token recipe's stage 1 with `--batch-tokens 256`, "
+     "no stage 2; compare with the 512-token stage 1 alone", "multi30k_bt256_tune_beam",
+     "evaluate_test2016_bt256run_", "multi30k_bt256_history.csv"),
 ]
 
 

@@ -12,8 +12,8 @@ class FusedAdam(keras.optimizers.Adam):
     `ResourceApplyAdam` kernel: one pass over the variable, its two moments and its
     gradient, where Keras's `update_step` runs about ten elementwise ops, each a full
     pass. The math is Keras's (`m ← m + (g − m)(1 − β₁)`, `v ← v + (g² − v)(1 − β₂)`,
-    `w ← w − lr·√(1 − β₂ᵗ)/(1 − β₁ᵗ) · m / (√v + ε)`), the slots are Keras's (so
-    checkpoints and `BackupAndRestore` backups of either load into the other), and
+    `w ← w − lr·√(1 − β₂ᵗ)/(1 − β₁ᵗ) · m / (√v + ε)`), the slots are Keras's (a
+    `BackupAndRestore` backup written with Keras's `Adam` resumes into it), and
     clipping, EMA and loss scaling stay the base class's.
 
     Why: at small batches the optimizer is a fixed cost per step. Measured on the

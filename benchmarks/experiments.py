@@ -53,7 +53,8 @@ RUNS = [
      "(twice the updates per epoch)", "multi30k_v4k_bt1k_tune_beam", "evaluate_test2016_v4k_bt1krun_",
      "multi30k_v4k_bt1k_anneal_history.csv"),
     ("512-token batches", "the 1,024-token run with `--batch-tokens 512` in both stages (the recipe "
-     "from 2026-11-27 morning to evening)", "multi30k_bt512_tune_beam", "evaluate_test2016_bt512run_", "multi30k_bt512_anneal_history.csv"),
+     "from 2026-11-27 morning to evening)", "multi30k_bt512_tune_beam", "evaluate_test2016_bt512run_",
+     "multi30k_bt512_anneal_history.csv"),
     ("label smoothing 0.2", "the 1,024-token run with `--label-smoothing 0.2` in both stages, stage 2 on 512-token "
      "batches by accident (val loss not comparable: it includes the smoothing)", "multi30k_ls02_tune_beam", "evaluate_test2016_ls02run_",
      "multi30k_ls02_anneal_history.csv"),

@@ -75,17 +75,19 @@ def main():
     import numpy as np
     import tensorflow as tf
 
-    from pipelines.train import build_model, model_config
+    from pipelines.train import build_model, model_config, vocab_sizes
 
     cfg = recipe_config(precision=args.precision)
     keras.mixed_precision.set_global_policy(args.precision)
-    # the recipe's SentencePiece vocabulary sizes, without training the tokenizers
-    model = build_model(cfg, model_config(cfg, 8000, 7931))
+    # the recipe's SentencePiece vocabulary sizes (its tokenizers reach them on Multi30k),
+    # without training the tokenizers
+    src_vocab, tgt_vocab = vocab_sizes(cfg)
+    model = build_model(cfg, model_config(cfg, src_vocab, tgt_vocab))
     rng = np.random.default_rng(0)
     shape = (args.batch, args.length)
-    x = {"source": rng.integers(4, 8000, shape).astype("int32"),
-         "target_in": rng.integers(4, 7931, shape).astype("int32")}
-    y = rng.integers(4, 7931, shape).astype("int32")
+    x = {"source": rng.integers(4, src_vocab, shape).astype("int32"),
+         "target_in": rng.integers(4, tgt_vocab, shape).astype("int32")}
+    y = rng.integers(4, tgt_vocab, shape).astype("int32")
     for _ in range(3):  # trace and warm up
         model.train_on_batch(x, y)
     start = time.perf_counter()
@@ -107,7 +109,8 @@ def main():
                                        ("op", by_op, args.top))
             for name, v in counter.most_common(top)]
     write_results("profile_train_step", rows, {
-        "setting": f"{args.precision}, batch {args.batch} x {args.length} target tokens, recipe model",
+        "setting": f"{args.precision}, batch {args.batch} x {args.length} target tokens, recipe model "
+                   f"({src_vocab:,} / {tgt_vocab:,} pieces)",
         "step": f"{step:.3f} s wall per step ({args.batch * args.length / step:,.0f} target tok/s), "
                 f"mean of {args.steps}; op-seconds per step summed over compute threads: {total:.3f}"})
 

@@ -79,6 +79,9 @@ RUNS = [
     ("256-token batches, stage 1 only (the recipe)", "the 512-token recipe's stage 1 with `--batch-tokens 256`, "
      "no stage 2; compare with the 512-token stage 1 alone", "multi30k_bt256_tune_beam",
      "evaluate_test2016_bt256run_", "multi30k_bt256_history.csv"),
+    ("256-token batches, stage 1 only, rerun", "the recipe's command again with `FusedAdam`, same seed: "
+     "run-to-run variance", "multi30k_bt256f_tune_beam",
+     "evaluate_test2016_bt256frun_", "multi30k_bt256f_history.csv"),
 ]
 
 

@@ -171,6 +171,16 @@ def resuming(out: Path) -> bool:
     return (out / "backup").is_dir()
 
 
+def process_seed(cfg: TrainConfig, out: Path) -> int:
+    """The seed of this process's training randomness (shuffle orders, dropout masks,
+    subword samples): `cfg.seed`, or for a run resumed after k finished epochs one
+    derived from (`cfg.seed`, k). Those streams restart with the process, so reusing
+    `cfg.seed` would make epoch k replay epoch 0's order and masks. The data split
+    keeps `cfg.seed`."""
+    finished = len(read_history(out / "history.csv")) if resuming(out) else 0
+    return cfg.seed + 1000 * finished
+
+
 def clear_previous_run(out: Path, log) -> None:
     """A new (not resumed) run in a folder holding a previous run's results replaces
     them: its history and epoch weights would mix with the new run's, and its
@@ -584,7 +594,8 @@ def run(cfg: TrainConfig) -> dict:
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    keras.utils.set_random_seed(cfg.seed)
+    seed = process_seed(cfg, out)
+    keras.utils.set_random_seed(seed)
     keras.mixed_precision.set_global_policy(cfg.precision)
     log = print if cfg.verbose else (lambda *a, **k: None)
     if not resuming(out):
@@ -604,7 +615,7 @@ def run(cfg: TrainConfig) -> dict:
     if cfg.subword_alpha > 0:
         log(f"[data] subword regularization: training segmentations sampled every epoch (alpha "
             f"{cfg.subword_alpha}); target_tokens_per_second counts the deterministic segmentation's tokens")
-    train_ds = make_dataset(train, src_model, tgt_model, batching, training=True, seed=cfg.seed)
+    train_ds = make_dataset(train, src_model, tgt_model, batching, training=True, seed=seed)
     valid_ds = make_dataset(valid, src_model, tgt_model, batching, training=False)
 
     model_cfg = model_config(cfg, src_sp.get_piece_size(), tgt_sp.get_piece_size())

@@ -331,6 +331,39 @@ def test_a_resumed_run_continues_the_plateau_schedule_and_early_stopping(tmp_pat
         assert model.stop_training == resumed
 
 
+def test_a_resumed_run_does_not_replay_the_first_epochs_random_streams(tmp_path, monkeypatch):
+    """Shuffle orders and dropout masks restart with the process: seeded as the first
+    process was, epoch k of a resumed run would replay epoch 0's batch order. The
+    training pairs themselves (the dates split) must not change."""
+    import pipelines.dataset
+
+    class Stop(Exception):
+        pass
+
+    seeds, made, corpora = [], {}, []
+
+    def first_epoch_order(*args, seed, **kwargs):
+        corpora.append(list(args[0].sources))
+        made[seed] = [batch[1].numpy().tolist() for batch in make_dataset(*args, seed=seed, **kwargs)]
+        seeds.append(("dataset", seed))
+        raise Stop
+
+    make_dataset = pipelines.dataset.make_dataset
+    monkeypatch.setattr(pipelines.dataset, "make_dataset", first_epoch_order)
+    monkeypatch.setattr(keras.utils, "set_random_seed", lambda seed: seeds.append(("global", seed)))
+    cfg = TrainConfig(out=str(tmp_path), dates_train_size=300, batch_size=32, seed=7, verbose=0)
+    for finished in (None, 3, 4):  # a fresh run, then resumed after 3 and after 4 epochs
+        if finished:
+            (tmp_path / "backup").mkdir(exist_ok=True)
+            (tmp_path / "history.csv").write_text("epoch,loss\n" + "".join(f"{e},1.0\n" for e in range(finished)))
+        with pytest.raises(Stop):
+            run(cfg)
+    assert seeds[:2] == [("global", 7), ("dataset", 7)]
+    assert [seed for _, seed in seeds[2:]] == [7 + 3000] * 2 + [7 + 4000] * 2
+    assert len({str(order) for order in made.values()}) == 3  # three different first-epoch orders
+    assert len({str(corpus) for corpus in corpora}) == 1  # the data split keeps cfg.seed
+
+
 def test_monitor_is_checked():
     with pytest.raises(ValueError, match="--monitor val_bleu needs --val-bleu true"):
         TrainConfig(monitor="val_bleu").validate()

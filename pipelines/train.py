@@ -172,8 +172,8 @@ def resuming(out: Path) -> bool:
 
 
 def process_seed(cfg: TrainConfig, out: Path) -> int:
-    """The seed of this process's training randomness (shuffle orders, dropout masks,
-    subword samples): `cfg.seed`, or for a run resumed after k finished epochs one
+    """The seed of this process's training randomness (shuffle orders, dropout masks):
+    `cfg.seed`, or for a run resumed after k finished epochs one
     derived from (`cfg.seed`, k). Those streams restart with the process, so reusing
     `cfg.seed` would make epoch k replay epoch 0's order and masks. The data split
     keeps `cfg.seed`."""

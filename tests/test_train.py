@@ -341,6 +341,7 @@ def test_a_resumed_run_does_not_replay_the_first_epochs_random_streams(tmp_path,
         pass
 
     seeds, made, corpora = [], {}, []
+    make_dataset = pipelines.dataset.make_dataset
 
     def first_epoch_order(*args, seed, **kwargs):
         corpora.append(list(args[0].sources))
@@ -348,7 +349,6 @@ def test_a_resumed_run_does_not_replay_the_first_epochs_random_streams(tmp_path,
         seeds.append(("dataset", seed))
         raise Stop
 
-    make_dataset = pipelines.dataset.make_dataset
     monkeypatch.setattr(pipelines.dataset, "make_dataset", first_epoch_order)
     monkeypatch.setattr(keras.utils, "set_random_seed", lambda seed: seeds.append(("global", seed)))
     cfg = TrainConfig(out=str(tmp_path), dates_train_size=300, batch_size=32, seed=7, verbose=0)

@@ -82,6 +82,9 @@ RUNS = [
     ("256-token batches, stage 1 only, rerun", "the recipe's command again with `FusedAdam`, same seed: "
      "run-to-run variance", "multi30k_bt256f_tune_beam",
      "evaluate_test2016_bt256frun_", "multi30k_bt256f_history.csv"),
+    ("512-token batches, stage 1 only, rerun", "the 512-token stage 1 again with `FusedAdam`, same seed, "
+     "not interrupted: run-to-run variance", "multi30k_bt512f_tune_beam",
+     "evaluate_test2016_bt512frun_", "multi30k_bt512f_history.csv"),
 ]
 
 

@@ -172,11 +172,12 @@ def resuming(out: Path) -> bool:
 
 
 def process_seed(cfg: TrainConfig, out: Path) -> int:
-    """The seed of this process's training randomness (shuffle orders, dropout masks):
-    `cfg.seed`, or for a run resumed after k finished epochs one
-    derived from (`cfg.seed`, k). Those streams restart with the process, so reusing
-    `cfg.seed` would make epoch k replay epoch 0's order and masks. The data split
-    keeps `cfg.seed`."""
+    """The seed of this process's training randomness: `cfg.seed`, or for a run
+    resumed after k finished epochs one derived from (`cfg.seed`, k). The shuffle
+    orders restart with the process, so reusing `cfg.seed` would make epoch k replay
+    epoch 0's batch order. It also seeds the encoder's `Dropout` layer; the decoder's
+    dropout and word dropout keep their layers' fixed seeds (1337, 7), whose streams
+    still restart on a resume. The data split keeps `cfg.seed`."""
     finished = len(read_history(out / "history.csv")) if resuming(out) else 0
     return cfg.seed + 1000 * finished
 

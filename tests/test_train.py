@@ -332,8 +332,8 @@ def test_a_resumed_run_continues_the_plateau_schedule_and_early_stopping(tmp_pat
 
 
 def test_a_resumed_run_does_not_replay_the_first_epochs_random_streams(tmp_path, monkeypatch):
-    """Shuffle orders and dropout masks restart with the process: seeded as the first
-    process was, epoch k of a resumed run would replay epoch 0's batch order. The
+    """Shuffle orders restart with the process: seeded as the first process was,
+    epoch k of a resumed run would replay epoch 0's batch order. The
     training pairs themselves (the dates split) must not change."""
     import pipelines.dataset
 

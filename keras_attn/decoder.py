@@ -81,7 +81,9 @@ class InputFeedingDecoder(keras.layers.Layer):
         self.embedding = keras.layers.Embedding(vocab_size, embedding_dim, name="embedding")
         self.attention = LuongAttention(score=attention, name="attention")
         self.generator = Generator(vocab_size, name="generator")
-        self.seed_generator = keras.random.SeedGenerator(1337)
+        # Unseeded, like Keras's own Dropout: the seed comes from the global one
+        # (`keras.utils.set_random_seed`), so `--seed` and a resumed run reach the masks.
+        self.seed_generator = keras.random.SeedGenerator()
 
     def build(self, target_shape, memory_shape=None, *args, **kwargs):
         if memory_shape is None:

@@ -44,7 +44,8 @@ class Encoder(keras.layers.Layer):
         self.pad_id = pad_id
         self.word_dropout = word_dropout
         # Only with word dropout: a model without it keeps the variables older files hold.
-        self.word_seed = keras.random.SeedGenerator(7) if word_dropout > 0 else None
+        # Unseeded: drawn from the global seed, as the decoder's masks are.
+        self.word_seed = keras.random.SeedGenerator() if word_dropout > 0 else None
 
         self.embedding = keras.layers.Embedding(vocab_size, embedding_dim, name="embedding")
         self.rnns = [MaskedLSTM(units, bidirectional, name=f"lstm_{i}") for i in range(num_layers)]

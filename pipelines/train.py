@@ -175,9 +175,9 @@ def process_seed(cfg: TrainConfig, out: Path) -> int:
     """The seed of this process's training randomness: `cfg.seed`, or for a run
     resumed after k finished epochs one derived from (`cfg.seed`, k). The shuffle
     orders restart with the process, so reusing `cfg.seed` would make epoch k replay
-    epoch 0's batch order. It also seeds the encoder's `Dropout` layer; the decoder's
-    dropout and word dropout keep their layers' fixed seeds (1337, 7), whose streams
-    still restart on a resume. The data split keeps `cfg.seed`."""
+    epoch 0's batch order. It also seeds every dropout mask (the layers' seed
+    generators draw their seeds from it; their states are not saved with the
+    weights, so they restart too). The data split keeps `cfg.seed`."""
     finished = len(read_history(out / "history.csv")) if resuming(out) else 0
     return cfg.seed + 1000 * finished
 

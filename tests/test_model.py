@@ -129,3 +129,32 @@ def test_reverse_task_trains_to_high_token_accuracy():
     x_test, y_test = reverse_task(rng, 500)
     _, accuracy = model.evaluate(x_test, y_test, verbose=0)
     assert accuracy > 0.95
+
+
+def test_the_global_seed_picks_every_dropout_mask():
+    """`--seed` reaches the training masks through `keras.utils.set_random_seed`, and
+    a resumed run changes it to draw fresh ones: the decoder's dropout and both word
+    dropouts must follow it as Keras's `Dropout` layer does (fixed per-layer seeds
+    ignored it). Same weights, same inputs: same seed, same masks; another, others."""
+    rng = np.random.default_rng(4)
+    tokens, source = random_ids(rng, [6, 4], 25, False), random_ids(rng, [5, 7], 30, True)
+    reference_decoder = keras_attn.InputFeedingDecoder(25, 8, 12, dropout=0.3, word_dropout=0.3)
+    reference_decoder.build((None, None), (None, None, 16))
+    reference_encoder = keras_attn.Encoder(30, 8, 6, word_dropout=0.3, decoder_units=12)
+    reference_encoder.build((None, None))
+
+    def training_outputs(seed):
+        keras.utils.set_random_seed(seed)
+        decoder = keras_attn.InputFeedingDecoder(**reference_decoder.get_config())
+        decoder.build((None, None), (None, None, 16))
+        decoder.set_weights(reference_decoder.get_weights())
+        encoder = keras_attn.Encoder(**reference_encoder.get_config())
+        encoder.build((None, None))
+        encoder.set_weights(reference_encoder.get_weights())
+        projection = decoder._input_projection(tokens, decoder.step_weights()["input"], training=True)
+        return projection.numpy(), encoder.encode(source, training=True)[0].numpy()
+
+    first, again, other = training_outputs(1), training_outputs(1), training_outputs(2)
+    for layer in range(2):  # decoder, encoder
+        np.testing.assert_array_equal(first[layer], again[layer])
+        assert np.abs(first[layer] - other[layer]).max() > 1e-3

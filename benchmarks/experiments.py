@@ -85,6 +85,9 @@ RUNS = [
     ("512-token batches, stage 1 only, rerun", "the 512-token stage 1 again with `FusedAdam`, same seed, "
      "not interrupted: run-to-run variance", "multi30k_bt512f_tune_beam",
      "evaluate_test2016_bt512frun_", "multi30k_bt512f_history.csv"),
+    ("256-token batches, stage 1 only, Keras Adam rerun", "the recipe's command a third time, with Keras's `Adam` "
+     "(as the first run), same seed, not interrupted: run-to-run variance", "multi30k_bt256k_tune_beam",
+     "evaluate_test2016_bt256krun_", "multi30k_bt256k_history.csv"),
 ]
 
 

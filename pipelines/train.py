@@ -171,15 +171,25 @@ def resuming(out: Path) -> bool:
     return (out / "backup").is_dir()
 
 
-def process_seed(cfg: TrainConfig, out: Path) -> int:
-    """The seed of this process's training randomness: `cfg.seed`, or for a run
-    resumed after k finished epochs one derived from (`cfg.seed`, k). The shuffle
-    orders restart with the process, so reusing `cfg.seed` would make epoch k replay
-    epoch 0's batch order. It also seeds every dropout mask (the layers' seed
-    generators draw their seeds from it; their states are not saved with the
-    weights, so they restart too). The data split keeps `cfg.seed`."""
-    finished = len(read_history(out / "history.csv")) if resuming(out) else 0
-    return cfg.seed + 1000 * finished
+def finished_epochs(out: Path) -> int:
+    """How many epochs an interrupted run in `out` finished (0 for a new run)."""
+    return len(read_history(out / "history.csv")) if resuming(out) else 0
+
+
+def skip_finished_epochs(train_ds, finished: int, steps_per_epoch: int | None):
+    """`train_ds` as the killed process would have gone on iterating it, so that a
+    resumed run draws the batch orders an uninterrupted one draws. Keras makes a new
+    iterator every epoch, and each new iterator of a seeded, reshuffling dataset draws
+    the next epoch's shuffle seeds when it is first read: one pass per finished epoch
+    brings the draws to epoch `finished` (the first pass also fills the tokenized
+    pairs' cache, which the rest replay). With `steps_per_epoch` the repeated dataset
+    is one iterator for the whole run, so the finished epochs' batches are skipped."""
+    if steps_per_epoch:
+        return train_ds.skip(finished * steps_per_epoch)
+    for _ in range(finished):
+        for _ in train_ds:
+            pass
+    return train_ds
 
 
 def clear_previous_run(out: Path, log) -> None:
@@ -455,6 +465,39 @@ def epoch_weights(folder: Path, keep: int):
     return EpochWeights()
 
 
+def seed_states(backup: Path):
+    """Keeps the dropout masks' random streams with the backup. Every dropout draws
+    from a seed generator whose state (a seed and a counter) is a model variable but
+    not a weight, so `BackupAndRestore` does not save it; restored, a resumed run
+    draws the masks an uninterrupted one draws."""
+    import keras
+    import numpy as np
+
+    path = backup / "seed_states.npy"
+
+    def generators(model):
+        return [v for v in model.variables if v.name == "seed_generator_state"]
+
+    class SeedStates(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            if not path.is_file():
+                return
+            saved, states = np.load(path), generators(self.model)
+            if len(saved) != len(states):
+                raise ValueError(f"{path}: {len(saved)} seed generator states, the model has {len(states)}")
+            for variable, state in zip(states, saved, strict=True):
+                variable.assign(state)
+
+        def on_epoch_end(self, epoch, logs=None):
+            backup.mkdir(parents=True, exist_ok=True)
+            tmp = backup / ".seed_states.npy"
+            with open(tmp, "wb") as file:
+                np.save(file, np.array([v.numpy() for v in generators(self.model)]).reshape(-1, 2))
+            tmp.replace(path)
+
+    return SeedStates()
+
+
 def average_checkpoints(model, folder: Path, measure, log, monitor: str = "val_loss") -> dict | None:
     """Average the saved epoch weights; keep the average in `model` only if it scores
     better on `monitor` than the weights `model` holds. `measure(model)` returns the
@@ -525,6 +568,7 @@ def callbacks(cfg: TrainConfig, out: Path, target_tokens: int, validation_bleu=N
     past = logged_epochs(out, cfg.monitor) if resuming(out) else []
     return throughput + [
         keras.callbacks.BackupAndRestore(str(out / "backup"), delete_checkpoint=True),
+        seed_states(out / "backup"),
         *([keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if cfg.ema else []),
         *([validation_bleu] if cfg.val_bleu else []),
         keras.callbacks.TerminateOnNaN(),
@@ -595,8 +639,7 @@ def run(cfg: TrainConfig) -> dict:
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    seed = process_seed(cfg, out)
-    keras.utils.set_random_seed(seed)
+    keras.utils.set_random_seed(cfg.seed)
     keras.mixed_precision.set_global_policy(cfg.precision)
     log = print if cfg.verbose else (lambda *a, **k: None)
     if not resuming(out):
@@ -616,7 +659,7 @@ def run(cfg: TrainConfig) -> dict:
     if cfg.subword_alpha > 0:
         log(f"[data] subword regularization: training segmentations sampled every epoch (alpha "
             f"{cfg.subword_alpha}); target_tokens_per_second counts the deterministic segmentation's tokens")
-    train_ds = make_dataset(train, src_model, tgt_model, batching, training=True, seed=seed)
+    train_ds = make_dataset(train, src_model, tgt_model, batching, training=True, seed=cfg.seed)
     valid_ds = make_dataset(valid, src_model, tgt_model, batching, training=False)
 
     model_cfg = model_config(cfg, src_sp.get_piece_size(), tgt_sp.get_piece_size())
@@ -630,6 +673,7 @@ def run(cfg: TrainConfig) -> dict:
     log(f"[model] {model.count_params():,} parameters; training for up to {cfg.epochs} epochs")
     if cfg.steps_per_epoch:
         train_ds = train_ds.repeat()
+    train_ds = skip_finished_epochs(train_ds, finished_epochs(out), cfg.steps_per_epoch)
     start = time.perf_counter()
     bleu = validation_bleu_callback(valid, src_sp, tgt_sp, cfg.max_len) if cfg.val_bleu else None
     with dataset_end_is_epoch_end():

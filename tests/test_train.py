@@ -331,37 +331,40 @@ def test_a_resumed_run_continues_the_plateau_schedule_and_early_stopping(tmp_pat
         assert model.stop_training == resumed
 
 
-def test_a_resumed_run_does_not_replay_the_first_epochs_random_streams(tmp_path, monkeypatch):
-    """Shuffle orders restart with the process: seeded as the first process was,
-    epoch k of a resumed run would replay epoch 0's batch order. The
-    training pairs themselves (the dates split) must not change."""
-    import pipelines.dataset
+@pytest.mark.parametrize("steps_per_epoch", [None, 5])
+def test_a_killed_run_resumes_to_exactly_the_run_an_uninterrupted_process_makes(tmp_path, monkeypatch,
+                                                                                steps_per_epoch):
+    """Killed after epoch 1 and resumed, a run sees the batch orders and dropout masks
+    an uninterrupted run sees, so its losses and final weights are the same to the
+    last bit. Resumed with fresh shuffles, or with the masks' streams restarted, the
+    epochs after the kill differ."""
+    import pipelines.train
+    from keras_attn.saving import load_model
 
-    class Stop(Exception):
-        pass
+    made = pipelines.train.callbacks
 
-    seeds, made, corpora = [], {}, []
-    make_dataset = pipelines.dataset.make_dataset
+    def killed_after_epoch_1(*args, **kwargs):
+        return made(*args, **kwargs) + [Interrupt()]
 
-    def first_epoch_order(*args, seed, **kwargs):
-        corpora.append(list(args[0].sources))
-        made[seed] = [batch[1].numpy().tolist() for batch in make_dataset(*args, seed=seed, **kwargs)]
-        seeds.append(("dataset", seed))
-        raise Stop
-
-    monkeypatch.setattr(pipelines.dataset, "make_dataset", first_epoch_order)
-    monkeypatch.setattr(keras.utils, "set_random_seed", lambda seed: seeds.append(("global", seed)))
-    cfg = TrainConfig(out=str(tmp_path), dates_train_size=300, batch_size=32, seed=7, verbose=0)
-    for finished in (None, 3, 4):  # a fresh run, then resumed after 3 and after 4 epochs
-        if finished:
-            (tmp_path / "backup").mkdir(exist_ok=True)
-            (tmp_path / "history.csv").write_text("epoch,loss\n" + "".join(f"{e},1.0\n" for e in range(finished)))
-        with pytest.raises(Stop):
-            run(cfg)
-    assert seeds[:2] == [("global", 7), ("dataset", 7)]
-    assert [seed for _, seed in seeds[2:]] == [7 + 3000] * 2 + [7 + 4000] * 2
-    assert len({str(order) for order in made.values()}) == 3  # three different first-epoch orders
-    assert len({str(corpus) for corpus in corpora}) == 1  # the data split keeps cfg.seed
+    runs = {}
+    for name in ("straight", "killed"):
+        cfg = TrainConfig(out=str(tmp_path / name), dates_train_size=400, batch_size=32, epochs=3,
+                          embedding_dim=8, encoder_units=8, decoder_units=16, dropout=0.3, word_dropout=0.2,
+                          steps_per_epoch=steps_per_epoch, val_bleu=False, verbose=0)
+        if name == "killed":
+            with monkeypatch.context() as patch:
+                patch.setattr(pipelines.train, "callbacks", killed_after_epoch_1)
+                with pytest.raises(KeyboardInterrupt):
+                    run(cfg)
+            assert (tmp_path / name / "backup" / "seed_states.npy").is_file()
+        run(cfg)
+        rows = list(csv.DictReader(open(tmp_path / name / "history.csv")))
+        runs[name] = ([(r["loss"], r["val_loss"]) for r in rows],
+                      load_model(tmp_path / name / "model.keras").get_weights())
+    (straight_losses, straight_weights), (killed_losses, killed_weights) = runs["straight"], runs["killed"]
+    assert len(straight_losses) == 3 and killed_losses == straight_losses
+    for a, b in zip(straight_weights, killed_weights, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_monitor_is_checked():

@@ -673,7 +673,10 @@ def run(cfg: TrainConfig) -> dict:
     log(f"[model] {model.count_params():,} parameters; training for up to {cfg.epochs} epochs")
     if cfg.steps_per_epoch:
         train_ds = train_ds.repeat()
-    train_ds = skip_finished_epochs(train_ds, finished_epochs(out), cfg.steps_per_epoch)
+    finished = finished_epochs(out)
+    if finished:
+        log(f"[train] resuming {out} after {finished} finished epochs: passing over their batch orders")
+    train_ds = skip_finished_epochs(train_ds, finished, cfg.steps_per_epoch)
     start = time.perf_counter()
     bleu = validation_bleu_callback(valid, src_sp, tgt_sp, cfg.max_len) if cfg.val_bleu else None
     with dataset_end_is_epoch_end():

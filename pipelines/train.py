@@ -676,6 +676,9 @@ def run(cfg: TrainConfig) -> dict:
     finished = finished_epochs(out)
     if finished:
         log(f"[train] resuming {out} after {finished} finished epochs: passing over their batch orders")
+        if not (out / "backup" / "seed_states.npy").is_file():
+            log("[train] the backup holds no dropout streams (written before they were saved): the masks "
+                "restart from --seed, so this run will not match an uninterrupted one")
     train_ds = skip_finished_epochs(train_ds, finished, cfg.steps_per_epoch)
     start = time.perf_counter()
     bleu = validation_bleu_callback(valid, src_sp, tgt_sp, cfg.max_len) if cfg.val_bleu else None

@@ -367,6 +367,24 @@ def test_a_killed_run_resumes_to_exactly_the_run_an_uninterrupted_process_makes(
         np.testing.assert_array_equal(a, b)
 
 
+def test_resuming_from_a_backup_without_dropout_streams_says_the_masks_restart(tmp_path, monkeypatch, capsys):
+    import pipelines.train
+
+    made = pipelines.train.callbacks
+    cfg = TrainConfig(out=str(tmp_path), dates_train_size=200, batch_size=32, epochs=3, embedding_dim=8,
+                      encoder_units=8, decoder_units=16, verbose=2)
+    with monkeypatch.context() as patch:
+        patch.setattr(pipelines.train, "callbacks", lambda *a, **k: made(*a, **k) + [Interrupt()])
+        with pytest.raises(KeyboardInterrupt):
+            run(cfg)
+    (tmp_path / "backup" / "seed_states.npy").unlink()  # as a backup written before they were saved
+    capsys.readouterr()
+    run(cfg)
+    said = capsys.readouterr().out
+    assert f"resuming {tmp_path} after 2 finished epochs" in said
+    assert "the masks restart from --seed, so this run will not match an uninterrupted one" in said
+
+
 def test_monitor_is_checked():
     with pytest.raises(ValueError, match="--monitor val_bleu needs --val-bleu true"):
         TrainConfig(monitor="val_bleu").validate()

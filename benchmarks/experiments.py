@@ -88,6 +88,10 @@ RUNS = [
     ("256-token batches, stage 1 only, Keras Adam rerun", "the recipe's command a third time, with Keras's `Adam` "
      "(as the first run), same seed, not interrupted: run-to-run variance", "multi30k_bt256k_tune_beam",
      "evaluate_test2016_bt256krun_", "multi30k_bt256k_history.csv"),
+    ("256-token batches, stage 1 only, fourth run", "the recipe's command a fourth time, `FusedAdam`, same seed, "
+     "every dropout seeded from `--seed` (1de3f71); killed after epoch 17 and resumed with a fresh draw "
+     "(before exact resume): run-to-run variance", "multi30k_bt256s_tune_beam",
+     "evaluate_test2016_bt256srun_", "multi30k_bt256s_history.csv"),
 ]
 
 

@@ -134,7 +134,8 @@ def test_reverse_task_trains_to_high_token_accuracy():
 def test_the_global_seed_picks_every_dropout_mask():
     """`--seed` reaches the training masks through `keras.utils.set_random_seed`: the
     decoder's dropout and both word dropouts must follow it as Keras's `Dropout`
-    layer does (fixed per-layer seeds ignored it). Same weights, same inputs: same seed, same masks; another, others."""
+    layer does (fixed per-layer seeds ignored it). Same weights, same inputs: same
+    seed, same masks; another, others."""
     rng = np.random.default_rng(4)
     tokens, source = random_ids(rng, [6, 4], 25, False), random_ids(rng, [5, 7], 30, True)
     reference_decoder = keras_attn.InputFeedingDecoder(25, 8, 12, dropout=0.3, word_dropout=0.3)

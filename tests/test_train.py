@@ -335,9 +335,9 @@ def test_a_resumed_run_continues_the_plateau_schedule_and_early_stopping(tmp_pat
 def test_a_killed_run_resumes_to_exactly_the_run_an_uninterrupted_process_makes(tmp_path, monkeypatch,
                                                                                 steps_per_epoch):
     """Killed after epoch 1 and resumed, a run sees the batch orders and dropout masks
-    an uninterrupted run sees, so its losses and final weights are the same to the
-    last bit. Resumed with fresh shuffles, or with the masks' streams restarted, the
-    epochs after the kill differ."""
+    an uninterrupted run sees, so every epoch's losses and the kept checkpoint are the
+    same to the last bit. Resumed with fresh shuffles, or with the masks' streams
+    restarted, the epochs after the kill differ (checked by disabling each half)."""
     import pipelines.train
     from keras_attn.saving import load_model
 

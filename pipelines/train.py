@@ -410,8 +410,10 @@ def early_stopping(cfg: TrainConfig, past: list[tuple[float, float]]):
 
 def plateau_schedule(cfg: TrainConfig, past: list[tuple[float, float]]):
     """ReduceLROnPlateau on `cfg.monitor` that, in a resumed run, replays `past`: the
-    best value and the epochs waited since it or since the last reduction carry over
-    (the reduced learning rate itself comes back with the optimizer's state)."""
+    best value and the epochs waited since it or since the last reduction carry over.
+    The reduced learning rate comes back with the optimizer's state, except a
+    reduction made at the last finished epoch's end: the backup was written before
+    this callback ran, so that reduction is made again here."""
     import keras
     import numpy as np
 
@@ -420,13 +422,18 @@ def plateau_schedule(cfg: TrainConfig, past: list[tuple[float, float]]):
             super().on_train_begin(logs)
             if self.monitor_op is None:  # set once: it also flips min_delta's sign
                 self._set_monitor_op()
+            reduced = False
             for value, lr in past:  # ReduceLROnPlateau.on_epoch_end without cooldown
+                reduced = False
                 if self._is_improvement(value, self.best):
                     self.best, self.wait = value, 0
                     continue
                 self.wait += 1
                 if self.wait >= self.patience and lr > np.float32(self.min_lr):  # it reduced the rate here
-                    self.wait = 0
+                    self.wait, reduced = 0, True
+            restored = float(np.array(self.model.optimizer.learning_rate))
+            if reduced and np.float32(restored) == np.float32(past[-1][1]):  # the backup's rate is pre-reduction
+                self.model.optimizer.learning_rate = max(restored * self.factor, self.min_lr)
 
     return ResumablePlateau(monitor=cfg.monitor, mode=monitor_mode(cfg.monitor), factor=cfg.lr_factor,
                             patience=cfg.lr_patience, min_lr=cfg.min_lr)

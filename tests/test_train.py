@@ -331,13 +331,35 @@ def test_a_resumed_run_continues_the_plateau_schedule_and_early_stopping(tmp_pat
         assert model.stop_training == resumed
 
 
-@pytest.mark.parametrize("steps_per_epoch", [None, 5])
-def test_a_killed_run_resumes_to_exactly_the_run_an_uninterrupted_process_makes(tmp_path, monkeypatch,
-                                                                                steps_per_epoch):
-    """Killed after epoch 1 and resumed, a run sees the batch orders and dropout masks
-    an uninterrupted run sees, so every epoch's losses and the kept checkpoint are the
-    same to the last bit. Resumed with fresh shuffles, or with the masks' streams
-    restarted, the epochs after the kill differ (checked by disabling each half)."""
+def test_a_resumed_run_makes_the_reduction_due_at_the_last_finished_epoch_once(tmp_path):
+    """Epoch 1 did not improve on epoch 0 (lr_patience 1), so the rate was halved at its
+    end, after the backup held the rate of epoch 1. Resumed with that rate, the run
+    halves it; resumed with the halved rate already, it does not halve it again."""
+    (tmp_path / "history.csv").write_text("epoch,learning_rate,val_loss\n0,0.001,3.0\n1,0.001,3.1\n")
+    (tmp_path / "backup").mkdir()
+    cfg = TrainConfig(embedding_dim=8, encoder_units=8, decoder_units=8, lr_patience=1)
+    model = build_model(cfg, model_config(cfg, VOCAB, VOCAB))
+    for restored, expected in ((1e-3, 5e-4), (5e-4, 5e-4)):
+        model.optimizer.learning_rate = restored
+        plateau = [c for c in callbacks(cfg, tmp_path, 100) if isinstance(c, keras.callbacks.ReduceLROnPlateau)][0]
+        plateau.set_model(model)
+        plateau.on_train_begin()
+        assert float(model.optimizer.learning_rate) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("options", [
+    {},
+    {"steps_per_epoch": 5},
+    # The tiny model's validation BLEU does not improve at epoch 1, so the plateau halves the
+    # rate at the kill (asserted below), after the backup was written.
+    {"val_bleu": True, "monitor": "val_bleu", "ema": 0.5, "average_last": 2},
+], ids=["plain", "steps_per_epoch", "halved_at_the_kill"])
+def test_a_killed_run_resumes_to_exactly_the_run_an_uninterrupted_process_makes(tmp_path, monkeypatch, options):
+    """Killed after epoch 1 and resumed, a run sees the batch orders, dropout masks and
+    learning rates an uninterrupted run sees, so every epoch's losses and the kept
+    checkpoint are the same to the last bit. Resumed with fresh shuffles, with the
+    masks' streams restarted, or without the reduction made at the kill, the epochs
+    after it differ (checked by disabling each)."""
     import pipelines.train
     from keras_attn.saving import load_model
 
@@ -350,7 +372,7 @@ def test_a_killed_run_resumes_to_exactly_the_run_an_uninterrupted_process_makes(
     for name in ("straight", "killed"):
         cfg = TrainConfig(out=str(tmp_path / name), dates_train_size=400, batch_size=32, epochs=3,
                           embedding_dim=8, encoder_units=8, decoder_units=16, dropout=0.3, word_dropout=0.2,
-                          steps_per_epoch=steps_per_epoch, val_bleu=False, verbose=0)
+                          verbose=0, **options)
         if name == "killed":
             with monkeypatch.context() as patch:
                 patch.setattr(pipelines.train, "callbacks", killed_after_epoch_1)
@@ -359,10 +381,12 @@ def test_a_killed_run_resumes_to_exactly_the_run_an_uninterrupted_process_makes(
             assert (tmp_path / name / "backup" / "seed_states.npy").is_file()
         run(cfg)
         rows = list(csv.DictReader(open(tmp_path / name / "history.csv")))
-        runs[name] = ([(r["loss"], r["val_loss"]) for r in rows],
+        runs[name] = ([(r["loss"], r["val_loss"], r["learning_rate"]) for r in rows],
                       load_model(tmp_path / name / "model.keras").get_weights())
-    (straight_losses, straight_weights), (killed_losses, killed_weights) = runs["straight"], runs["killed"]
-    assert len(straight_losses) == 3 and killed_losses == straight_losses
+    (straight_epochs, straight_weights), (killed_epochs, killed_weights) = runs["straight"], runs["killed"]
+    assert len(straight_epochs) == 3 and killed_epochs == straight_epochs
+    if "monitor" in options:
+        assert float(straight_epochs[2][2]) < float(straight_epochs[1][2])
     for a, b in zip(straight_weights, killed_weights, strict=True):
         np.testing.assert_array_equal(a, b)
 

@@ -172,8 +172,14 @@ def resuming(out: Path) -> bool:
 
 
 def finished_epochs(out: Path) -> int:
-    """How many epochs an interrupted run in `out` finished (0 for a new run)."""
-    return len(read_history(out / "history.csv")) if resuming(out) else 0
+    """How many epochs an interrupted run in `out` finished (0 for a new run): as
+    many as its backup holds the weights of (`BackupAndRestore`'s metadata)."""
+    if not resuming(out):
+        return 0
+    metadata = out / "backup" / "training_metadata.json"
+    if metadata.is_file():
+        return int(json.loads(metadata.read_text(encoding="utf-8"))["epoch"])
+    return len(read_history(out / "history.csv"))
 
 
 def skip_finished_epochs(train_ds, finished: int, steps_per_epoch: int | None):
@@ -472,7 +478,20 @@ def epoch_weights(folder: Path, keep: int):
     return EpochWeights()
 
 
-def seed_states(backup: Path):
+def saved_seed_states(out: Path):
+    """The dropout streams' states saved with the backup in `out`, or None when the
+    backup has none for its epoch (written before they were saved, or killed between
+    the two writes)."""
+    import numpy as np
+
+    path = out / "backup" / "seed_states.npz"
+    if not path.is_file():
+        return None
+    with np.load(path) as saved:
+        return saved["states"] if int(saved["epochs"]) == finished_epochs(out) else None
+
+
+def seed_states(out: Path):
     """Keeps the dropout masks' random streams with the backup. Every dropout draws
     from a seed generator whose state (a seed and a counter) is a model variable but
     not a weight, so `BackupAndRestore` does not save it; restored, a resumed run
@@ -480,27 +499,28 @@ def seed_states(backup: Path):
     import keras
     import numpy as np
 
-    path = backup / "seed_states.npy"
+    backup = out / "backup"
 
     def generators(model):
         return [v for v in model.variables if v.name == "seed_generator_state"]
 
     class SeedStates(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
-            if not path.is_file():
+            saved, states = saved_seed_states(out), generators(self.model)
+            if saved is None:
                 return
-            saved, states = np.load(path), generators(self.model)
             if len(saved) != len(states):
-                raise ValueError(f"{path}: {len(saved)} seed generator states, the model has {len(states)}")
+                raise ValueError(f"{backup}: {len(saved)} seed generator states, the model has {len(states)}")
             for variable, state in zip(states, saved, strict=True):
                 variable.assign(state)
 
         def on_epoch_end(self, epoch, logs=None):
             backup.mkdir(parents=True, exist_ok=True)
-            tmp = backup / ".seed_states.npy"
+            tmp = backup / ".seed_states.npz"
             with open(tmp, "wb") as file:
-                np.save(file, np.array([v.numpy() for v in generators(self.model)]).reshape(-1, 2))
-            tmp.replace(path)
+                np.savez(file, epochs=epoch + 1,
+                         states=np.array([v.numpy() for v in generators(self.model)]).reshape(-1, 2))
+            tmp.replace(backup / "seed_states.npz")
 
     return SeedStates()
 
@@ -575,7 +595,7 @@ def callbacks(cfg: TrainConfig, out: Path, target_tokens: int, validation_bleu=N
     past = logged_epochs(out, cfg.monitor) if resuming(out) else []
     return throughput + [
         keras.callbacks.BackupAndRestore(str(out / "backup"), delete_checkpoint=True),
-        seed_states(out / "backup"),
+        seed_states(out),
         *([keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if cfg.ema else []),
         *([validation_bleu] if cfg.val_bleu else []),
         keras.callbacks.TerminateOnNaN(),
@@ -683,9 +703,12 @@ def run(cfg: TrainConfig) -> dict:
     finished = finished_epochs(out)
     if finished:
         log(f"[train] resuming {out} after {finished} finished epochs: passing over their batch orders")
-        if not (out / "backup" / "seed_states.npy").is_file():
-            log("[train] the backup holds no dropout streams (written before they were saved): the masks "
-                "restart from --seed, so this run will not match an uninterrupted one")
+        if len(read_history(out / "history.csv")) < finished:
+            log(f"[train] the kill came during epoch {finished - 1}'s end, after its backup: history.csv lacks "
+                f"its row, so the schedule and early stopping go on without its {cfg.monitor}")
+        if saved_seed_states(out) is None:
+            log("[train] the backup holds no dropout streams for its epoch: the masks restart from --seed, "
+                "so this run will not match an uninterrupted one")
     train_ds = skip_finished_epochs(train_ds, finished, cfg.steps_per_epoch)
     start = time.perf_counter()
     bleu = validation_bleu_callback(valid, src_sp, tgt_sp, cfg.max_len) if cfg.val_bleu else None

@@ -378,7 +378,7 @@ def test_a_killed_run_resumes_to_exactly_the_run_an_uninterrupted_process_makes(
                 patch.setattr(pipelines.train, "callbacks", killed_after_epoch_1)
                 with pytest.raises(KeyboardInterrupt):
                     run(cfg)
-            assert (tmp_path / name / "backup" / "seed_states.npy").is_file()
+            assert (tmp_path / name / "backup" / "seed_states.npz").is_file()
         run(cfg)
         rows = list(csv.DictReader(open(tmp_path / name / "history.csv")))
         runs[name] = ([(r["loss"], r["val_loss"], r["learning_rate"]) for r in rows],
@@ -391,6 +391,37 @@ def test_a_killed_run_resumes_to_exactly_the_run_an_uninterrupted_process_makes(
         np.testing.assert_array_equal(a, b)
 
 
+def test_a_kill_during_an_epochs_end_after_its_backup_resumes_after_that_epoch(tmp_path, monkeypatch, capsys):
+    """Killed after the backup of epoch 1 but before history.csv logged it (e.g. while
+    validation BLEU decodes), the run resumes at epoch 2 with epoch 2's batch order
+    and masks, as the backup's metadata counts epoch 1 finished, and says the row is
+    missing."""
+    import pipelines.train
+
+    made = pipelines.train.callbacks
+
+    def killed_right_after_the_backup(*args, **kwargs):
+        listed = made(*args, **kwargs)
+        after = 1 + next(i for i, c in enumerate(listed) if isinstance(c, keras.callbacks.BackupAndRestore))
+        return listed[:after + 1] + [Interrupt()] + listed[after + 1:]  # after the seed states, too
+
+    losses = {}
+    for name in ("straight", "killed"):
+        cfg = TrainConfig(out=str(tmp_path / name), dates_train_size=200, batch_size=32, epochs=3,
+                          embedding_dim=8, encoder_units=8, decoder_units=16, dropout=0.3, verbose=2)
+        if name == "killed":
+            with monkeypatch.context() as patch:
+                patch.setattr(pipelines.train, "callbacks", killed_right_after_the_backup)
+                with pytest.raises(KeyboardInterrupt):
+                    run(cfg)
+            assert [r["epoch"] for r in csv.DictReader(open(tmp_path / name / "history.csv"))] == ["0"]
+            capsys.readouterr()
+        run(cfg)
+        losses[name] = {r["epoch"]: r["loss"] for r in csv.DictReader(open(tmp_path / name / "history.csv"))}
+    assert "the kill came during epoch 1's end, after its backup: history.csv lacks its row" in capsys.readouterr().out
+    assert losses["killed"] == {e: loss for e, loss in losses["straight"].items() if e != "1"}
+
+
 def test_resuming_from_a_backup_without_dropout_streams_says_the_masks_restart(tmp_path, monkeypatch, capsys):
     import pipelines.train
 
@@ -401,7 +432,7 @@ def test_resuming_from_a_backup_without_dropout_streams_says_the_masks_restart(t
         patch.setattr(pipelines.train, "callbacks", lambda *a, **k: made(*a, **k) + [Interrupt()])
         with pytest.raises(KeyboardInterrupt):
             run(cfg)
-    (tmp_path / "backup" / "seed_states.npy").unlink()  # as a backup written before they were saved
+    (tmp_path / "backup" / "seed_states.npz").unlink()  # as a backup written before they were saved
     capsys.readouterr()
     run(cfg)
     said = capsys.readouterr().out

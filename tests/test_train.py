@@ -331,6 +331,26 @@ def test_a_resumed_run_continues_the_plateau_schedule_and_early_stopping(tmp_pat
         assert model.stop_training == resumed
 
 
+def run_killed_after_epoch_1(cfg, monkeypatch, right_after_the_backup=False):
+    """`run(cfg)` killed at epoch 1's end: after every callback, or right after the
+    backup and the seed states (before validation BLEU, the checkpoint and history.csv)."""
+    import pipelines.train
+
+    made = pipelines.train.callbacks
+
+    def killing(*args, **kwargs):
+        listed = made(*args, **kwargs)
+        at = len(listed)
+        if right_after_the_backup:
+            at = 2 + next(i for i, c in enumerate(listed) if isinstance(c, keras.callbacks.BackupAndRestore))
+        return listed[:at] + [Interrupt()] + listed[at:]
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pipelines.train, "callbacks", killing)
+        with pytest.raises(KeyboardInterrupt):
+            run(cfg)
+
+
 def test_a_resumed_run_makes_the_reduction_due_at_the_last_finished_epoch_once(tmp_path):
     """Epoch 1 did not improve on epoch 0 (lr_patience 1), so the rate was halved at its
     end, after the backup held the rate of epoch 1. Resumed with that rate, the run
@@ -360,13 +380,7 @@ def test_a_killed_run_resumes_to_exactly_the_run_an_uninterrupted_process_makes(
     checkpoint are the same to the last bit. Resumed with fresh shuffles, with the
     masks' streams restarted, or without the reduction made at the kill, the epochs
     after it differ (checked by disabling each)."""
-    import pipelines.train
     from keras_attn.saving import load_model
-
-    made = pipelines.train.callbacks
-
-    def killed_after_epoch_1(*args, **kwargs):
-        return made(*args, **kwargs) + [Interrupt()]
 
     runs = {}
     for name in ("straight", "killed"):
@@ -374,10 +388,7 @@ def test_a_killed_run_resumes_to_exactly_the_run_an_uninterrupted_process_makes(
                           embedding_dim=8, encoder_units=8, decoder_units=16, dropout=0.3, word_dropout=0.2,
                           verbose=0, **options)
         if name == "killed":
-            with monkeypatch.context() as patch:
-                patch.setattr(pipelines.train, "callbacks", killed_after_epoch_1)
-                with pytest.raises(KeyboardInterrupt):
-                    run(cfg)
+            run_killed_after_epoch_1(cfg, monkeypatch)
             assert (tmp_path / name / "backup" / "seed_states.npz").is_file()
         run(cfg)
         rows = list(csv.DictReader(open(tmp_path / name / "history.csv")))
@@ -396,24 +407,12 @@ def test_a_kill_during_an_epochs_end_after_its_backup_resumes_after_that_epoch(t
     validation BLEU decodes), the run resumes at epoch 2 with epoch 2's batch order
     and masks, as the backup's metadata counts epoch 1 finished, and says the row is
     missing."""
-    import pipelines.train
-
-    made = pipelines.train.callbacks
-
-    def killed_right_after_the_backup(*args, **kwargs):
-        listed = made(*args, **kwargs)
-        after = 1 + next(i for i, c in enumerate(listed) if isinstance(c, keras.callbacks.BackupAndRestore))
-        return listed[:after + 1] + [Interrupt()] + listed[after + 1:]  # after the seed states, too
-
     losses = {}
     for name in ("straight", "killed"):
         cfg = TrainConfig(out=str(tmp_path / name), dates_train_size=200, batch_size=32, epochs=3,
                           embedding_dim=8, encoder_units=8, decoder_units=16, dropout=0.3, verbose=2)
         if name == "killed":
-            with monkeypatch.context() as patch:
-                patch.setattr(pipelines.train, "callbacks", killed_right_after_the_backup)
-                with pytest.raises(KeyboardInterrupt):
-                    run(cfg)
+            run_killed_after_epoch_1(cfg, monkeypatch, right_after_the_backup=True)
             assert [r["epoch"] for r in csv.DictReader(open(tmp_path / name / "history.csv"))] == ["0"]
             capsys.readouterr()
         run(cfg)
@@ -423,15 +422,9 @@ def test_a_kill_during_an_epochs_end_after_its_backup_resumes_after_that_epoch(t
 
 
 def test_resuming_from_a_backup_without_dropout_streams_says_the_masks_restart(tmp_path, monkeypatch, capsys):
-    import pipelines.train
-
-    made = pipelines.train.callbacks
     cfg = TrainConfig(out=str(tmp_path), dates_train_size=200, batch_size=32, epochs=3, embedding_dim=8,
                       encoder_units=8, decoder_units=16, verbose=2)
-    with monkeypatch.context() as patch:
-        patch.setattr(pipelines.train, "callbacks", lambda *a, **k: made(*a, **k) + [Interrupt()])
-        with pytest.raises(KeyboardInterrupt):
-            run(cfg)
+    run_killed_after_epoch_1(cfg, monkeypatch)
     (tmp_path / "backup" / "seed_states.npz").unlink()  # as a backup written before they were saved
     capsys.readouterr()
     run(cfg)

@@ -92,6 +92,9 @@ RUNS = [
      "every dropout seeded from `--seed` (1de3f71); killed after epoch 17 and resumed with a fresh draw "
      "(before exact resume): run-to-run variance", "multi30k_bt256s_tune_beam",
      "evaluate_test2016_bt256srun_", "multi30k_bt256s_history.csv"),
+    ("256-token batches, stage 1 only, seed 1", "the recipe's command with `--seed 1` (every other run: seed 0), "
+     "`FusedAdam`, not interrupted: run-to-run variance across seeds", "multi30k_bt256seed1_tune_beam",
+     "evaluate_test2016_bt256seed1run_", "multi30k_bt256seed1_history.csv"),
 ]
 
 

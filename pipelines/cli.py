@@ -44,7 +44,9 @@ def add_train(sub):
 
     p = sub.add_parser("train", help="train a model (default: the built-in dates demo)",
                        description="Train an attention seq2seq model. Values come from the defaults, then "
-                                   "--config FILE (YAML or JSON with the same keys), then flags.")
+                                   "--config FILE (YAML or JSON with the same keys), then flags. A killed run "
+                                   "resumes from its last finished epoch when the same command runs again, "
+                                   "drawing the batch orders and dropout masks an uninterrupted run draws.")
     p.add_argument("--config", help="YAML/JSON file with training keys (e.g. configs/multi30k_deen.yaml)")
     for field in dataclasses.fields(TrainConfig):
         flag = "--" + field.name.replace("_", "-")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import json
 import math
 import os
@@ -172,14 +173,10 @@ def resuming(out: Path) -> bool:
 
 
 def finished_epochs(out: Path) -> int:
-    """How many epochs an interrupted run in `out` finished (0 for a new run): as
-    many as its backup holds the weights of (`BackupAndRestore`'s metadata)."""
-    if not resuming(out):
-        return 0
+    """How many epochs an interrupted run in `out` finished: the epoch
+    `BackupAndRestore` resumes at (its metadata; without it, as for a new run, 0)."""
     metadata = out / "backup" / "training_metadata.json"
-    if metadata.is_file():
-        return int(json.loads(metadata.read_text(encoding="utf-8"))["epoch"])
-    return len(read_history(out / "history.csv"))
+    return int(json.loads(metadata.read_text(encoding="utf-8"))["epoch"]) if metadata.is_file() else 0
 
 
 def skip_finished_epochs(train_ds, finished: int, steps_per_epoch: int | None):
@@ -515,12 +512,11 @@ def seed_states(out: Path):
                 variable.assign(state)
 
         def on_epoch_end(self, epoch, logs=None):
+            buffer = io.BytesIO()
+            np.savez(buffer, epochs=epoch + 1,
+                     states=np.array([v.numpy() for v in generators(self.model)]).reshape(-1, 2))
             backup.mkdir(parents=True, exist_ok=True)
-            tmp = backup / ".seed_states.npz"
-            with open(tmp, "wb") as file:
-                np.savez(file, epochs=epoch + 1,
-                         states=np.array([v.numpy() for v in generators(self.model)]).reshape(-1, 2))
-            tmp.replace(backup / "seed_states.npz")
+            atomic_write(backup / "seed_states.npz", buffer.getvalue())
 
     return SeedStates()
 

@@ -70,7 +70,7 @@ def fmt(value):
 
 def recipe_config(**overrides):
     """The reference recipe's `TrainConfig` (configs/multi30k_deen.yaml), with overrides."""
-    from pipelines.train import TrainConfig
+    from pipelines.config import TrainConfig
 
     recipe = TrainConfig.from_file(Path(__file__).resolve().parents[1] / "configs" / "multi30k_deen.yaml")
     return TrainConfig(**{**recipe, **overrides})

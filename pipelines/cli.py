@@ -40,7 +40,7 @@ def bool_flag(text):
 
 # ------------------------------------------------------------------- train
 def add_train(sub):
-    from pipelines.train import TrainConfig
+    from pipelines.config import TrainConfig
 
     p = sub.add_parser("train", help="train a model (default: the built-in dates demo)",
                        description="Train an attention seq2seq model. Values come from the defaults, then "
@@ -49,24 +49,25 @@ def add_train(sub):
                                    "drawing the batch orders and dropout masks an uninterrupted run draws.")
     p.add_argument("--config", help="YAML/JSON file with training keys (e.g. configs/multi30k_deen.yaml)")
     for field in dataclasses.fields(TrainConfig):
-        flag = "--" + field.name.replace("_", "-")
-        kind = str(field.type)
+        # the field's help and default; the value is checked again, as a config file's is, by validate()
+        default = "" if field.default is None else f" (default {field.default})"
+        help = (field.metadata["help"] + default).replace("%", "%%")
+        kind, options = str(field.type), {}
         if "bool" in kind:
-            p.add_argument(flag, type=bool_flag, default=argparse.SUPPRESS, metavar="true|false",
-                           help=f"(default {field.default})")
+            options = {"type": bool_flag, "metavar": "true|false"}
         elif "int" in kind:
-            zero_ok = field.default == 0 or field.name == "verbose"  # seed, average_last, verbose
-            p.add_argument(flag, type=non_negative_int if zero_ok else positive_int,
-                           default=argparse.SUPPRESS, help=f"(default {field.default})")
+            options = {"type": positive_int if field.metadata["minimum"] == 1 else non_negative_int}
         elif "float" in kind:
-            p.add_argument(flag, type=float, default=argparse.SUPPRESS, help=f"(default {field.default})")
-        else:
-            p.add_argument(flag, default=argparse.SUPPRESS, help=f"(default {field.default})")
+            options = {"type": float}
+        elif field.metadata["choices"]:
+            options = {"metavar": "{" + ",".join(field.metadata["choices"]) + "}"}
+        p.add_argument("--" + field.name.replace("_", "-"), default=argparse.SUPPRESS, help=help, **options)
     p.set_defaults(handler=cmd_train)
 
 
 def cmd_train(args):
-    from pipelines.train import TrainConfig, run
+    from pipelines.config import TrainConfig
+    from pipelines.train import run
 
     values = TrainConfig.from_file(args.config) if args.config else {}
     values.update({k: v for k, v in vars(args).items() if k not in ("config", "handler", "command")})
@@ -183,8 +184,9 @@ DEMO_DATES = ["25 June 2009", "Donnerstag, 25. Juni 2009", "2009년 6월 25일",
 
 def cmd_demo(args):
     from keras_attn.runtime import Translator
+    from pipelines.config import TrainConfig
     from pipelines.export import export
-    from pipelines.train import TrainConfig, run
+    from pipelines.train import run
     from pipelines.translate import attention_heatmap
 
     metrics = run(TrainConfig(out=args.out, epochs=args.epochs))

@@ -120,7 +120,8 @@ def quantize_int8(source: Path, target: Path):
 
 def validation_sentences(run_config: dict, n: int = VALIDATION_SENTENCES) -> list[str]:
     """A few held-out source sentences of the training run to check the export on."""
-    from pipelines.train import TrainConfig, load_corpora
+    from pipelines.config import TrainConfig
+    from pipelines.train import load_corpora
 
     train_cfg = TrainConfig(**{**run_config["train"], "verbose": 0})
     try:

@@ -30,7 +30,8 @@ def multi30k_dir():
 @pytest.fixture(scope="session")
 def dates_run(tmp_path_factory):
     """A small dates model trained once for the whole session (about a minute)."""
-    from pipelines.train import TrainConfig, run
+    from pipelines.config import TrainConfig
+    from pipelines.train import run
 
     out = tmp_path_factory.mktemp("dates_run")
     cfg = TrainConfig(out=str(out), dates_train_size=6000, epochs=4, embedding_dim=32, encoder_units=32,

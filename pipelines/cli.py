@@ -38,6 +38,16 @@ def bool_flag(text):
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+def check_output_file(path: str | None, flag: str) -> None:
+    """Refuse an output file that cannot be written before the work that makes it."""
+    if path is None:
+        return
+    if Path(path).is_dir():
+        raise IsADirectoryError(f"{flag} {path}: is a folder, not a file")
+    if not Path(path).resolve().parent.is_dir():
+        raise FileNotFoundError(f"{flag} {path}: folder {Path(path).parent} does not exist")
+
+
 # ------------------------------------------------------------------- train
 def add_train(sub):
     from pipelines.config import TrainConfig
@@ -84,7 +94,7 @@ def add_export(sub):
     p.add_argument("--beam", type=positive_int, default=5, help="default beam size recorded in the bundle")
     p.add_argument("--alpha", type=float, default=0.6, help="length-penalty alpha for beam search")
     p.add_argument("--quantize", choices=["int8"], help="also write int8 dynamically quantized graphs")
-    p.add_argument("--opset", type=positive_int, default=17)
+    p.add_argument("--opset", type=positive_int, default=17, help="ONNX opset of the graphs")
     p.add_argument("--max-len", type=positive_int, help="max source/target tokens (default: training max_len)")
     p.set_defaults(handler=cmd_export)
 
@@ -101,12 +111,12 @@ def cmd_export(args):
 def add_translate(sub):
     p = sub.add_parser("translate", help="translate lines with an exported bundle (onnxruntime, no TensorFlow)")
     p.add_argument("bundle", help="export folder")
-    p.add_argument("--beam", type=positive_int, default=1)
+    p.add_argument("--beam", type=positive_int, default=1, help="beam size (1 = greedy)")
     p.add_argument("--max-len", type=positive_int, help="max output tokens")
     p.add_argument("--int8", action="store_true", help="use the int8 quantized graph")
     p.add_argument("--input", help="input file (default stdin)")
     p.add_argument("--output", help="output file (default stdout)")
-    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=64, help="sentences per onnxruntime call")
     p.add_argument("--alpha", type=float, help="beam length penalty (default: the bundle's)")
     p.set_defaults(handler=cmd_translate)
 
@@ -114,22 +124,24 @@ def add_translate(sub):
 def cmd_translate(args):
     from pipelines.translate import translate_stream
 
+    check_output_file(args.output, "--output")
     translate_stream(args.bundle, args.input, args.output, beam=args.beam, max_len=args.max_len,
                      int8=args.int8, batch_size=args.batch_size, alpha=args.alpha)
 
 
 def add_attention(sub):
     p = sub.add_parser("attention", help="plot the attention weights of one translation")
-    p.add_argument("bundle")
-    p.add_argument("sentence")
+    p.add_argument("bundle", help="export folder")
+    p.add_argument("sentence", help="the source sentence")
     p.add_argument("--png", required=True, help="where to write the heatmap")
-    p.add_argument("--beam", type=positive_int, default=1)
+    p.add_argument("--beam", type=positive_int, default=1, help="beam size (1 = greedy)")
     p.set_defaults(handler=cmd_attention)
 
 
 def cmd_attention(args):
     from pipelines.translate import attention_heatmap
 
+    check_output_file(args.png, "--png")
     text = attention_heatmap(args.bundle, args.sentence, args.png, beam=args.beam)
     print(text)
     print(f"attention heatmap written to {args.png}", file=sys.stderr)
@@ -138,11 +150,12 @@ def cmd_attention(args):
 # ---------------------------------------------------------------- evaluate
 def add_evaluate(sub):
     p = sub.add_parser("evaluate", help="BLEU/chrF/exact match and speed of a bundle on a test set")
-    p.add_argument("bundle")
+    p.add_argument("bundle", help="export folder")
     p.add_argument("--src", required=True, help="source sentences, one per line (.gz ok)")
     p.add_argument("--ref", required=True, help="reference translations, aligned with --src")
-    p.add_argument("--beam", type=positive_int, default=1)
-    p.add_argument("--runtime", choices=["onnx", "tf"], default="onnx")
+    p.add_argument("--beam", type=positive_int, default=1, help="beam size (1 = greedy)")
+    p.add_argument("--runtime", choices=["onnx", "tf"], default="onnx",
+                   help="onnx: the bundle's graphs; tf: the trained Keras model's search")
     p.add_argument("--alpha", type=float, help="beam length penalty (default: the bundle's)")
     p.add_argument("--int8", action="store_true", help="onnx runtime: use the int8 graph")
     p.add_argument("--train-dir", help="--runtime tf: the training folder (default from the bundle)")
@@ -153,12 +166,13 @@ def add_evaluate(sub):
 def cmd_evaluate(args):
     from pipelines.evaluate import evaluate_command
 
+    check_output_file(args.json, "--json")
     evaluate_command(args)
 
 
 def add_download(sub):
     p = sub.add_parser("download-multi30k", help="download the Multi30k task-1 raw files (needs internet)")
-    p.add_argument("dest")
+    p.add_argument("dest", help="folder to write the .gz files to")
     p.add_argument("--base-url", help="mirror of the raw files folder")
     p.set_defaults(handler=cmd_download)
 
@@ -174,7 +188,7 @@ def add_demo(sub):
     p = sub.add_parser("demo", help="train the dates demo, export it, translate through onnxruntime")
     p.add_argument("--out", default="runs/dates", help="training folder")
     p.add_argument("--bundle", default="exported/dates", help="export folder")
-    p.add_argument("--epochs", type=positive_int, default=6)
+    p.add_argument("--epochs", type=positive_int, default=6, help="training epochs")
     p.set_defaults(handler=cmd_demo)
 
 

@@ -65,9 +65,18 @@ def test_non_string_input_is_a_type_error(translator):
     (["translate", "{b}", "--beam", "0"], "expected a positive integer"),
     (["translate", "{b}", "--max-len", "-3"], "expected a positive integer"),
     (["translate", "{d}/no-bundle"], "export bundle folder not found"),
+    # an output that cannot be written is refused before the translation, not after it
+    (["translate", "{b}", "--input", "{d}/in.txt", "--output", "{d}/nowhere/o.txt"],
+     "--output {d}/nowhere/o.txt: folder {d}/nowhere does not exist"),
+    (["translate", "{b}", "--input", "{d}/in.txt", "--output", "{d}"], "--output {d}: is a folder, not a file"),
+    (["attention", "{b}", "25 June 2009", "--png", "{d}/nowhere/a.png"], "--png {d}/nowhere/a.png: folder"),
+    (["evaluate", "{b}", "--src", "{d}/in.txt", "--ref", "{d}/in.txt", "--json", "{d}/nowhere/r.json"],
+     "--json {d}/nowhere/r.json: folder"),
 ])
 def test_cli_bad_values_exit_2(dates_bundle, tmp_path, capsys, argv, message):
+    (tmp_path / "in.txt").write_text("25 June 2009\n")
     argv = [a.format(b=dates_bundle, d=tmp_path) for a in argv]
+    message = message.format(d=tmp_path)
     try:
         status = cli.main(argv)
     except SystemExit as exit_info:  # argparse rejects before our handler runs

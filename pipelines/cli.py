@@ -1,7 +1,8 @@
 """The `keras-attn` command line.
 
 Heavy imports (TensorFlow) happen inside the sub-commands, so `--help`, `translate`
-and `attention` start fast and the last two never import TensorFlow.
+and `attention` start fast and the last two never import TensorFlow; `translate`
+needs only the deployment packages (onnxruntime, sentencepiece, numpy).
 """
 
 from __future__ import annotations
@@ -13,6 +14,10 @@ import sys
 from pathlib import Path
 
 EXIT_USAGE = 2
+# The modules of the `train` extra (pyproject.toml). A deployment installs keras-attn
+# without it: `translate` works, the other commands say what to install.
+TRAINING_MODULES = ("tensorflow", "keras", "tensorflow_text", "tf2onnx", "onnx", "sacrebleu", "babel",
+                    "matplotlib", "tensorboard", "yaml")
 
 
 def positive_int(text, minimum=1):
@@ -235,6 +240,12 @@ def main(argv=None):
     # Bad input of any kind (CorpusError and BundleError are ValueErrors): one line, status 2.
     except (CorpusError, ValueError, FileNotFoundError, PermissionError, IsADirectoryError) as error:
         print(f"keras-attn {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except ModuleNotFoundError as error:
+        if error.name and error.name.split(".")[0] not in TRAINING_MODULES:
+            raise
+        print(f"keras-attn {args.command}: error: needs the training packages (no module {error.name!r}); "
+              "install them with: pip install 'keras-attn[train]'", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"keras-attn {args.command}: interrupted", file=sys.stderr)

@@ -2,6 +2,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -243,6 +244,52 @@ def test_runtime_never_imports_tensorflow(dates_bundle):
             "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'tensorflow imported'")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+# pyproject's `train` extra, by the module each package installs
+TRAIN_EXTRA_MODULES = {"tensorflow": "tensorflow", "keras": "keras", "tensorflow-text": "tensorflow_text",
+                       "tf2onnx": "tf2onnx", "onnx": "onnx", "sacrebleu": "sacrebleu", "babel": "babel",
+                       "matplotlib": "matplotlib", "tensorboard": "tensorboard", "pyyaml": "yaml"}
+
+
+def test_a_deployment_installs_no_training_package():
+    import re
+    import tomllib
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    names = lambda requirements: {re.split(r"[<>=\[ ]", r)[0] for r in requirements}  # noqa: E731
+    assert names(project["dependencies"]) == {"onnxruntime", "sentencepiece", "numpy"}
+    assert names(project["optional-dependencies"]["train"]) == set(TRAIN_EXTRA_MODULES)
+    assert set(cli.TRAINING_MODULES) == set(TRAIN_EXTRA_MODULES.values())
+
+
+def test_translate_runs_without_the_training_packages_and_the_rest_say_what_to_install(dates_bundle, tmp_path):
+    """The CLI with every module of the `train` extra unimportable, as after `pip install keras-attn`."""
+    (tmp_path / "in.txt").write_text("25 June 2009\n")
+    blocker = (
+        "import sys, importlib.abc\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        f"        if name.split('.')[0] in {sorted(TRAIN_EXTRA_MODULES.values())!r}:\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from pipelines import cli\n"
+        "sys.exit(cli.main(sys.argv[1:]))\n")
+    commands = {
+        "translate": ["translate", str(dates_bundle), "--input", str(tmp_path / "in.txt")],
+        "train": ["train", "--epochs", "1", "--out", str(tmp_path / "run")],
+        "evaluate": ["evaluate", str(dates_bundle), "--src", str(tmp_path / "in.txt"), "--ref",
+                     str(tmp_path / "in.txt")],
+        "attention": ["attention", str(dates_bundle), "25 June 2009", "--png", str(tmp_path / "a.png")],
+    }
+    results = {name: subprocess.run([sys.executable, "-c", blocker, *argv], capture_output=True, text=True,
+                                    timeout=120) for name, argv in commands.items()}
+    assert results["translate"].returncode == 0, results["translate"].stderr
+    assert results["translate"].stdout == "2009-06-25\n"
+    for name in ("train", "evaluate", "attention"):
+        assert results[name].returncode == 2, results[name].stderr
+        assert results[name].stderr.startswith(f"keras-attn {name}: error: needs the training packages")
+        assert "pip install 'keras-attn[train]'" in results[name].stderr
 
 
 def test_int8_graph_runs_and_mostly_agrees(dates_bundle, held_out):

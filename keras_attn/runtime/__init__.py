@@ -1,7 +1,8 @@
 """Deployment-side translation with onnxruntime: no TensorFlow import here.
 
-A deployment installs `onnxruntime`, `sentencepiece` and `numpy` only
-(`pip install keras-attn[runtime]` or those three packages).
+A deployment installs `onnxruntime`, `sentencepiece` and `numpy` only: they are
+keras-attn's own dependencies (`pip install keras-attn`); training needs
+`pip install 'keras-attn[train]'`.
 """
 
 from keras_attn.runtime.translator import BundleError, Translation, Translator

@@ -42,3 +42,14 @@ class FusedAdam(keras.optimizers.Adam):
             beta1_power=tf.pow(beta_1, step), beta2_power=tf.pow(beta_2, step),
             lr=tf.cast(learning_rate, dtype), beta1=beta_1, beta2=beta_2,
             epsilon=tf.cast(self.epsilon, dtype), grad=tf.cast(gradient, dtype))
+
+    def _clip_by_norm(self, values, axes=None):
+        """Keras's per-variable clipping, `g · c / max(‖g‖, c)`, in two passes over the
+        gradient (one `L2Loss` for the norm, one product by the scalar factor) where
+        Keras's takes four (square, sum, product by c, division by the maximum); equal
+        to rounding. An `IndexedSlices` gradient keeps Keras's (its norm is over the
+        unsummed slices)."""
+        if axes is not None or isinstance(values, tf.IndexedSlices):
+            return super()._clip_by_norm(values, axes)
+        norm = tf.sqrt(2.0 * tf.nn.l2_loss(values))
+        return values * (self.clipnorm / tf.maximum(norm, self.clipnorm))

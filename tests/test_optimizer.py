@@ -63,3 +63,22 @@ def test_a_keras_adam_backup_resumes_into_fused_adam(tmp_path):
     assert len(saved) == len(loaded) and int(loaded[0].numpy()) == 3  # iterations
     for a, b in zip(saved, loaded):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_fused_adam_clips_each_gradient_as_keras_does():
+    """Two passes (norm, scale) instead of Keras's four, the same result: above the
+    clip norm scaled down to it, below it and at zero unchanged; `IndexedSlices` are
+    left to Keras's clipping."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(3)
+    fused, reference = FusedAdam(1e-3, clipnorm=1.0), keras.optimizers.Adam(1e-3, clipnorm=1.0)
+    for scale in (10.0, 0.01, 0.0):
+        gradient = tf.constant(scale * rng.standard_normal((64, 32)), tf.float32)
+        clipped = fused._clip_by_norm(gradient).numpy()
+        np.testing.assert_allclose(clipped, reference._clip_by_norm(gradient).numpy(), rtol=1e-6, atol=0)
+        assert np.linalg.norm(clipped) == pytest.approx(min(1.0, np.linalg.norm(gradient.numpy())), rel=1e-5)
+    slices = tf.IndexedSlices(tf.constant(rng.standard_normal((3, 4)), tf.float32), tf.constant([0, 2, 0]),
+                              tf.constant([5, 4]))
+    np.testing.assert_array_equal(tf.convert_to_tensor(fused._clip_by_norm(slices)).numpy(),
+                                  tf.convert_to_tensor(reference._clip_by_norm(slices)).numpy())

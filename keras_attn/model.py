@@ -50,6 +50,39 @@ class Seq2Seq(keras.Model):
     def get_config(self):
         return {**super().get_config(), "config": self.config.to_dict()}
 
+    def train_step(self, data):
+        return self.logs_with_a_worker_axis(super().train_step(data))
+
+    def test_step(self, data):
+        return self.logs_with_a_worker_axis(super().test_step(data))
+
+    def logs_with_a_worker_axis(self, logs):
+        """Across several workers Keras means each step's logs with
+        `strategy.reduce("MEAN", value, axis=0)`, which fails on the scalars every
+        metric returns (tensorflow/tensorflow#72388): give them that axis, which the
+        reduction removes again."""
+        strategy = self._distribute_strategy
+        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and strategy.extended._in_multi_worker_mode():
+            return tf.nest.map_structure(lambda value: tf.reshape(value, [1]), logs)
+        return logs
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Under a distribution strategy Keras builds the metrics and loss from the first
+        batch, which it mean-reduces across replicas only to learn its shapes;
+        `MultiWorkerMirroredStrategy` cannot reduce a dict of inputs
+        (keras-team/keras#20329). This replica's part of the batch has those shapes."""
+        if iterator is not None and self._distribute_strategy is not None:
+            for _, _, batches in iterator:
+                data_batch = tf.nest.map_structure(self.local_part, next(batches))
+                break
+            iterator = None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+    def local_part(self, value):
+        if isinstance(value, tf.distribute.DistributedValues):
+            return self._distribute_strategy.experimental_local_results(value)[0]
+        return value
+
     @classmethod
     def from_config(cls, config):
         config = dict(config)

@@ -157,6 +157,19 @@ def distribution_strategy(name: str):
     return tf.distribute.get_strategy()
 
 
+def worker_folder(strategy, out: Path) -> Path:
+    """Where this process writes: `out` for a single process and for the chief of a
+    multi-worker cluster (the task "chief", else worker 0), `out/worker_<i>` for the
+    other workers, so that hosts sharing `out` do not write the same files. Every
+    worker keeps its own backup, which is how each resumes after a kill."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return out
+    chief = resolver.task_type == "chief" or (
+        resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in resolver.cluster_spec().jobs)
+    return out if chief else out / f"{resolver.task_type}_{resolver.task_id}"
+
+
 def build_model(cfg: TrainConfig, model_cfg, steps_per_execution: int = 1):
     from keras_attn.model import Seq2Seq
 
@@ -542,7 +555,10 @@ def run(cfg: TrainConfig) -> dict:
     from pipelines.dataset import length_statistics, make_dataset, tokenized_pairs
     from pipelines.tokenizer import load_processor
 
-    out = Path(cfg.out)
+    # First, before any TensorFlow op: a multi-worker strategy configures the collective
+    # ops, which TensorFlow allows only at program startup.
+    strategy = distribution_strategy(cfg.strategy)
+    out = worker_folder(strategy, Path(cfg.out))
     out.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(cfg.seed)
     keras.mixed_precision.set_global_policy(cfg.precision)
@@ -570,7 +586,7 @@ def run(cfg: TrainConfig) -> dict:
     model_cfg = model_config(cfg, src_sp.get_piece_size(), tgt_sp.get_piece_size())
     atomic_write(out / "config.json", json.dumps(
         {"model": model_cfg.to_dict(), "train": dataclasses.asdict(cfg)}, indent=2) + "\n")
-    with distribution_strategy(cfg.strategy).scope():
+    with strategy.scope():
         model = build_model(cfg, model_cfg)
     if cfg.init_from:
         start_from(model, Path(cfg.init_from))

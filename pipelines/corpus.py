@@ -62,16 +62,16 @@ def read_lines(path: str | Path) -> list[str]:
     return decode_lines(data, str(path))
 
 
-def decode_lines(data: bytes, name: str) -> list[str]:
+def decode_lines(data: bytes, name: str, first_line: int = 1) -> list[str]:
     """UTF-8 `data` split at line feeds only (not at the other characters
     `str.splitlines` breaks on, such as U+2028 or form feed, which can occur inside a
     sentence), each line without a trailing carriage return; `CorpusError` names
-    `name` and the line for invalid UTF-8."""
+    `name` and the line (`data` starting at line `first_line`) for invalid UTF-8."""
     raw_lines = data.split(b"\n")
     if raw_lines and raw_lines[-1] == b"":
         raw_lines.pop()  # the newline that ends the last line
     lines = []
-    for number, raw in enumerate(raw_lines, start=1):
+    for number, raw in enumerate(raw_lines, start=first_line):
         try:
             lines.append(raw.decode("utf-8").rstrip("\r"))
         except UnicodeDecodeError as error:

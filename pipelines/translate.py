@@ -22,8 +22,11 @@ def read_input(path: str | None) -> list[str]:
 def translate_stream(bundle, input_path=None, output_path=None, beam=1, max_len=None, int8=False,
                      batch_size=64, alpha=None):
     """Translate a file (or stdin) line by line; the output has one line per input line.
-    `alpha`: the beam length penalty (default: the bundle's)."""
+    When stdin is a terminal (and there is no `output_path`) each line is answered as
+    it is typed. `alpha`: the beam length penalty (default: the bundle's)."""
     translator = Translator.load(bundle, int8=int8)
+    if input_path is None and output_path is None and sys.stdin.isatty():
+        return translate_interactively(translator, beam=beam, max_len=max_len, alpha=alpha)
     lines = read_input(input_path)
     show_progress = input_path is not None and sys.stderr.isatty()
     outputs = []
@@ -41,6 +44,12 @@ def translate_stream(bundle, input_path=None, output_path=None, beam=1, max_len=
         tmp = Path(output_path).with_name(f".{Path(output_path).name}.tmp")
         tmp.write_text(text, encoding="utf-8")
         tmp.replace(output_path)
+
+
+def translate_interactively(translator, **options):
+    """stdin is a terminal: answer each line as it is typed, until end of input (Ctrl-D)."""
+    for number, raw in enumerate(iter(sys.stdin.buffer.readline, b""), start=1):
+        print(translator.translate(decode_lines(raw, "<stdin>", first_line=number), **options)[0], flush=True)
 
 
 def attention_heatmap(bundle, sentence: str, png, beam: int = 1) -> str:

@@ -364,6 +364,27 @@ def test_translate_and_attention_commands(dates_bundle, tmp_path, capsys, monkey
     assert "missing.txt: no such input file" in capsys.readouterr().err
 
 
+def test_translate_from_a_terminal_answers_each_line_as_it_is_typed(dates_bundle, monkeypatch, capsys):
+    import io
+
+    typed = [b"25 June 2009\n", b"\n", b"Sat 1 Jan 2000\n", b"\xff\n"]
+    shown_before_each_read = []
+
+    class Terminal(io.TextIOWrapper):
+        def isatty(self):
+            return True
+
+    class Keyboard(io.BytesIO):
+        def readline(self, *args):
+            shown_before_each_read.append(capsys.readouterr().out)
+            return typed.pop(0) if typed else b""
+
+    monkeypatch.setattr(sys, "stdin", Terminal(Keyboard()))
+    assert cli.main(["translate", str(dates_bundle)]) == 2
+    assert shown_before_each_read == ["", "2009-06-25\n", "\n", "2000-01-01\n"]
+    assert "<stdin>:4: invalid UTF-8" in capsys.readouterr().err
+
+
 def test_translate_keeps_one_output_line_per_input_line(dates_bundle, tmp_path, monkeypatch, capsys):
     """Only line feeds end a line: U+2028, form feed and a CR before the LF stay inside
     it (`str.splitlines` would split them into extra lines); `.gz` and stdin work, and

@@ -121,9 +121,11 @@ class InputFeedingDecoder(keras.layers.Layer):
         """
         kernels = [compute_weight(self, k) for k in self.lstm_kernels]
         recurrent = [compute_weight(self, r) for r in self.lstm_recurrent_kernels]
-        first = tf.concat([kernels[0][self.embedding_dim:], recurrent[0]], axis=0)
+        # split, not two slices: a slice's gradient is a full-size zero tensor each
+        embedding_part, state_part = tf.split(kernels[0], [self.embedding_dim, -1], axis=0)
+        first = tf.concat([state_part, recurrent[0]], axis=0)
         rest = [tf.concat([k, r], axis=0) for k, r in zip(kernels[1:], recurrent[1:])]
-        weights = {"input": kernels[0][: self.embedding_dim], "state": [first] + rest}
+        weights = {"input": embedding_part, "state": [first] + rest}
         if fold_embeddings:
             embeddings = compute_weight(self, self.embedding.embeddings)
             # |input_table| = (vocab, 4 * units)

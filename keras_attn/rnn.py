@@ -147,12 +147,12 @@ class MaskedLSTM(keras.layers.Layer):
         step_mask = tf.cast(tf.transpose(mask)[:, :, None], self.compute_dtype)
         # |step_mask| = (time, batch, 1): 1.0 at real steps, 0.0 at padding
         # (unstack, not `projection[:, k]`: a slice's gradient is a full-size zero
-        # tensor per direction, unstack's one stack of the two)
+        # tensor per direction, unstack's one stack of the two; the same for the kernel)
         per_direction = tf.unstack(projection, num=d, axis=1)
-        results = [self._run(per_direction[0], step_mask, self.recurrent_kernel[0])]
+        recurrent = tf.unstack(self.recurrent_kernel, num=d)
+        results = [self._run(per_direction[0], step_mask, recurrent[0])]
         if self.bidirectional:  # the backward direction reads the steps in reverse
-            out, h, c = self._run(tf.reverse(per_direction[1], [0]), tf.reverse(step_mask, [0]),
-                                  self.recurrent_kernel[1])
+            out, h, c = self._run(tf.reverse(per_direction[1], [0]), tf.reverse(step_mask, [0]), recurrent[1])
             results.append((tf.reverse(out, [0]), h, c))
         outputs, final_h, final_c = (tf.concat(parts, axis=-1) for parts in zip(*results))
         # |outputs| = (batch, time, units * directions), |final_h| = (batch, units * directions)

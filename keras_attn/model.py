@@ -62,7 +62,8 @@ class Seq2Seq(keras.Model):
         metric returns (tensorflow/tensorflow#72388): give them that axis, which the
         reduction removes again."""
         strategy = self._distribute_strategy
-        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and strategy.extended._in_multi_worker_mode():
+        multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+        if multi_worker and strategy.extended._in_multi_worker_mode():
             return tf.nest.map_structure(lambda value: tf.reshape(value, [1]), logs)
         return logs
 

@@ -242,7 +242,7 @@ def main(argv=None):
         print(f"keras-attn {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except ModuleNotFoundError as error:
-        if error.name and error.name.split(".")[0] not in TRAINING_MODULES:
+        if not error.name or error.name.split(".")[0] not in TRAINING_MODULES:
             raise
         print(f"keras-attn {args.command}: error: needs the training packages (no module {error.name!r}); "
               "install them with: pip install 'keras-attn[train]'", file=sys.stderr)

@@ -140,6 +140,8 @@ class TrainConfig:
         self.check_combinations()
 
     def check_ranges(self):
+        if self.verbose > 2:
+            raise ValueError(f"--verbose must be 0, 1 or 2, got {self.verbose}")
         if self.seed >= 2**32:
             raise ValueError(f"--seed must be < 2**32, got {self.seed}")
         if self.lr <= 0:

@@ -49,6 +49,7 @@ def test_config_files_take_the_values_flags_take(tmp_path):
     ({"clipnorm": -1.0}, "--clipnorm must be >= 0"),
     ({"min_lr": -1e-5}, "--min-lr must be >= 0"),
     ({"seed": 2**32}, r"--seed must be < 2\*\*32"),
+    ({"verbose": 3}, "--verbose must be 0, 1 or 2, got 3"),
     ({"monitor": "val_bleu"}, "--monitor val_bleu needs --val-bleu true"),
     ({"monitor": "bleu", "val_bleu": True}, "--monitor: expected one of val_loss, val_bleu, got 'bleu'"),
     ({"epochs": "3"}, "--epochs: expected a positive integer, got '3'"),

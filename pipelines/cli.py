@@ -55,7 +55,7 @@ def check_output_file(path: str | None, flag: str) -> None:
 
 # ------------------------------------------------------------------- train
 def add_train(sub):
-    from pipelines.config import TrainConfig
+    from pipelines.config import TrainConfig, flag
 
     p = sub.add_parser("train", help="train a model (default: the built-in dates demo)",
                        description="Train an attention seq2seq model. Values come from the defaults, then "
@@ -76,7 +76,7 @@ def add_train(sub):
             options = {"type": float}
         elif field.metadata["choices"]:
             options = {"metavar": "{" + ",".join(field.metadata["choices"]) + "}"}
-        p.add_argument("--" + field.name.replace("_", "-"), default=argparse.SUPPRESS, help=help, **options)
+        p.add_argument(flag(field.name), default=argparse.SUPPRESS, help=help, **options)
     p.set_defaults(handler=cmd_train)
 
 

@@ -21,13 +21,14 @@ TRAINING_MODULES = ("tensorflow", "keras", "tensorflow_text", "tf2onnx", "onnx",
 
 
 def positive_int(text, minimum=1):
-    what = "a positive" if minimum == 1 else "a non-negative"
+    from pipelines.config import integer_kind
+
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {what} integer, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected {integer_kind(minimum)}, got {text!r}") from None
     if value < minimum:
-        raise argparse.ArgumentTypeError(f"expected {what} integer, got {value}")
+        raise argparse.ArgumentTypeError(f"expected {integer_kind(minimum)}, got {value}")
     return value
 
 

@@ -202,6 +202,11 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def integer_kind(minimum: int) -> str:
+    """What an integer setting must be, in errors: from 1 or from 0."""
+    return "a positive integer" if minimum == 1 else "a non-negative integer"
+
+
 def typed(field: dataclasses.Field, value):
     """`value` as `field` takes it, or a ValueError saying what it takes: booleans are
     true/false, integers whole numbers from the field's minimum, floats any number (a
@@ -215,8 +220,7 @@ def typed(field: dataclasses.Field, value):
             raise ValueError(f"expected true or false, got {value!r}")
     elif "int" in kind:
         if not isinstance(value, int) or isinstance(value, bool) or value < meta["minimum"]:
-            what = "a positive" if meta["minimum"] == 1 else "a non-negative"
-            raise ValueError(f"expected {what} integer, got {value!r}")
+            raise ValueError(f"expected {integer_kind(meta['minimum'])}, got {value!r}")
     elif "float" in kind:
         if isinstance(value, str):
             try:

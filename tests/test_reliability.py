@@ -141,28 +141,37 @@ def test_loader_refuses_a_model_with_a_lambda_layer(tmp_path):
         load_model(tmp_path / "evil.keras")
 
 
-MIRRORED = r'''
-import json, sys
-import tensorflow as tf
-cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+# The same tiny model and data under any strategy: `fit_tiny(strategy)` returns its
+# three epochs' losses. Each script makes its strategy first, as TensorFlow requires
+# of a multi-worker one.
+FIT_TINY = r'''
 import keras, numpy as np
 from keras_attn import Seq2Seq, Seq2SeqConfig
-cfg = Seq2SeqConfig(30, 25, 16, 16, 1, True, 32, 1, "general", 0.0)
-rng = np.random.default_rng(0)
-x = {"source": rng.integers(4, 30, (64, 7)).astype("int32"), "target_in": rng.integers(4, 25, (64, 6)).astype("int32")}
-y = rng.integers(4, 25, (64, 6)).astype("int32")
-losses = {}
-for name in ("single", "mirrored"):
+def fit_tiny(strategy):
+    cfg = Seq2SeqConfig(30, 25, 16, 16, 1, True, 32, 1, "general", 0.0)
+    rng = np.random.default_rng(0)
+    x = {"source": rng.integers(4, 30, (64, 7)).astype("int32"),
+         "target_in": rng.integers(4, 25, (64, 6)).astype("int32")}
+    y = rng.integers(4, 25, (64, 6)).astype("int32")
     keras.utils.set_random_seed(0)
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]) if name == "mirrored" else tf.distribute.get_strategy()
     with strategy.scope():
         model = Seq2Seq(cfg)
         model.build()
         model.compile_for_training(learning_rate=1e-2)
-    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(32)
-    history = model.fit(ds, epochs=3, verbose=0)
-    losses[name] = history.history["loss"]
+    history = model.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(32), epochs=3, verbose=0)
+    return history.history["loss"]
+'''
+
+MIRRORED = r'''
+import json
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+''' + FIT_TINY + r'''
+losses = {}
+for name in ("single", "mirrored"):
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]) if name == "mirrored" else tf.distribute.get_strategy()
+    losses[name] = fit_tiny(strategy)
     losses[name + "_replicas"] = strategy.num_replicas_in_sync
 print(json.dumps(losses))
 '''
@@ -178,22 +187,11 @@ def test_mirrored_strategy_on_two_cpu_devices_matches_single_device():
 
 
 MULTIWORKER = r'''
-import json, sys
+import json
 import tensorflow as tf
 strategy = tf.distribute.MultiWorkerMirroredStrategy()  # first: collective ops are set up at startup
-import keras, numpy as np
-from keras_attn import Seq2Seq, Seq2SeqConfig
-cfg = Seq2SeqConfig(30, 25, 16, 16, 1, True, 32, 1, "general", 0.0)
-rng = np.random.default_rng(0)
-x = {"source": rng.integers(4, 30, (64, 7)).astype("int32"), "target_in": rng.integers(4, 25, (64, 6)).astype("int32")}
-y = rng.integers(4, 25, (64, 6)).astype("int32")
-keras.utils.set_random_seed(0)
-with strategy.scope():
-    model = Seq2Seq(cfg)
-    model.build()
-    model.compile_for_training(learning_rate=1e-2)
-history = model.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(32), epochs=3, verbose=0)
-print(json.dumps({"loss": history.history["loss"], "replicas": strategy.num_replicas_in_sync}))
+''' + FIT_TINY + r'''
+print(json.dumps({"loss": fit_tiny(strategy), "replicas": strategy.num_replicas_in_sync}))
 '''
 
 

@@ -153,8 +153,25 @@ def distribution_strategy(name: str):
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
     if name == "multiworker":  # hosts and roles come from the TF_CONFIG variable
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        stop_on_sigterm()
+        return strategy
     return tf.distribute.get_strategy()
+
+
+def stop_on_sigterm():
+    """Let SIGTERM end the process again, as it does a single-process run.
+
+    With a multi-worker cluster TensorFlow's coordination service installs a C handler
+    for SIGTERM that only records a preemption notice for `PreemptionCheckpointHandler`,
+    which Keras's `fit` never asks for: the workers trained on to the end. A killed
+    run resumes from its last finished epoch (`BackupAndRestore`), so the default
+    action is what `kill`, a scheduler's stop or a pod's eviction should get."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():  # signal handlers belong to the main thread
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def worker_folder(strategy, out: Path) -> Path:

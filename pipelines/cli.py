@@ -164,7 +164,7 @@ def add_evaluate(sub):
                    help="onnx: the bundle's graphs; tf: the trained Keras model's search")
     p.add_argument("--alpha", type=float, help="beam length penalty (default: the bundle's)")
     p.add_argument("--int8", action="store_true", help="onnx runtime: use the int8 graph")
-    p.add_argument("--train-dir", help="--runtime tf: the training folder (default from the bundle)")
+    p.add_argument("--train-dir", help="--runtime tf (required there): the training folder the bundle was exported from")
     p.add_argument("--json", help="write the report here as JSON")
     p.set_defaults(handler=cmd_evaluate)
 

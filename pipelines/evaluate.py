@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from pipelines.corpus import read_lines
+from pipelines.files import atomic_write
 
 
 def score(hypotheses: list[str], references: list[str]) -> dict:
@@ -37,8 +38,6 @@ def translate_with(runtime: str, bundle: str, sources: list[str], beam: int, int
     from pipelines.tokenizer import load_processor
 
     config = json.loads((Path(bundle) / "config.json").read_text(encoding="utf-8"))
-    if train_dir is None:
-        raise ValueError("--runtime tf needs --train-dir (the training folder of this bundle)")
     model, _, src_model, tgt_model = load_training_run(train_dir)
     inference = InferenceModel(model)
     src_sp, tgt_sp = load_processor(src_model), load_processor(tgt_model)
@@ -46,8 +45,30 @@ def translate_with(runtime: str, bundle: str, sources: list[str], beam: int, int
                                 beam_size=beam, alpha=alpha)
 
 
+def check_runtime_options(bundle, runtime: str, int8: bool, train_dir) -> None:
+    """`--runtime tf` runs the training folder's Keras model in float32, so it needs that
+    folder, and the folder must be the bundle's (same tokenizers); `--runtime onnx`
+    runs the bundle alone. A flag the runtime would ignore is refused, not ignored."""
+    from keras_attn.runtime.translator import sha256
+
+    if runtime == "onnx":
+        if train_dir is not None:
+            raise ValueError("--train-dir is for --runtime tf (the onnx runtime uses the bundle alone)")
+        return
+    if int8:
+        raise ValueError("--int8 is for --runtime onnx (the tf runtime runs the trained model in float32)")
+    if train_dir is None:
+        raise ValueError("--runtime tf needs --train-dir (the training folder the bundle was exported from)")
+    tokenizers = json.loads((Path(bundle) / "config.json").read_text(encoding="utf-8"))["tokenizers"]
+    for side in ("src", "tgt"):
+        path = Path(train_dir) / f"{side}.spm.model"
+        if path.is_file() and sha256(path) != tokenizers[side]["sha256"]:
+            raise ValueError(f"{path}: not the tokenizer of {bundle} (--train-dir is another model's folder)")
+
+
 def evaluate(bundle, src, ref, beam=1, runtime="onnx", int8=False, train_dir=None, alpha=None) -> dict:
     """`alpha`: the beam length penalty; `None` = the bundle's (`config.json`)."""
+    check_runtime_options(bundle, runtime, int8, train_dir)
     sources, references = read_lines(src), read_lines(ref)
     if len(sources) != len(references):
         raise ValueError(f"misaligned test set: {src} has {len(sources):,} lines but {ref} has {len(references):,}")
@@ -64,13 +85,25 @@ def evaluate(bundle, src, ref, beam=1, runtime="onnx", int8=False, train_dir=Non
         **score(hypotheses, references),
         "seconds": round(seconds, 3),
         "sentences_per_second": round(len(sources) / seconds, 1),
-        "target_tokens_per_second": round(sum(len(h.split()) for h in hypotheses) / seconds, 1),
+        "target_tokens": (tokens := target_tokens(bundle, hypotheses)),
+        "target_tokens_per_second": round(tokens / seconds, 1),
     }
     return report, hypotheses
 
 
+def target_tokens(bundle, hypotheses: list[str]) -> int:
+    """The hypotheses' pieces under the bundle's target SentencePiece model (its
+    deterministic segmentation, which training's tokens/s counts too; training counts
+    EOS as well, which a translation does not output)."""
+    import sentencepiece as spm
+
+    tgt_sp = spm.SentencePieceProcessor(model_file=str(Path(bundle) / "tgt.spm.model"))
+    return sum(len(pieces) for pieces in tgt_sp.encode(hypotheses))
+
+
 def table(report: dict) -> str:
-    keys = ["runtime", "beam", "sentences", "bleu", "chrf", "exact_match", "sentences_per_second"]
+    keys = ["runtime", "beam", "sentences", "bleu", "chrf", "exact_match", "sentences_per_second",
+            "target_tokens_per_second"]
     rows = [f"| {k} | {report[k]:.4f} |" if isinstance(report[k], float) and k == "exact_match"
             else f"| {k} | {report[k]} |" for k in keys]
     return "\n".join(["| metric | value |", "| --- | --- |", *rows, f"\nBLEU: {report['bleu_signature']}",
@@ -82,4 +115,4 @@ def evaluate_command(args):
                          args.alpha)
     print(table(report))
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        atomic_write(args.json, json.dumps(report, indent=2) + "\n")

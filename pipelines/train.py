@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 
 from pipelines.config import TrainConfig
+from pipelines.files import atomic_write, save_figure
 
 
 # --------------------------------------------------------------------- corpora
@@ -119,12 +120,6 @@ def vocab_sizes(cfg: TrainConfig) -> tuple[int, int]:
     if cfg.vocab_size:
         default = (cfg.vocab_size, cfg.vocab_size)
     return cfg.src_vocab_size or default[0], cfg.tgt_vocab_size or default[1]
-
-
-def atomic_write(path: Path, data: bytes | str):
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
-    tmp.replace(path)
 
 
 # ----------------------------------------------------------------------- model
@@ -538,7 +533,7 @@ def plot_history(history_csv: Path, png: Path):
         axis.legend()
         axis.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(png, dpi=100)
+    save_figure(fig, png, dpi=100)
     plt.close(fig)
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from keras_attn.runtime import Translator
 from pipelines.corpus import decode_lines, read_lines
+from pipelines.files import atomic_write, save_figure
 
 
 def read_input(path: str | None) -> list[str]:
@@ -41,9 +42,7 @@ def translate_stream(bundle, input_path=None, output_path=None, beam=1, max_len=
     if output_path is None:
         sys.stdout.write(text)
     else:
-        tmp = Path(output_path).with_name(f".{Path(output_path).name}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(output_path)
+        atomic_write(output_path, text)
 
 
 def translate_interactively(translator, **options):
@@ -73,6 +72,6 @@ def attention_heatmap(bundle, sentence: str, png, beam: int = 1) -> str:
     axis.set_title(result.text, fontsize=9)
     fig.colorbar(image, ax=axis, fraction=0.046)
     fig.tight_layout()
-    fig.savefig(png, dpi=110)
+    save_figure(fig, png, dpi=110)
     plt.close(fig)
     return result.text

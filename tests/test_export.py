@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import sentencepiece as spm
 
 from keras_attn.runtime import BundleError, Translator
 from keras_attn.runtime.translator import pre_pad, strip_special
@@ -430,7 +431,12 @@ def test_evaluate_command_reports_bleu_chrf_and_speed(dates_bundle, held_out, tm
     assert report["exact_match"] == sum(h == r for h, r in zip(hyps, held_out.targets[:50])) / 50
     assert "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp" in report["bleu_signature"]
     assert report["chrf_signature"].startswith("nrefs:1") and report["sentences_per_second"] > 0
-    assert "| bleu |" in capsys.readouterr().out and report["alpha"] is None  # greedy: no length penalty
+    # Target tokens are the model's pieces (characters for the dates demo), not words.
+    tgt_sp = spm.SentencePieceProcessor(model_file=str(dates_bundle / "tgt.spm.model"))
+    assert report["target_tokens"] == sum(len(tgt_sp.encode(h)) for h in hyps) >= 10 * len(hyps)
+    printed = capsys.readouterr().out
+    assert "| bleu |" in printed and f"| target_tokens_per_second | {report['target_tokens_per_second']} |" in printed
+    assert report["alpha"] is None  # greedy: no length penalty
     # Beam: the bundle's alpha unless --alpha is given; the report says which was used.
     for flags, alpha in (([], json.loads((dates_bundle / "config.json").read_text())["alpha"]),
                          (["--alpha", "1.5"], 1.5)):
@@ -442,6 +448,33 @@ def test_evaluate_command_reports_bleu_chrf_and_speed(dates_bundle, held_out, tm
         assert report["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [held_out.targets[:50]]).score, abs=0.01)
     ref.write_text("only one line\n")
     assert cli.main(["evaluate", str(dates_bundle), "--src", str(src), "--ref", str(ref)]) == 2
+
+
+def test_evaluate_with_the_tf_runtime_scores_what_onnx_scores(dates_run, dates_bundle, held_out, tmp_path, capsys):
+    """`--runtime tf` decodes with the training folder's Keras model: same hypotheses as
+    the bundle's graphs, so the same scores; flags a runtime would ignore are refused."""
+    src, ref = tmp_path / "src.txt", tmp_path / "ref.txt"
+    src.write_text("\n".join(held_out.sources[:40]) + "\n", encoding="utf-8")
+    ref.write_text("\n".join(held_out.targets[:40]) + "\n", encoding="utf-8")
+    reports = {}
+    for runtime, extra in (("onnx", []), ("tf", ["--train-dir", str(dates_run[0])])):
+        report_path = tmp_path / f"{runtime}.json"
+        assert cli.main(["evaluate", str(dates_bundle), "--src", str(src), "--ref", str(ref), "--beam", "2",
+                         "--runtime", runtime, *extra, "--json", str(report_path)]) == 0
+        reports[runtime] = json.loads(report_path.read_text())
+    for key in ("bleu", "chrf", "exact_match", "target_tokens"):
+        assert reports["tf"][key] == reports["onnx"][key]
+    assert reports["tf"]["runtime"] == "tf" and reports["tf"]["alpha"] == reports["onnx"]["alpha"]
+    other = tmp_path / "other_run"
+    shutil.copytree(dates_run[0], other)
+    shutil.copy(other / "src.spm.model", other / "tgt.spm.model")
+    capsys.readouterr()
+    for flags, message in ((["--runtime", "tf"], "needs --train-dir"),
+                           (["--runtime", "tf", "--train-dir", str(dates_run[0]), "--int8"], "--int8 is for"),
+                           (["--train-dir", str(dates_run[0])], "--train-dir is for --runtime tf"),
+                           (["--runtime", "tf", "--train-dir", str(other)], "tgt.spm.model: not the tokenizer of")):
+        assert cli.main(["evaluate", str(dates_bundle), "--src", str(src), "--ref", str(ref), *flags]) == 2
+        assert message in capsys.readouterr().err
 
 
 def test_demo_command_trains_exports_and_translates(tmp_path, capsys):

@@ -48,22 +48,38 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import write_results  # noqa: E402
 
 
-def decoder_products(rng, batch, steps, src_len, emb, hidden, memory_dim, vocab):
-    w_gates = rng.standard_normal((emb + 2 * hidden, 4 * hidden), dtype=np.float32) * 0.02
-    w_combine = rng.standard_normal((memory_dim + hidden, hidden), dtype=np.float32) * 0.02
-    w_gen = rng.standard_normal((hidden, vocab), dtype=np.float32) * 0.02
-    keys = rng.standard_normal((batch, src_len, hidden), dtype=np.float32)
-    memory = rng.standard_normal((batch, src_len, memory_dim), dtype=np.float32)
-    x = rng.standard_normal((batch, emb + 2 * hidden), dtype=np.float32)
-    start = time.perf_counter()
+def decoder_weights(rng, batch, src_len, emb, hidden, memory_dim, vocab) -> tuple[dict, np.ndarray]:
+    """The decoder's weights and a memory's attention keys and values, random, and a
+    first step input `x` = [embedding; h~; h]: what `decoder_loop` and `onnx_decoder` run."""
+    shapes = {"w_gates": (emb + 2 * hidden, 4 * hidden), "w_combine": (memory_dim + hidden, hidden),
+              "w_gen": (hidden, vocab), "keys_t": (batch, hidden, src_len), "memory": (batch, src_len, memory_dim)}
+    # scaled by 1/sqrt(fan-in), so values keep their size from step to step at any shape
+    weights = {name: rng.standard_normal(shape, dtype=np.float32) / np.float32(np.sqrt(shape[-2]))
+               for name, shape in shapes.items()}
+    return weights, rng.standard_normal((batch, emb + 2 * hidden), dtype=np.float32)
+
+
+def decoder_loop(weights: dict, x: np.ndarray, steps: int, hidden: int) -> np.ndarray:
+    """`steps` steps of the greedy decoder's matrix products, each step's input taking
+    the previous step's output (in place in `x`, which it returns)."""
     for _ in range(steps):
-        gates = x @ w_gates
+        gates = x @ weights["w_gates"]
         h = gates[:, :hidden]
-        energy = np.matmul(h[:, None, :], keys.transpose(0, 2, 1))
-        context = np.matmul(energy, memory)[:, 0]
-        attentional = np.concatenate([context, h], 1) @ w_combine
-        logits = attentional @ w_gen
-        x[:, :hidden] = logits[:, :hidden]
+        energy = np.matmul(h[:, None, :], weights["keys_t"])
+        # |energy| = (batch, 1, src_len)
+        context = np.matmul(energy, weights["memory"])[:, 0]
+        attentional = np.concatenate([context, h], 1) @ weights["w_combine"]
+        logits = attentional @ weights["w_gen"]
+        fed = min(hidden, logits.shape[1])  # a generator narrower than the state (toy vocabularies)
+        x[:, :fed] = logits[:, :fed]
+    return x
+
+
+def decoder_products(rng, batch, steps, src_len, emb, hidden, memory_dim, vocab):
+    """Seconds of `decoder_loop` in NumPy."""
+    weights, x = decoder_weights(rng, batch, src_len, emb, hidden, memory_dim, vocab)
+    start = time.perf_counter()
+    decoder_loop(weights, x, steps, hidden)
     return time.perf_counter() - start
 
 
@@ -129,17 +145,15 @@ TRAINING_LIBRARIES = {"float32": ("numpy", "tensorflow"), "bfloat16": ("tensorfl
 
 @functools.lru_cache(maxsize=4)
 def onnx_decoder(batch, steps, src_len, emb, hidden, memory_dim, vocab):
-    """An onnxruntime session running `decoder_products`' loop unrolled, and its feed."""
+    """An onnxruntime session running `decoder_loop` unrolled on `decoder_weights`
+    drawn from seed 0, and its feed (that `x`)."""
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    rng = np.random.default_rng(0)
-    weights = {"w_gates": (emb + 2 * hidden, 4 * hidden), "w_combine": (memory_dim + hidden, hidden),
-               "w_gen": (hidden, vocab), "keys_t": (batch, hidden, src_len), "memory": (batch, src_len, memory_dim)}
-    init = [numpy_helper.from_array(rng.standard_normal(shape, dtype=np.float32) * 0.02, name)
-            for name, shape in weights.items()]
+    weights, x0 = decoder_weights(np.random.default_rng(0), batch, src_len, emb, hidden, memory_dim, vocab)
+    init = [numpy_helper.from_array(value, name) for name, value in weights.items()]
     init += [numpy_helper.from_array(np.array([v], np.int64), name)
-             for name, v in {"zero": 0, "h": hidden, "one": 1, "end": 1 << 30}.items()]
+             for name, v in {"zero": 0, "h": hidden, "fed": min(hidden, vocab), "one": 1, "end": 1 << 30}.items()]
     node, nodes, x = helper.make_node, [], "x"
     for t in range(steps):
         def n(name, t=t):
@@ -153,9 +167,9 @@ def onnx_decoder(batch, steps, src_len, emb, hidden, memory_dim, vocab):
                   node("Concat", [n("context"), n("h")], [n("combined")], axis=1),
                   node("MatMul", [n("combined"), "w_combine"], [n("attentional")]),
                   node("MatMul", [n("attentional"), "w_gen"], [n("logits")]),
-                  # as the NumPy loop's x[:, :hidden] = logits[:, :hidden]: step t+1 needs step t
-                  node("Slice", [n("logits"), "zero", "h", "one"], [n("fed")]),
-                  node("Slice", [x, "h", "end", "one"], [n("rest")]),
+                  # as decoder_loop's x[:, :fed] = logits[:, :fed]: step t+1 needs step t
+                  node("Slice", [n("logits"), "zero", "fed", "one"], [n("fed")]),
+                  node("Slice", [x, "fed", "end", "one"], [n("rest")]),
                   node("Concat", [n("fed"), n("rest")], [n("x")], axis=1)]
         x = n("x")
     graph = helper.make_graph(
@@ -163,7 +177,7 @@ def onnx_decoder(batch, steps, src_len, emb, hidden, memory_dim, vocab):
         [helper.make_tensor_value_info(x, TensorProto.FLOAT, None)], init)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    feed = {"x": rng.standard_normal((batch, emb + 2 * hidden), dtype=np.float32)}
+    feed = {"x": x0}
     session.run(None, feed)  # the first run allocates
     return session, feed
 

@@ -8,7 +8,8 @@ import platform
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# Where results go: benchmarks/results/, or $KERAS_ATTN_RESULTS (the tests' smoke runs).
+RESULTS = Path(os.environ.get("KERAS_ATTN_RESULTS") or Path(__file__).resolve().parent / "results")
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "multi30k"
 
 

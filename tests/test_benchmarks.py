@@ -1,0 +1,100 @@
+"""The benchmark scripts: their limits compute what they say, and each script runs
+end to end on tiny inputs (a Multi30k-shaped folder of dates pairs), writing its
+results under a temporary `KERAS_ATTN_RESULTS` instead of `benchmarks/results/`."""
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import bench_limit  # noqa: E402
+
+
+@pytest.mark.parametrize("vocab", [40, 10])  # a generator wider and narrower than the state
+def test_the_onnx_limit_graph_computes_the_numpy_loop(vocab):
+    """The onnxruntime decode limit times the same products as the NumPy loop (an
+    unrolled graph, each step fed from the last), not a cheaper graph."""
+    shape = dict(batch=3, src_len=4, emb=8, hidden=16, memory_dim=12, vocab=vocab)
+    session, feed = bench_limit.onnx_decoder(steps=5, **shape)
+    weights, x = bench_limit.decoder_weights(np.random.default_rng(0), **shape)
+    expected = bench_limit.decoder_loop(weights, x.copy(), steps=5, hidden=16)
+    (out,) = session.run(None, feed)
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
+    one_step_fewer = bench_limit.decoder_loop(weights, x.copy(), steps=4, hidden=16)
+    assert np.abs(out - one_step_fewer).max() > 1e-2  # so every step counts in the comparison
+
+
+@pytest.fixture(scope="module")
+def dates_as_multi30k(tmp_path_factory):
+    """A folder laid out as Multi30k (train, val, test_2016_flickr; .de/.en gzip),
+    holding dates pairs: human-written dates as "de", ISO dates as "en"."""
+    from pipelines.dates import date_splits
+
+    folder = tmp_path_factory.mktemp("dates_as_multi30k")
+    splits = date_splits(train=600, seed=3)
+    for name, split in (("train", splits["train"]), ("val", splits["valid"]), ("test_2016_flickr", splits["test"])):
+        for lang, lines in (("de", split.sources[:60] if name != "train" else split.sources),
+                            ("en", split.targets[:60] if name != "train" else split.targets)):
+            with gzip.open(folder / f"{name}.{lang}.gz", "wt", encoding="utf-8") as handle:
+                handle.write("".join(line + "\n" for line in lines))
+    return folder
+
+
+def run_script(script: str, *args, results: Path) -> dict:
+    """`benchmarks/SCRIPT.py ARGS`, results under `results`; returns the JSON it wrote."""
+    env = {**os.environ, "KERAS_ATTN_RESULTS": str(results), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"{script}.py"), *map(str, args)],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    written = sorted(results.glob("*.json"))
+    assert len(written) == 1 and written[0].with_suffix(".md").is_file()
+    return json.loads(written[0].read_text())
+
+
+def test_bench_limit_runs(tmp_path):
+    result = run_script("bench_limit", "--vocab", 50, "--batch", 4, "--steps", 2, "--src-len", 3,
+                        "--latency-steps", 2, "--repeats", 1, results=tmp_path)
+    limits = {row["limit"].split(",")[0] + " " + row["dtype"]: row["limit (fastest)"] for row in result["rows"]}
+    assert len(limits) == 4 and all(value > 0 for value in limits.values())
+    assert result["machine"]["cores"] == os.cpu_count()
+
+
+def test_bench_translate_runs_and_scores_what_evaluate_scores(dates_run, dates_bundle, dates_as_multi30k, tmp_path):
+    from pipelines.evaluate import evaluate
+
+    result = run_script("bench_translate", "--train-dir", dates_run[0], "--bundle", dates_bundle, "--data-dir",
+                        dates_as_multi30k, "--repeats", 1, "--latency-sentences", 3, results=tmp_path)
+    rows = {(row["system"], row["search"]): row for row in result["rows"]}
+    report, _ = evaluate(dates_bundle, dates_as_multi30k / "test_2016_flickr.de.gz",
+                         dates_as_multi30k / "test_2016_flickr.en.gz")
+    assert rows[("onnxruntime fp32", "greedy")]["BLEU"] == pytest.approx(report["bleu"], abs=0.005)
+    for system in ("tf.function", "keras step loop (eager)"):  # the same greedy search, three ways
+        assert rows[(system, "greedy")]["BLEU"] == rows[("onnxruntime fp32", "greedy")]["BLEU"]
+    assert {("onnxruntime int8", "beam 5"), ("tf.function", "beam 5"), ("onnxruntime fp32", "greedy, batch 1")} \
+        <= set(rows)
+    assert rows[("onnxruntime fp32", "greedy")]["% of limit"] > 0
+
+
+def test_bench_train_runs(dates_as_multi30k, tmp_path):
+    result = run_script("bench_train", "--data-dir", dates_as_multi30k, "--steps", 3, "--warmup", 1,
+                        "--batch-tokens", 128, "--precisions", "float32", "--xla", "0", results=tmp_path)
+    (row,) = result["rows"]
+    assert "error" not in row and row["target tokens"] > 0 and row["target tokens/s"] > 0
+    assert 0 < row["% of limit"] and 0 < row["% of same-batches limit"]
+
+
+@pytest.mark.parametrize("script, args", [
+    ("tune_beam", ["--beam", 2, "--alphas", 0, 1]),
+    ("profile_decode", ["--sentences", 30, "--batch-size", 8]),
+])
+def test_bundle_scripts_run(script, args, dates_bundle, dates_as_multi30k, tmp_path):
+    result = run_script(script, "--bundle", dates_bundle, "--data-dir", dates_as_multi30k, *args, results=tmp_path)
+    assert result["rows"]

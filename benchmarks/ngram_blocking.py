@@ -87,7 +87,7 @@ def main():
         hyps = [h for i in range(0, len(sources), 128) for h in greedy(sources[i:i + 128], n)]
         rows.append({"blocked n-gram": n or "none", "val BLEU": round(sacrebleu.corpus_bleu(hyps, [refs]).score, 2)})
         print(rows[-1], flush=True)
-    write_results("ngram_blocking", rows, {"model": args.train_dir, "set": "Multi30k val (1,014 sentences), greedy"})
+    write_results("ngram_blocking", rows, {"model": args.train_dir, "set": f"Multi30k val ({len(sources):,} sentences), greedy"})
 
 
 if __name__ == "__main__":

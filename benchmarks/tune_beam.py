@@ -40,7 +40,7 @@ def main():
                      "val BLEU": round(sacrebleu.corpus_bleu(hyps, [refs]).score, 2)})
         print(rows[-1], flush=True)
     best = max(rows[1:], key=lambda r: r["val BLEU"])
-    write_results(args.name, rows, {"chosen alpha": best["alpha"], "set": "Multi30k val (1,014 sentences)"})
+    write_results(args.name, rows, {"chosen alpha": best["alpha"], "set": f"Multi30k val ({len(sources):,} sentences)"})
 
 
 if __name__ == "__main__":

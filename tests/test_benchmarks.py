@@ -49,7 +49,8 @@ def dates_as_multi30k(tmp_path_factory):
 
 
 def run_script(script: str, *args, results: Path) -> dict:
-    """`benchmarks/SCRIPT.py ARGS`, results under `results`; returns the JSON it wrote."""
+    """`benchmarks/SCRIPT.py ARGS`, results under `results` (one results file, no other
+    in that folder); returns the JSON it wrote."""
     env = {**os.environ, "KERAS_ATTN_RESULTS": str(results), "TF_CPP_MIN_LOG_LEVEL": "3"}
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"{script}.py"), *map(str, args)],
                           capture_output=True, text=True, env=env, timeout=600)
@@ -98,3 +99,60 @@ def test_bench_train_runs(dates_as_multi30k, tmp_path):
 def test_bundle_scripts_run(script, args, dates_bundle, dates_as_multi30k, tmp_path):
     result = run_script(script, "--bundle", dates_bundle, "--data-dir", dates_as_multi30k, *args, results=tmp_path)
     assert result["rows"]
+
+
+def test_significance_compares_translated_and_saved_outputs(dates_bundle, dates_as_multi30k, tmp_path):
+    """Two systems translated, then the same comparison from their saved outputs."""
+    from pipelines.evaluate import evaluate
+
+    systems = ["--system", f"a={dates_bundle}:0.6", "--system", f"b={dates_bundle}:0"]
+    fresh = run_script("significance", "--data-dir", dates_as_multi30k, *systems, results=tmp_path)
+    for path in tmp_path.glob("significance_val.*"):
+        path.unlink()
+    saved = run_script("significance", "--data-dir", dates_as_multi30k, "--system", "a=saved", "--system", "b=saved",
+                       results=tmp_path)
+    assert saved["rows"] == fresh["rows"] and len(fresh["rows"]) == 4
+    report, _ = evaluate(dates_bundle, dates_as_multi30k / "val.de.gz", dates_as_multi30k / "val.en.gz")
+    assert float(fresh["rows"][0]["BLEU"]) == pytest.approx(report["bleu"], abs=0.005)
+
+
+def test_compare_bundles_finds_a_bundle_equal_to_itself(dates_bundle, dates_as_multi30k, tmp_path):
+    result = run_script("compare_bundles", "--bundle", f"A={dates_bundle}", "--bundle", f"B={dates_bundle}",
+                        "--data-dir", dates_as_multi30k, "--passes", 4, "--latency-sentences", 3, results=tmp_path)
+    assert len(result["rows"]) == 4 and all(row["greedy sentences/s"] > 0 for row in result["rows"])
+    assert [row["outputs unlike A"] for row in result["rows"]] == [0, 0, 0, 0]
+
+
+def test_ngram_blocking_without_blocking_is_the_exported_greedy(dates_run, dates_bundle, dates_as_multi30k, tmp_path):
+    """Its step loop reproduces the bundle's greedy validation BLEU (so its rows compare like with like)."""
+    from pipelines.evaluate import evaluate
+
+    result = run_script("ngram_blocking", "--train-dir", dates_run[0], "--data-dir", dates_as_multi30k,
+                        "--max-len", json.loads((dates_bundle / "config.json").read_text())["max_tgt_len"],
+                        results=tmp_path)
+    report, _ = evaluate(dates_bundle, dates_as_multi30k / "val.de.gz", dates_as_multi30k / "val.en.gz")
+    assert result["rows"][0]["blocked n-gram"] == "none"
+    assert result["rows"][0]["val BLEU"] == pytest.approx(report["bleu"], abs=0.005)
+
+
+def test_the_committed_experiments_table_is_what_the_result_files_say(tmp_path):
+    """`experiments.py` run again over a copy of `benchmarks/results/` gives the committed table."""
+    import shutil
+
+    committed = ROOT / "benchmarks" / "results"
+    shutil.copytree(committed, tmp_path, dirs_exist_ok=True, ignore=shutil.ignore_patterns("experiments.*"))
+    env = {**os.environ, "KERAS_ATTN_RESULTS": str(tmp_path)}
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "experiments.py")], check=True, env=env,
+                   capture_output=True)
+    again = json.loads((tmp_path / "experiments.json").read_text())
+    assert again["rows"] == json.loads((committed / "experiments.json").read_text())["rows"]
+
+
+def test_training_profilers_run(dates_run, dates_as_multi30k, tmp_path):
+    gradients = run_script("bf16_gradients", "--train-dir", dates_run[0], "--data-dir", dates_as_multi30k,
+                           "--batches", 2, results=tmp_path / "bf16")
+    profile = run_script("profile_train_step", "--batch", 4, "--length", 4, "--steps", 2, "--profile-steps", 1,
+                         results=tmp_path / "profile")
+    assert gradients["rows"]
+    op_types = [row for row in profile["rows"] if row["kind"] == "op type"]
+    assert op_types and 0 < sum(row["share"] for row in op_types) <= 1.0001

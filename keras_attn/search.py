@@ -43,6 +43,8 @@ class InferenceModel(tf.Module):
     `ids (batch, out_len) int32`: tokens up to and including EOS, then pad 0;
     `attention (batch, out_len, src_len)`: the weights that produced each token;
     `log_probs (batch,)`: the sequence log-probability.
+    Beam search also returns its whole final beam, ranked (the first is `ids`):
+    `n_best_ids (batch, beam_size, out_len)` and `n_best_log_probs (batch, beam_size)`.
 
     `greedy_from_encoding` and `beam_search_from_encoding` are the same searches
     starting from `Encoder.encode`'s outputs (`memory`, the 0/1 `mask`, `final_h`,
@@ -165,9 +167,10 @@ class InferenceModel(tf.Module):
                   "max_len": max_len, "ids": tf.zeros([batch, k, longest], tf.int32),
                   "attention": tf.zeros([batch, k, longest, src_len], tf.float32)}
         # |scores| = (n, k): summed log-probs; |ids| = (n, k, longest)
-        # The best hypothesis of each sentence, written when it leaves the search.
-        best_of = {"ids": tf.zeros([batch, longest], tf.int32), "attention": tf.zeros([batch, longest, src_len]),
-                   "log_probs": tf.zeros([batch])}
+        # Each sentence's k final hypotheses, best first, and the best one's attention,
+        # written when it leaves the search.
+        best_of = {"ids": tf.zeros([batch, k, longest], tf.int32), "log_probs": tf.zeros([batch, k]),
+                   "attention": tf.zeros([batch, longest, src_len])}
 
         def body(t, search, best_of):
             search = expand(t, search)
@@ -207,18 +210,20 @@ class InferenceModel(tf.Module):
                                   + weights * tf.cast(step, tf.float32)[:, None])}
 
         def leave(search, best_of, done):
-            """Write the best (first) hypothesis of each `done` sentence; keep the others."""
+            """Write the hypotheses of each `done` sentence (ranked: the first is its best)
+            and the best one's attention; keep searching the others."""
             leaving = tf.reshape(tf.where(done), [-1])
             staying = tf.reshape(tf.where(tf.logical_not(done)), [-1])
             # |leaving| = (d,), |staying| = (n - d,): positions among the n searched sentences
             where = tf.expand_dims(tf.gather(search["alive"], leaving), 1)
 
             def write(output, hypotheses):  # |hypotheses| = (n, k, ...)
-                return tf.tensor_scatter_nd_update(output, where, tf.gather(tf.gather(hypotheses, leaving), 0, axis=1))
+                return tf.tensor_scatter_nd_update(output, where, tf.gather(hypotheses, leaving))
 
+            best_attention = tf.gather(tf.gather(search["attention"], leaving), 0, axis=1)
             best_of = {"ids": write(best_of["ids"], search["ids"]),
-                       "attention": write(best_of["attention"], search["attention"]),
-                       "log_probs": write(best_of["log_probs"], search["scores"])}
+                       "log_probs": write(best_of["log_probs"], search["scores"]),
+                       "attention": tf.tensor_scatter_nd_update(best_of["attention"], where, best_attention)}
             staying_rows = tf.reshape(staying[:, None] * k64 + tf.range(k64)[None], [-1])
             search = {name: tf.nest.map_structure(lambda s: tf.gather(s, staying_rows), value) if name == "state"
                       else tf.gather(value, staying) for name, value in search.items()}
@@ -228,8 +233,11 @@ class InferenceModel(tf.Module):
             return tf.size(search["alive"]) > 0
 
         steps, _, best_of = tf.while_loop(running, body, (tf.constant(0), search, best_of))
-        return {"ids": best_of["ids"][:, :steps], "attention": best_of["attention"][:, :steps],
-                "log_probs": best_of["log_probs"]}
+        n_best_ids = best_of["ids"][:, :, :steps]
+        # |n_best_ids| = (batch, k, steps), |best_of["log_probs"]| = (batch, k)
+        return {"ids": n_best_ids[:, 0], "attention": best_of["attention"][:, :steps],
+                "log_probs": best_of["log_probs"][:, 0],
+                "n_best_ids": n_best_ids, "n_best_log_probs": best_of["log_probs"]}
 
     def translate_ids(self, source_ids, max_len, beam_size=1, alpha=0.6):
         """Convenience eager entry point: greedy for beam 1, else beam search;

@@ -117,7 +117,10 @@ def cmd_export(args):
 def add_translate(sub):
     p = sub.add_parser("translate", help="translate lines with an exported bundle (onnxruntime, no TensorFlow)")
     p.add_argument("bundle", help="export folder")
-    p.add_argument("--beam", type=positive_int, default=1, help="beam size (1 = greedy)")
+    p.add_argument("--beam", type=positive_int, help="beam size (default 1 = greedy; with --n-best N, N)")
+    p.add_argument("--n-best", type=positive_int, metavar="N",
+                   help="the N best translations of each line, best first, one per output line as "
+                        "LINE<TAB>LOG-PROB<TAB>TRANSLATION (LINE = input line number); needs --beam >= N")
     p.add_argument("--max-len", type=positive_int, help="max output tokens")
     p.add_argument("--int8", action="store_true", help="use the int8 quantized graph")
     p.add_argument("--input", help="input file (default stdin)")
@@ -130,9 +133,12 @@ def add_translate(sub):
 def cmd_translate(args):
     from pipelines.translate import translate_stream
 
+    beam = args.beam or args.n_best or 1
+    if args.n_best and beam < args.n_best:
+        raise ValueError(f"--n-best {args.n_best} needs --beam {args.n_best} or more, got --beam {beam}")
     check_output_file(args.output, "--output")
-    translate_stream(args.bundle, args.input, args.output, beam=args.beam, max_len=args.max_len,
-                     int8=args.int8, batch_size=args.batch_size, alpha=args.alpha)
+    translate_stream(args.bundle, args.input, args.output, beam=beam, max_len=args.max_len,
+                     int8=args.int8, batch_size=args.batch_size, alpha=args.alpha, n_best=args.n_best or 0)
 
 
 def add_attention(sub):

@@ -11,7 +11,14 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_attn.runtime.translator import BUNDLE_FORMAT, Translator, decode_limit, pre_pad, sha256
+from keras_attn.runtime.translator import (
+    BUNDLE_FORMAT,
+    N_BEST_OUTPUTS,
+    Translator,
+    decode_limit,
+    pre_pad,
+    sha256,
+)
 
 VALIDATION_SENTENCES = 16
 
@@ -137,11 +144,13 @@ def check_parity(translator: Translator, inference, sentences: list[str], beam: 
     source = pre_pad(rows)
     limit = decode_limit([len(r) for r in rows], translator.max_tgt_len)  # one cap per sentence
     for kind, size in (("greedy", 1), ("beam", beam)):
-        onnx_ids = translator.decode_ids(source, size, None, alpha)["ids"]  # the same caps, by default
-        tf_ids = inference.translate_ids(source, limit, size, alpha)["ids"].numpy()
-        if onnx_ids.shape != tf_ids.shape or not np.array_equal(onnx_ids, tf_ids):
-            raise ExportError(f"{kind} ONNX output differs from TensorFlow on the validation sentences; "
-                              "the bundle was not written")
+        onnx_out = translator.decode_ids(source, size, None, alpha, n_best=True)  # the same caps, by default
+        tf_out = inference.translate_ids(source, limit, size, alpha)
+        for name in ("ids", *(N_BEST_OUTPUTS[:1] if size > 1 else ())):  # beam: every hypothesis of the final beam
+            onnx_ids, tf_ids = onnx_out[name], tf_out[name].numpy()
+            if onnx_ids.shape != tf_ids.shape or not np.array_equal(onnx_ids, tf_ids):
+                raise ExportError(f"{kind} ONNX output {name} differs from TensorFlow on the validation "
+                                  "sentences; the bundle was not written")
 
 
 def export(train_dir, out, beam: int = 5, alpha: float = 0.6, quantize: str | None = None,

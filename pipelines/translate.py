@@ -21,21 +21,22 @@ def read_input(path: str | None) -> list[str]:
 
 
 def translate_stream(bundle, input_path=None, output_path=None, beam=1, max_len=None, int8=False,
-                     batch_size=64, alpha=None):
-    """Translate a file (or stdin) line by line; the output has one line per input line.
-    When stdin is a terminal (and there is no `output_path`) each line is answered as
-    it is typed. `alpha`: the beam length penalty (default: the bundle's)."""
+                     batch_size=64, alpha=None, n_best=0):
+    """Translate a file (or stdin) line by line; the output has one line per input line,
+    or with `n_best` N lines per input line (`output_lines`). When stdin is a terminal
+    (and there is no `output_path`) each line is answered as it is typed. `alpha`: the
+    beam length penalty (default: the bundle's)."""
     translator = Translator.load(bundle, int8=int8)
+    options = dict(beam=beam, max_len=max_len, batch_size=batch_size, alpha=alpha, n_best=n_best)
     if input_path is None and output_path is None and sys.stdin.isatty():
-        return translate_interactively(translator, beam=beam, max_len=max_len, alpha=alpha)
+        return translate_interactively(translator, **options)
     lines = read_input(input_path)
     show_progress = input_path is not None and sys.stderr.isatty()
-    outputs = []
-    for start in range(0, len(lines), batch_size * 8):
-        outputs += translator.translate(lines[start:start + batch_size * 8], beam=beam, max_len=max_len,
-                                        batch_size=batch_size, alpha=alpha)
+    outputs, chunk = [], batch_size * 8
+    for start in range(0, len(lines), chunk):
+        outputs += output_lines(translator, lines[start:start + chunk], first_line=start + 1, **options)
         if show_progress:
-            print(f"\r{len(outputs):,}/{len(lines):,} lines", end="", file=sys.stderr, flush=True)
+            print(f"\r{min(start + chunk, len(lines)):,}/{len(lines):,} lines", end="", file=sys.stderr, flush=True)
     if show_progress:
         print(file=sys.stderr)
     text = "".join(o + "\n" for o in outputs)
@@ -45,10 +46,21 @@ def translate_stream(bundle, input_path=None, output_path=None, beam=1, max_len=
         atomic_write(output_path, text)
 
 
+def output_lines(translator, lines: list[str], first_line: int, n_best: int = 0, **options) -> list[str]:
+    """The translations of `lines`, one per line; with `n_best` N, the N best of each,
+    best first, as `LINE<TAB>LOG-PROB<TAB>TRANSLATION` (LINE: the input's line number)."""
+    if not n_best:
+        return translator.translate(lines, **options)
+    ranked = translator.translate_n_best(lines, n_best, **options)
+    return [f"{number}\t{log_prob:.4f}\t{text}" for number, hypotheses in enumerate(ranked, start=first_line)
+            for text, log_prob in hypotheses]
+
+
 def translate_interactively(translator, **options):
     """stdin is a terminal: answer each line as it is typed, until end of input (Ctrl-D)."""
     for number, raw in enumerate(iter(sys.stdin.buffer.readline, b""), start=1):
-        print(translator.translate(decode_lines(raw, "<stdin>", first_line=number), **options)[0], flush=True)
+        answer = output_lines(translator, decode_lines(raw, "<stdin>", first_line=number), number, **options)
+        print("\n".join(answer), flush=True)
 
 
 def attention_heatmap(bundle, sentence: str, png, beam: int = 1) -> str:

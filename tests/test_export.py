@@ -1,3 +1,4 @@
+import hashlib
 import json
 import shutil
 import subprocess
@@ -114,10 +115,37 @@ def test_onnx_greedy_and_beam_ids_equal_tensorflow_on_200_sentences(tf_side, hel
     for start in range(0, len(rows), 64):
         source = pre_pad(rows[start:start + 64])
         for beam in (1, 3):
-            onnx_out = translator.decode_ids(source, beam, 20, 0.6)
+            onnx_out = translator.decode_ids(source, beam, 20, 0.6, n_best=True)
             tf_out = inference.translate_ids(source, 20, beam, 0.6)
             np.testing.assert_array_equal(onnx_out["ids"], tf_out["ids"].numpy())
             np.testing.assert_allclose(onnx_out["log_probs"], tf_out["log_probs"].numpy(), rtol=1e-4, atol=1e-4)
+            if beam > 1:  # the whole final beam
+                np.testing.assert_array_equal(onnx_out["n_best_ids"], tf_out["n_best_ids"].numpy())
+                np.testing.assert_allclose(onnx_out["n_best_log_probs"], tf_out["n_best_log_probs"].numpy(),
+                                           rtol=1e-4, atol=1e-4)
+
+
+def test_beam_search_returns_its_final_beam_ranked_and_scored(tf_side, held_out):
+    """`n_best_*`: the first is `ids`; every hypothesis' log-prob is the model's own
+    (teacher-forced) score of it; ranked by log-prob over the length penalty; distinct."""
+    model, inference, translator = tf_side
+    source, alpha, k, eos = pre_pad(translator.encode(held_out.sources[:16])), 0.6, 4, model.config.eos_id
+    out = {name: value.numpy() for name, value in inference.translate_ids(source, 20, k, alpha).items()}
+    n_best, scores = out["n_best_ids"], out["n_best_log_probs"]
+    assert n_best.shape[:2] == scores.shape == (16, k)
+    np.testing.assert_array_equal(n_best[:, 0], out["ids"])
+    np.testing.assert_array_equal(scores[:, 0], out["log_probs"])
+    lengths = np.array([[list(h).index(eos) + 1 if eos in h else np.count_nonzero(h) for h in row] for row in n_best])
+    for j in range(k):
+        target_in = np.concatenate([np.full((16, 1), model.config.bos_id, np.int32), n_best[:, j, :-1]], 1)
+        logits = model({"source": source, "target_in": target_in}).numpy().astype("float64")
+        log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        for row in range(16):
+            steps = np.arange(lengths[row, j])
+            assert log_probs[row, steps, n_best[row, j, steps]].sum() == pytest.approx(scores[row, j], abs=1e-3)
+    ranking = scores / ((5.0 + lengths) / 6.0) ** alpha
+    assert np.all(np.diff(ranking, axis=1) <= 1e-5)
+    assert all(len({tuple(h) for h in row}) == k for row in n_best)
 
 
 def test_beam_one_equals_greedy_and_beam_is_never_worse(tf_side, held_out):
@@ -193,6 +221,48 @@ def test_translator_translates_in_order_and_keeps_empty_lines(dates_bundle, held
     assert len(outputs) == 32 and outputs[0] == "" and outputs[11] == ""
     assert outputs[1:11] + outputs[12:] == translator.translate(sources)
     assert translator.translate([]) == []
+
+
+def test_translator_n_best(dates_bundle, held_out, tmp_path):
+    translator = Translator.load(dates_bundle)
+    sources = held_out.sources[:20]
+    ranked = translator.translate_n_best(["", *sources], 3, beam=4)
+    assert len(ranked) == 21 and ranked[0] == [("", 0.0)] * 3 and all(len(r) == 3 for r in ranked)
+    assert [r[0][0] for r in ranked[1:]] == translator.translate(sources, beam=4)
+    assert all(len({text for text, _ in r}) == 3 for r in ranked[1:])  # dates detokenize one way each
+    assert [r[0][0] for r in translator.translate_n_best(sources, 1)] == translator.translate(sources)  # greedy
+    for n, beam, message in ((0, None, "n must be a positive integer"), (3, 2, "need a beam of at least 3")):
+        with pytest.raises(ValueError, match=message):
+            translator.translate_n_best(sources, n, beam=beam)
+    # A bundle exported before the n-best outputs existed says to re-export it.
+    import onnx
+
+    old = tmp_path / "old_bundle"
+    shutil.copytree(dates_bundle, old)
+    graph = onnx.load(old / "model_beam.onnx")
+    kept = [o for o in graph.graph.output if o.name not in ("n_best_ids", "n_best_log_probs")]
+    del graph.graph.output[:]
+    graph.graph.output.extend(kept)
+    onnx.save(graph, old / "model_beam.onnx")
+    config = json.loads((old / "config.json").read_text())
+    config["graphs"]["model_beam.onnx"]["sha256"] = hashlib.sha256((old / "model_beam.onnx").read_bytes()).hexdigest()
+    (old / "config.json").write_text(json.dumps(config))
+    outdated = Translator.load(old)
+    assert outdated.translate(sources[:3], beam=2) == translator.translate(sources[:3], beam=2)
+    with pytest.raises(BundleError, match="no n-best outputs.*re-export"):
+        outdated.translate_n_best(sources, 2)
+
+
+def test_translate_command_n_best(dates_bundle, held_out, tmp_path, capsys):
+    src, out = tmp_path / "in.txt", tmp_path / "out.tsv"
+    src.write_text("\n".join([held_out.sources[0], "", held_out.sources[1]]) + "\n", encoding="utf-8")
+    assert cli.main(["translate", str(dates_bundle), "--n-best", "2", "--input", str(src), "--output", str(out)]) == 0
+    rows = [line.split("\t") for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [row[0] for row in rows] == ["1", "1", "2", "2", "3", "3"] and rows[2] == ["2", "0.0000", ""]
+    best = Translator.load(dates_bundle).translate([held_out.sources[0], held_out.sources[1]], beam=2)
+    assert [rows[0][2], rows[4][2]] == best and float(rows[0][1]) < 0
+    assert cli.main(["translate", str(dates_bundle), "--n-best", "3", "--beam", "2", "--input", str(src)]) == 2
+    assert "--n-best 3 needs --beam 3 or more" in capsys.readouterr().err
 
 
 def test_batches_on_parallel_single_thread_sessions_equal_one_session(dates_bundle, held_out):
@@ -384,6 +454,11 @@ def test_translate_from_a_terminal_answers_each_line_as_it_is_typed(dates_bundle
     assert cli.main(["translate", str(dates_bundle)]) == 2
     assert shown_before_each_read == ["", "2009-06-25\n", "\n", "2000-01-01\n"]
     assert "<stdin>:4: invalid UTF-8" in capsys.readouterr().err
+    typed[:], shown_before_each_read[:] = [b"25 June 2009\n", b"Sat 1 Jan 2000\n"], []
+    assert cli.main(["translate", str(dates_bundle), "--n-best", "2"]) == 0
+    answers = [shown.splitlines() for shown in shown_before_each_read[1:]]
+    assert [[line.split("\t")[0] for line in lines] for lines in answers] == [["1", "1"], ["2", "2"]]
+    assert answers[0][0].endswith("\t2009-06-25") and answers[1][0].endswith("\t2000-01-01")
 
 
 def test_translate_keeps_one_output_line_per_input_line(dates_bundle, tmp_path, monkeypatch, capsys):

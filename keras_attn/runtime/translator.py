@@ -18,6 +18,7 @@ import numpy as np
 
 BUNDLE_FORMAT = 2  # 2: the graphs take one output cap per sentence
 REQUIRED_FILES = ("config.json", "model.onnx", "model_beam.onnx", "src.spm.model", "tgt.spm.model")
+N_BEST_OUTPUTS = ["n_best_ids", "n_best_log_probs"]  # the beam graph's, since 2026-11-27
 
 
 class BundleError(ValueError):
@@ -33,6 +34,7 @@ class Translation:
     target_tokens: list[str]  # EOS included when produced
     attention: np.ndarray  # (len(target_tokens), len(source_tokens))
     log_prob: float
+    n_best: list[tuple[str, float]] = dataclasses.field(default_factory=list)  # (text, log-prob), best first
 
 
 def sha256(path: Path) -> str:
@@ -181,10 +183,11 @@ class Translator:
         return [e[: self.max_src_len] for e in encoded]
 
     def decode_ids(self, source_ids: np.ndarray, beam: int = 1, max_len: int | None = None,
-                   alpha: float | None = None, sessions: dict | None = None) -> dict:
+                   alpha: float | None = None, sessions: dict | None = None, n_best: bool = False) -> dict:
         """One `InferenceSession.run` over a pre-padded id batch (on `sessions`,
         default the all-cores ones). Each sentence's output is capped by `max_len`,
-        default `decode_limit` of its own length (not the batch's width)."""
+        default `decode_limit` of its own length (not the batch's width). `n_best`
+        (beam > 1): also the whole final beam, `n_best_ids` and `n_best_log_probs`."""
         sessions = sessions or self.sessions
         lengths = np.count_nonzero(source_ids != self.pad_id, axis=1)
         feeds = {"source_ids": source_ids.astype(np.int32),
@@ -194,8 +197,8 @@ class Translator:
             session = sessions["beam"]
             feeds["beam_size"] = np.array(beam, np.int32)
             feeds["alpha"] = np.array(self.config["alpha"] if alpha is None else alpha, np.float32)
-        ids, attention, log_probs = session.run(["ids", "attention", "log_probs"], feeds)
-        return {"ids": ids, "attention": attention, "log_probs": log_probs}
+        names = ["ids", "attention", "log_probs"] + (N_BEST_OUTPUTS if n_best and beam > 1 else [])
+        return dict(zip(names, session.run(names, feeds), strict=True))
 
     def _check(self, beam, max_len):
         if not isinstance(beam, int) or beam < 1:
@@ -215,7 +218,27 @@ class Translator:
                                  max_len: int | None = None) -> list[Translation]:
         return self._translate(sentences, beam, max_len, 64, attention=True)
 
-    def _translate(self, sentences, beam, max_len, batch_size, attention, alpha=None):
+    def translate_n_best(self, sentences: list[str], n: int, beam: int | None = None, max_len: int | None = None,
+                         batch_size: int = 64, alpha: float | None = None) -> list[list[tuple[str, float]]]:
+        """The `n` best translations of each sentence with their log-probabilities, best
+        first: the final beam of a beam search `beam` wide (default `n`, at least `n`),
+        ranked by log-probability over the length penalty `alpha` (default: the
+        bundle's). `n` = 1 with `beam` = 1 is greedy. An empty line gives `n` times ("", 0.0)."""
+        beam = n if beam is None else beam
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"n must be a positive integer, got {n!r}")
+        self._check(beam, max_len)
+        if beam < n:
+            raise ValueError(f"the {n} best translations need a beam of at least {n}, got {beam}")
+        if beam > 1 and not set(N_BEST_OUTPUTS) <= {o.name for o in self.sessions["beam"].get_outputs()}:
+            raise BundleError(f"{self.graphs['beam']}: no n-best outputs (exported before they existed); "
+                              "re-export the bundle with `keras-attn export`")
+        results = self._translate(sentences, beam, max_len, batch_size, False, alpha, n_best=beam > 1)
+        if beam == 1:
+            return [[(r.text, r.log_prob)] for r in results]
+        return [r.n_best[:n] or [("", 0.0)] * n for r in results]  # no n-best: an empty line
+
+    def _translate(self, sentences, beam, max_len, batch_size, attention, alpha=None, n_best=False):
         self._check(beam, max_len)
         if isinstance(sentences, str):
             raise TypeError("translate takes a list of sentences, not a single string")
@@ -227,7 +250,7 @@ class Translator:
 
         def run(batch, sessions):
             rows = [encoded[i] for i in batch]
-            out = self.decode_ids(pre_pad(rows), beam, max_len, alpha, sessions)
+            out = self.decode_ids(pre_pad(rows), beam, max_len, alpha, sessions, n_best)
             width = out["attention"].shape[-1]
             return [(i, self._result(out, row, rows[row], width, attention)) for row, i in enumerate(batch)]
 
@@ -249,11 +272,16 @@ class Translator:
                 self._worker_sessions = {kind: open_session(path, 1) for kind, path in self.graphs.items()}
         return self._worker_sessions
 
+    def _text(self, ids) -> str:
+        return self.tgt_sp.decode(strip_special(ids, self.eos_id, self.pad_id))
+
     def _result(self, out, row, src_ids, width, attention) -> Translation:
         ids = [int(t) for t in out["ids"][row]]
-        text = self.tgt_sp.decode(strip_special(ids, self.eos_id, self.pad_id))
+        text = self._text(ids)
         if not attention:
-            return Translation(text, [], [], np.zeros((0, 0), np.float32), float(out["log_probs"][row]))
+            n_best = [(self._text(hypothesis), float(log_prob)) for hypothesis, log_prob
+                      in zip(out["n_best_ids"][row], out["n_best_log_probs"][row])] if "n_best_ids" in out else []
+            return Translation(text, [], [], np.zeros((0, 0), np.float32), float(out["log_probs"][row]), n_best)
         n_out = ids.index(self.eos_id) + 1 if self.eos_id in ids else len([t for t in ids if t != self.pad_id])
         matrix = out["attention"][row, :n_out, width - len(src_ids):]
         return Translation(text, [self.src_sp.id_to_piece(i) for i in src_ids],

@@ -109,6 +109,44 @@ def iter_nodes(graph):
                 yield from iter_nodes(attribute.g)
 
 
+def initializers(graph):
+    """Every initializer of `graph` and of its subgraphs (loop bodies)."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            for subgraph in [attribute.g, *attribute.graphs]:
+                yield from initializers(subgraph)
+
+
+def share_weights(folder: Path, graph_names: list[str], data_name: str, threshold: int = 1024) -> None:
+    """Store the large initializers of the graphs `graph_names` (in `folder`) once, in
+    `folder/data_name`, as ONNX external data: the greedy and the beam graph hold the
+    same weights, which each file would otherwise carry a copy of. Each distinct
+    tensor is written once, at an offset aligned to 4 KiB (onnxruntime may map it)."""
+    import hashlib
+
+    import onnx
+
+    offsets: dict[str, int] = {}
+    with open(folder / data_name, "wb") as data:
+        for name in graph_names:
+            model = onnx.load(folder / name)
+            for tensor in initializers(model.graph):
+                if len(tensor.raw_data) < threshold:
+                    continue
+                key = hashlib.sha256(tensor.raw_data).hexdigest()
+                if key not in offsets:
+                    offsets[key] = data.seek(-data.tell() % 4096, os.SEEK_CUR)
+                    data.write(tensor.raw_data)
+                entries = {"location": data_name, "offset": str(offsets[key]), "length": str(len(tensor.raw_data))}
+                del tensor.external_data[:]
+                for entry_key, value in entries.items():
+                    tensor.external_data.add(key=entry_key, value=value)
+                tensor.data_location = onnx.TensorProto.EXTERNAL
+                tensor.ClearField("raw_data")
+            onnx.save(model, folder / name)
+
+
 def quantize_int8(source: Path, target: Path):
     """onnxruntime dynamic int8 quantization, loop bodies included."""
     import logging
@@ -169,7 +207,7 @@ def export(train_dir, out, beam: int = 5, alpha: float = 0.6, quantize: str | No
     os.umask(umask)
     staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; a bundle is for sharing
     try:
-        graphs = {}
+        graphs, weights = {}, {}
         for name, function in (("model.onnx", inference.greedy_from_encoding),
                                ("model_beam.onnx", inference.beam_search_from_encoding)):
             log(f"[export] converting {function.__name__} to ONNX (opset {opset}) ...")
@@ -177,8 +215,13 @@ def export(train_dir, out, beam: int = 5, alpha: float = 0.6, quantize: str | No
             (staging / name).write_bytes(proto.SerializeToString())
             if quantize == "int8":
                 quantize_int8(staging / name, staging / name.replace(".onnx", ".int8.onnx"))
+        for precision in ("", ".int8"):  # one weights file per precision, shared by its two graphs
+            names = [f"model{precision}.onnx", f"model_beam{precision}.onnx"]
+            if (staging / names[0]).is_file():
+                share_weights(staging, names, f"weights{precision}.bin")
+                weights[f"weights{precision}.bin"] = file_entry(staging / f"weights{precision}.bin")
         for name in sorted(p.name for p in staging.glob("*.onnx")):
-            graphs[name] = {"sha256": sha256(staging / name), "bytes": (staging / name).stat().st_size}
+            graphs[name] = file_entry(staging / name)
         (staging / "src.spm.model").write_bytes(src_model)
         (staging / "tgt.spm.model").write_bytes(tgt_model)
         model_cfg = model.config
@@ -193,6 +236,7 @@ def export(train_dir, out, beam: int = 5, alpha: float = 0.6, quantize: str | No
             "max_src_len": max_len, "max_tgt_len": max_len,
             "beam": beam, "alpha": alpha, "opset": opset,
             "graphs": graphs,
+            "weights": weights,  # the graphs' external data (ONNX), each file shared by two graphs
             "tokenizers": {
                 "src": {"file": "src.spm.model", "sha256": sha256(staging / "src.spm.model"),
                         "vocab_size": model_cfg.src_vocab_size},
@@ -211,6 +255,10 @@ def export(train_dir, out, beam: int = 5, alpha: float = 0.6, quantize: str | No
     log(f"[export] wrote {out}/ ({', '.join(sorted(p.name for p in out.iterdir()))}) "
         f"in {time.perf_counter() - start:.0f} s")
     return out
+
+
+def file_entry(path: Path) -> dict:
+    return {"sha256": sha256(path), "bytes": path.stat().st_size}
 
 
 def replace_dir(staging: Path, out: Path):

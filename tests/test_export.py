@@ -32,11 +32,37 @@ def tf_side(dates_run, dates_bundle):
 def test_bundle_contents_and_config(dates_bundle):
     names = {p.name for p in dates_bundle.iterdir()}
     assert names == {"config.json", "model.onnx", "model_beam.onnx", "model.int8.onnx", "model_beam.int8.onnx",
-                     "src.spm.model", "tgt.spm.model"}
+                     "weights.bin", "weights.int8.bin", "src.spm.model", "tgt.spm.model"}
     config = json.loads((dates_bundle / "config.json").read_text())
     assert config["opset"] == 17 and config["beam"] == 3 and config["eos_id"] == 3
     assert len(config["tokenizers"]["src"]["sha256"]) == 64
+    assert set(config["weights"]) == {"weights.bin", "weights.int8.bin"}
     assert not list(dates_bundle.parent.glob(".dates.*"))  # no staging folder left behind
+
+
+def test_the_greedy_and_beam_graphs_share_one_copy_of_the_weights(dates_bundle):
+    """Each precision's two graphs keep their large tensors in one external-data file,
+    each distinct tensor stored once: the file holds about one graph's weights, not two."""
+    import onnx
+
+    from pipelines.export import initializers
+
+    for precision in ("", ".int8"):
+        stored = {}  # (offset, length) -> graphs using it
+        for graph in (f"model{precision}.onnx", f"model_beam{precision}.onnx"):
+            proto = onnx.load(str(dates_bundle / graph), load_external_data=False)
+            external = [t for t in initializers(proto.graph) if t.data_location == onnx.TensorProto.EXTERNAL]
+            assert external and all(len(t.raw_data) < 1024 for t in initializers(proto.graph)
+                                    if t.data_location != onnx.TensorProto.EXTERNAL)
+            for tensor in external:
+                entry = {e.key: e.value for e in tensor.external_data}
+                assert entry["location"] == f"weights{precision}.bin"
+                stored.setdefault((int(entry["offset"]), int(entry["length"])), set()).add(graph)
+            assert (dates_bundle / graph).stat().st_size < 200_000
+        greedy_graph = f"model{precision}.onnx"
+        assert all(len(users) == 2 for users in stored.values() if greedy_graph in users)  # all of greedy's shared
+        data_size = (dates_bundle / f"weights{precision}.bin").stat().st_size
+        assert sum(length for _, length in stored) <= data_size < sum(length for _, length in stored) + 4096 * len(stored)
 
 
 def test_graphs_use_standard_ops_an_lstm_encoder_one_decode_loop_and_a_folded_embedding(dates_bundle):
@@ -385,6 +411,17 @@ def test_bundle_errors_are_clear(dates_bundle, tmp_path):
     shutil.copy(bundle / "src.spm.model", bundle / "tgt.spm.model")
     with pytest.raises(BundleError, match="tgt.spm.model: does not match config.json"):
         Translator.load(bundle)
+    shutil.copy(dates_bundle / "tgt.spm.model", bundle / "tgt.spm.model")
+    with open(bundle / "weights.bin", "r+b") as weights:  # one byte changed
+        first = weights.read(1)
+        weights.seek(0)
+        weights.write(bytes([first[0] ^ 1]))
+    with pytest.raises(BundleError, match="weights.bin: checksum does not match"):
+        Translator.load(bundle)
+    (bundle / "weights.bin").unlink()
+    with pytest.raises(BundleError, match="missing weights.bin"):
+        Translator.load(bundle)
+    Translator.load(bundle, int8=True)  # the int8 graphs have their own weights file
     (bundle / "model_beam.onnx").unlink()
     with pytest.raises(BundleError, match="missing model_beam.onnx"):
         Translator.load(bundle)

@@ -37,6 +37,18 @@ class Translation:
     n_best: list[tuple[str, float]] = dataclasses.field(default_factory=list)  # (text, log-prob), best first
 
 
+def check_weights(bundle: Path, config: dict, name: str) -> None:
+    """The graphs' external weights file `name`, when the bundle has one (exports since
+    2026-11-27 evening): present and unchanged."""
+    expected = config.get("weights", {}).get(name, {}).get("sha256")
+    if expected is None:
+        return
+    if not (bundle / name).is_file():
+        raise BundleError(f"{bundle}: missing {name} (the graphs' weights; copy the whole bundle folder)")
+    if sha256(bundle / name) != expected:
+        raise BundleError(f"{bundle / name}: checksum does not match config.json (file damaged or replaced)")
+
+
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -158,6 +170,7 @@ class Translator:
         graphs = {"greedy": "model.onnx", "beam": "model_beam.onnx"}
         if int8:
             graphs = {k: v.replace(".onnx", ".int8.onnx") for k, v in graphs.items()}
+        check_weights(bundle, config, f"weights{'.int8' if int8 else ''}.bin")
         sessions, paths, threads = {}, {}, thread_count(threads)
         for kind, name in graphs.items():
             path = paths[kind] = bundle / name

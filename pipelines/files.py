@@ -4,16 +4,29 @@ then a rename, so an interrupted or failed write never leaves a half-written fil
 
 from __future__ import annotations
 
+import contextlib
 import io
 from pathlib import Path
 
 
-def atomic_write(path: str | Path, data: bytes | str):
-    """Write `data` (str as UTF-8) to `path` through `.<name>.tmp` and a rename."""
+@contextlib.contextmanager
+def atomic_output(path: str | Path, mode: str = "w"):
+    """A file object (`mode` "w" for UTF-8 text, "wb" for bytes) on `.<name>.tmp`, renamed
+    to `path` when the block ends without an exception and removed when it fails."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
-    tmp.replace(path)
+    try:
+        with open(tmp, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as handle:
+            yield handle
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write(path: str | Path, data: bytes | str):
+    """Write `data` (str as UTF-8) to `path` by `atomic_output`."""
+    with atomic_output(path, "wb") as handle:
+        handle.write(data.encode("utf-8") if isinstance(data, str) else data)
 
 
 def save_figure(fig, path: str | Path, dpi: int):

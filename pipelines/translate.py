@@ -2,48 +2,68 @@
 
 from __future__ import annotations
 
+import contextlib
+import gzip
+import itertools
 import sys
 from pathlib import Path
 
 from keras_attn.runtime import Translator
-from pipelines.corpus import decode_lines, read_lines
-from pipelines.files import atomic_write, save_figure
+from pipelines.corpus import CorpusError, decode_lines
+from pipelines.files import atomic_output, save_figure
 
 
-def read_input(path: str | None) -> list[str]:
-    """Input lines of a file (`.gz` too) or of stdin, split at line feeds only: one
-    output line per input line even if a sentence holds U+2028 or a form feed."""
-    if path is None:
-        return decode_lines(sys.stdin.buffer.read(), "<stdin>")
-    if not Path(path).is_file():
+def input_chunks(path: str | None, size: int):
+    """The input, a file (`.gz` too) or stdin, read as it is needed: `(first line number,
+    lines, fraction of the file read)` for every `size` lines (the fraction is None for
+    stdin). Lines end at line feeds only (`decode_lines`: one output line per input
+    line even if a sentence holds U+2028 or a form feed); invalid UTF-8 names the file
+    and line."""
+    if path is not None and not Path(path).is_file():
         raise FileNotFoundError(f"{path}: no such input file")
-    return read_lines(path)
+    name = "<stdin>" if path is None else str(path)
+    with contextlib.ExitStack() as stack:
+        if path is None:
+            stream, raw_file, total = sys.stdin.buffer, None, None
+        else:
+            raw_file = stack.enter_context(open(path, "rb"))
+            stream = stack.enter_context(gzip.open(raw_file)) if str(path).endswith(".gz") else raw_file
+            total = max(1, Path(path).stat().st_size)
+        number = 1
+        while True:
+            try:
+                raw = list(itertools.islice(stream, size))
+            except (OSError, EOFError) as error:  # a damaged .gz
+                raise CorpusError(f"{name}: cannot read ({error})") from error
+            if not raw:
+                return
+            yield number, decode_lines(b"".join(raw), name, first_line=number), \
+                None if raw_file is None else raw_file.tell() / total
+            number += len(raw)
 
 
 def translate_stream(bundle, input_path=None, output_path=None, beam=1, max_len=None, int8=False,
                      batch_size=64, alpha=None, n_best=0):
     """Translate a file (or stdin) line by line; the output has one line per input line,
-    or with `n_best` N lines per input line (`output_lines`). When stdin is a terminal
-    (and there is no `output_path`) each line is answered as it is typed. `alpha`: the
-    beam length penalty (default: the bundle's)."""
+    or with `n_best` N lines per input line (`output_lines`). The input is read and
+    the output written in chunks of `8 * batch_size` lines, so memory does not grow
+    with the input and a pipe gets its first lines early; `output_path` appears only
+    complete. When stdin is a terminal (and there is no `output_path`) each line is
+    answered as it is typed. `alpha`: the beam length penalty (default: the bundle's)."""
     translator = Translator.load(bundle, int8=int8)
     options = dict(beam=beam, max_len=max_len, batch_size=batch_size, alpha=alpha, n_best=n_best)
     if input_path is None and output_path is None and sys.stdin.isatty():
         return translate_interactively(translator, **options)
-    lines = read_input(input_path)
     show_progress = input_path is not None and sys.stderr.isatty()
-    outputs, chunk = [], batch_size * 8
-    for start in range(0, len(lines), chunk):
-        outputs += output_lines(translator, lines[start:start + chunk], first_line=start + 1, **options)
-        if show_progress:
-            print(f"\r{min(start + chunk, len(lines)):,}/{len(lines):,} lines", end="", file=sys.stderr, flush=True)
+    output = contextlib.nullcontext(sys.stdout) if output_path is None else atomic_output(output_path)
+    with output as out:
+        for first, lines, fraction in input_chunks(input_path, batch_size * 8):
+            out.write("".join(line + "\n" for line in output_lines(translator, lines, first, **options)))
+            out.flush()
+            if show_progress:
+                print(f"\r{first + len(lines) - 1:,} lines ({fraction:.0%})", end="", file=sys.stderr, flush=True)
     if show_progress:
         print(file=sys.stderr)
-    text = "".join(o + "\n" for o in outputs)
-    if output_path is None:
-        sys.stdout.write(text)
-    else:
-        atomic_write(output_path, text)
 
 
 def output_lines(translator, lines: list[str], first_line: int, n_best: int = 0, **options) -> list[str]:

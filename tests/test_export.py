@@ -498,6 +498,34 @@ def test_translate_from_a_terminal_answers_each_line_as_it_is_typed(dates_bundle
     assert answers[0][0].endswith("\t2009-06-25") and answers[1][0].endswith("\t2000-01-01")
 
 
+def test_translate_streams_its_input_in_chunks(dates_bundle, tmp_path, monkeypatch, capsys):
+    """A chunk's translations (8 x --batch-size lines) are written before the next chunk
+    is read, so a pipe gets output early; invalid UTF-8 in a later chunk names its line,
+    and --output then leaves no file behind."""
+    import io
+
+    written, lines_out = [], []  # the output so far; its line count each time an input line is read
+
+    class Pipe(io.BytesIO):
+        def __next__(self):
+            written.append(capsys.readouterr().out)
+            lines_out.append("".join(written).count("\n"))
+            return super().__next__()
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(Pipe(b"25 June 2009\n" * 20)))
+    assert cli.main(["translate", str(dates_bundle), "--batch-size", "1"]) == 0
+    written.append(capsys.readouterr().out)
+    assert lines_out[:9] == [0] * 8 + [8] and lines_out[16] == 16
+    assert "".join(written) == "2009-06-25\n" * 20
+    bad = tmp_path / "in.txt"
+    bad.write_bytes(b"25 June 2009\n" * 12 + b"\xff\n" + b"25 June 2009\n" * 7)
+    out = tmp_path / "out.txt"
+    assert cli.main(["translate", str(dates_bundle), "--batch-size", "1", "--input", str(bad),
+                     "--output", str(out)]) == 2
+    assert f"{bad}:13: invalid UTF-8" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == [bad]  # neither the output nor its temporary file
+
+
 def test_translate_keeps_one_output_line_per_input_line(dates_bundle, tmp_path, monkeypatch, capsys):
     """Only line feeds end a line: U+2028, form feed and a CR before the LF stay inside
     it (`str.splitlines` would split them into extra lines); `.gz` and stdin work, and

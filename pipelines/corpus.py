@@ -6,9 +6,12 @@ Every reader returns a `ParallelCorpus`. Problems raise `CorpusError` with the f
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
+import itertools
 import shutil
+import sys
 import tempfile
 import urllib.request
 from pathlib import Path
@@ -50,16 +53,36 @@ def read_lines(path: str | Path) -> list[str]:
     Raises `CorpusError` naming the file for a missing file, and the file and line
     number for invalid UTF-8.
     """
-    path = Path(path)
-    if not path.is_file():
+    return [line for _, lines, _ in line_chunks(path, 1 << 16) for line in lines]
+
+
+def line_chunks(path: str | Path | None, size: int):
+    """A UTF-8 text file (`.gz` read transparently), or stdin for `None`, read `size`
+    lines at a time as they are needed: yields `(first line number, lines, fraction of
+    the file read)` (the fraction is None for stdin). Lines are split as `decode_lines`
+    splits them; `CorpusError` names the file for a missing or unreadable file, and the
+    file and line for invalid UTF-8."""
+    if path is not None and not Path(path).is_file():
         raise CorpusError(f"{path}: no such file")
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rb") as handle:
-            data = handle.read()
-    except (OSError, EOFError) as error:
-        raise CorpusError(f"{path}: cannot read ({error})") from error
-    return decode_lines(data, str(path))
+    name = "<stdin>" if path is None else str(path)
+    with contextlib.ExitStack() as stack:
+        if path is None:
+            stream, raw_file, total = sys.stdin.buffer, None, None
+        else:
+            raw_file = stack.enter_context(open(path, "rb"))
+            stream = stack.enter_context(gzip.open(raw_file)) if Path(path).suffix == ".gz" else raw_file
+            total = max(1, Path(path).stat().st_size)
+        number = 1
+        while True:
+            try:
+                raw = list(itertools.islice(stream, size))
+            except (OSError, EOFError) as error:  # e.g. a damaged .gz
+                raise CorpusError(f"{name}: cannot read ({error})") from error
+            if not raw:
+                return
+            yield number, decode_lines(b"".join(raw), name, first_line=number), \
+                None if raw_file is None else raw_file.tell() / total
+            number += len(raw)
 
 
 def decode_lines(data: bytes, name: str, first_line: int = 1) -> list[str]:

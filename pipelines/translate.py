@@ -3,43 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import gzip
-import itertools
 import sys
 from pathlib import Path
 
 from keras_attn.runtime import Translator
-from pipelines.corpus import CorpusError, decode_lines
+from pipelines.corpus import decode_lines, line_chunks
 from pipelines.files import atomic_output, save_figure
-
-
-def input_chunks(path: str | None, size: int):
-    """The input, a file (`.gz` too) or stdin, read as it is needed: `(first line number,
-    lines, fraction of the file read)` for every `size` lines (the fraction is None for
-    stdin). Lines end at line feeds only (`decode_lines`: one output line per input
-    line even if a sentence holds U+2028 or a form feed); invalid UTF-8 names the file
-    and line."""
-    if path is not None and not Path(path).is_file():
-        raise FileNotFoundError(f"{path}: no such input file")
-    name = "<stdin>" if path is None else str(path)
-    with contextlib.ExitStack() as stack:
-        if path is None:
-            stream, raw_file, total = sys.stdin.buffer, None, None
-        else:
-            raw_file = stack.enter_context(open(path, "rb"))
-            stream = stack.enter_context(gzip.open(raw_file)) if str(path).endswith(".gz") else raw_file
-            total = max(1, Path(path).stat().st_size)
-        number = 1
-        while True:
-            try:
-                raw = list(itertools.islice(stream, size))
-            except (OSError, EOFError) as error:  # a damaged .gz
-                raise CorpusError(f"{name}: cannot read ({error})") from error
-            if not raw:
-                return
-            yield number, decode_lines(b"".join(raw), name, first_line=number), \
-                None if raw_file is None else raw_file.tell() / total
-            number += len(raw)
 
 
 def translate_stream(bundle, input_path=None, output_path=None, beam=1, max_len=None, int8=False,
@@ -50,6 +19,8 @@ def translate_stream(bundle, input_path=None, output_path=None, beam=1, max_len=
     with the input and a pipe gets its first lines early; `output_path` appears only
     complete. When stdin is a terminal (and there is no `output_path`) each line is
     answered as it is typed. `alpha`: the beam length penalty (default: the bundle's)."""
+    if input_path is not None and not Path(input_path).is_file():
+        raise FileNotFoundError(f"{input_path}: no such input file")
     translator = Translator.load(bundle, int8=int8)
     options = dict(beam=beam, max_len=max_len, batch_size=batch_size, alpha=alpha, n_best=n_best)
     if input_path is None and output_path is None and sys.stdin.isatty():
@@ -57,7 +28,7 @@ def translate_stream(bundle, input_path=None, output_path=None, beam=1, max_len=
     show_progress = input_path is not None and sys.stderr.isatty()
     output = contextlib.nullcontext(sys.stdout) if output_path is None else atomic_output(output_path)
     with output as out:
-        for first, lines, fraction in input_chunks(input_path, batch_size * 8):
+        for first, lines, fraction in line_chunks(input_path, batch_size * 8):
             out.write("".join(line + "\n" for line in output_lines(translator, lines, first, **options)))
             out.flush()
             if show_progress:

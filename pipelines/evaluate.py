@@ -25,8 +25,8 @@ def score(hypotheses: list[str], references: list[str]) -> dict:
     }
 
 
-def translate_with(runtime: str, bundle: str, sources: list[str], beam: int, int8: bool, train_dir: str | None,
-                   alpha: float):
+def translate_with(runtime: str, bundle: str, config: dict, sources: list[str], beam: int, int8: bool,
+                   train_dir: str | None, alpha: float):
     if runtime == "onnx":
         from keras_attn.runtime import Translator
 
@@ -37,7 +37,6 @@ def translate_with(runtime: str, bundle: str, sources: list[str], beam: int, int
     from pipelines.export import load_training_run
     from pipelines.tokenizer import load_processor
 
-    config = json.loads((Path(bundle) / "config.json").read_text(encoding="utf-8"))
     model, _, src_model, tgt_model = load_training_run(train_dir)
     inference = InferenceModel(model)
     src_sp, tgt_sp = load_processor(src_model), load_processor(tgt_model)
@@ -45,7 +44,7 @@ def translate_with(runtime: str, bundle: str, sources: list[str], beam: int, int
                                 beam_size=beam, alpha=alpha)
 
 
-def check_runtime_options(bundle, runtime: str, int8: bool, train_dir) -> None:
+def check_runtime_options(bundle, config: dict, runtime: str, int8: bool, train_dir) -> None:
     """`--runtime tf` runs the training folder's Keras model in float32, so it needs that
     folder, and the folder must be the bundle's (same tokenizers); `--runtime onnx`
     runs the bundle alone. A flag the runtime would ignore is refused, not ignored."""
@@ -59,22 +58,21 @@ def check_runtime_options(bundle, runtime: str, int8: bool, train_dir) -> None:
         raise ValueError("--int8 is for --runtime onnx (the tf runtime runs the trained model in float32)")
     if train_dir is None:
         raise ValueError("--runtime tf needs --train-dir (the training folder the bundle was exported from)")
-    tokenizers = json.loads((Path(bundle) / "config.json").read_text(encoding="utf-8"))["tokenizers"]
     for side in ("src", "tgt"):
         path = Path(train_dir) / f"{side}.spm.model"
-        if path.is_file() and sha256(path) != tokenizers[side]["sha256"]:
+        if path.is_file() and sha256(path) != config["tokenizers"][side]["sha256"]:
             raise ValueError(f"{path}: not the tokenizer of {bundle} (--train-dir is another model's folder)")
 
 
 def evaluate(bundle, src, ref, beam=1, runtime="onnx", int8=False, train_dir=None, alpha=None) -> dict:
     """`alpha`: the beam length penalty; `None` = the bundle's (`config.json`)."""
-    check_runtime_options(bundle, runtime, int8, train_dir)
+    config = json.loads((Path(bundle) / "config.json").read_text(encoding="utf-8"))
+    check_runtime_options(bundle, config, runtime, int8, train_dir)
     sources, references = read_lines(src), read_lines(ref)
     if len(sources) != len(references):
         raise ValueError(f"misaligned test set: {src} has {len(sources):,} lines but {ref} has {len(references):,}")
-    if alpha is None:
-        alpha = json.loads((Path(bundle) / "config.json").read_text(encoding="utf-8"))["alpha"]
-    run = translate_with(runtime, bundle, sources, beam, int8, train_dir, alpha)
+    alpha = config["alpha"] if alpha is None else alpha
+    run = translate_with(runtime, bundle, config, sources, beam, int8, train_dir, alpha)
     start = time.perf_counter()
     hypotheses = run()
     seconds = time.perf_counter() - start

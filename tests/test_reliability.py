@@ -240,13 +240,20 @@ def test_two_workers_train_as_one_device_does():
         np.testing.assert_allclose(result["loss"], reference["loss"], rtol=2e-3)
 
 
+def train_on_two_workers(out: Path, pairs: int, epochs: int) -> list[str]:
+    """The `keras-attn train --strategy multiworker` command of a tiny dates model."""
+    return [sys.executable, "-m", "pipelines.cli", "train", "--strategy", "multiworker", "--dates-train-size",
+            str(pairs), "--epochs", str(epochs), "--embedding-dim", "8", "--encoder-units", "8", "--decoder-units",
+            "16", "--verbose", "0", "--out", str(out)]
+
+
 def workers_agree(out: Path) -> list[tuple[str, str]]:
     """The chief's (`out`) and worker 1's (`out/worker_1`) runs ended with the same
     history and weights; returns the history's (loss, val_loss) rows."""
-    import csv
+    from pipelines.train import read_history
 
     folders = [out, out / "worker_1"]
-    histories = [[(row["loss"], row["val_loss"]) for row in csv.DictReader(open(f / "history.csv"))] for f in folders]
+    histories = [[(row["loss"], row["val_loss"]) for row in read_history(f / "history.csv")] for f in folders]
     assert histories[0] == histories[1]
     chief, other = (load_model(f / "model.keras").get_weights() for f in folders)
     for a, b in zip(chief, other, strict=True):
@@ -259,10 +266,7 @@ def test_the_train_command_runs_on_two_workers(tmp_path):
     TensorFlow op), both hosts given the same `--out`: the chief writes there, the
     other worker in `worker_1/`, and both end with the same losses and weights."""
     out = tmp_path / "run"
-    argv = [sys.executable, "-m", "pipelines.cli", "train", "--strategy", "multiworker", "--dates-train-size", "600",
-            "--epochs", "2", "--embedding-dim", "8", "--encoder-units", "8", "--decoder-units", "16", "--verbose", "0",
-            "--out", str(out)]
-    for worker in run_workers(argv, Path(__file__).resolve().parents[1]):
+    for worker in run_workers(train_on_two_workers(out, pairs=600, epochs=2), Path(__file__).resolve().parents[1]):
         assert worker.returncode == 0, worker.stderr[-2000:]
     histories = workers_agree(out)
     assert len(histories) == 2
@@ -271,27 +275,22 @@ def test_the_train_command_runs_on_two_workers(tmp_path):
 def test_sigterm_stops_the_workers_and_the_same_command_resumes(tmp_path):
     """TensorFlow's multi-worker setup catches SIGTERM to note a preemption, which
     `fit` never reads: without `train.stop_on_sigterm` the workers train on to the end."""
-    import csv
     import signal
     import time
 
+    from pipelines.train import read_history
+
     out, root = tmp_path / "run", Path(__file__).resolve().parents[1]
-    argv = [sys.executable, "-m", "pipelines.cli", "train", "--strategy", "multiworker", "--dates-train-size", "3000",
-            "--epochs", "4", "--embedding-dim", "8", "--encoder-units", "8", "--decoder-units", "16", "--verbose", "0",
-            "--out", str(out)]
+    argv = train_on_two_workers(out, pairs=3000, epochs=4)
     workers, deadline = start_workers(argv, root), time.monotonic() + 240
-
-    def epochs_logged(folder):
-        return list(csv.DictReader(open(folder / "history.csv"))) if (folder / "history.csv").is_file() else []
-
-    while not epochs_logged(out) and time.monotonic() < deadline and workers[0].poll() is None:
+    while not read_history(out / "history.csv") and time.monotonic() < deadline and workers[0].poll() is None:
         time.sleep(0.2)
     for worker in workers:  # during the second epoch (~1 s at 3,000 pairs)
         worker.send_signal(signal.SIGTERM)
     for worker in workers:
         worker.communicate(timeout=60)
         assert worker.returncode == -signal.SIGTERM
-    first = epochs_logged(out)
+    first = read_history(out / "history.csv")
     assert 1 <= len(first) < 4
     for worker in run_workers(argv, root):  # the same command: each worker resumes from its backup
         assert worker.returncode == 0, worker.stderr[-2000:]

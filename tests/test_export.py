@@ -1,4 +1,3 @@
-import hashlib
 import json
 import shutil
 import subprocess
@@ -10,7 +9,7 @@ import pytest
 import sentencepiece as spm
 
 from keras_attn.runtime import BundleError, Translator
-from keras_attn.runtime.translator import pre_pad, strip_special
+from keras_attn.runtime.translator import N_BEST_OUTPUTS, pre_pad, sha256, strip_special
 from keras_attn.saving import load_model
 from keras_attn.search import InferenceModel
 from pipelines import cli
@@ -263,15 +262,14 @@ def test_translator_n_best(dates_bundle, held_out, tmp_path):
     # A bundle exported before the n-best outputs existed says to re-export it.
     import onnx
 
-    old = tmp_path / "old_bundle"
-    shutil.copytree(dates_bundle, old)
+    old = copy_bundle(dates_bundle, tmp_path)
     graph = onnx.load(old / "model_beam.onnx")
-    kept = [o for o in graph.graph.output if o.name not in ("n_best_ids", "n_best_log_probs")]
+    kept = [o for o in graph.graph.output if o.name not in N_BEST_OUTPUTS]
     del graph.graph.output[:]
     graph.graph.output.extend(kept)
     onnx.save(graph, old / "model_beam.onnx")
     config = json.loads((old / "config.json").read_text())
-    config["graphs"]["model_beam.onnx"]["sha256"] = hashlib.sha256((old / "model_beam.onnx").read_bytes()).hexdigest()
+    config["graphs"]["model_beam.onnx"]["sha256"] = sha256(old / "model_beam.onnx")
     (old / "config.json").write_text(json.dumps(config))
     outdated = Translator.load(old)
     assert outdated.translate(sources[:3], beam=2) == translator.translate(sources[:3], beam=2)

@@ -45,8 +45,13 @@ def check_weights(bundle: Path, config: dict, name: str) -> None:
         return
     if not (bundle / name).is_file():
         raise BundleError(f"{bundle}: missing {name} (the graphs' weights; copy the whole bundle folder)")
-    if sha256(bundle / name) != expected:
-        raise BundleError(f"{bundle / name}: checksum does not match config.json (file damaged or replaced)")
+    check_checksum(bundle / name, expected)
+
+
+def check_checksum(path: Path, expected: str | None) -> None:
+    """`path`'s SHA-256 is the one `config.json` lists (a bundle that lists none is not checked)."""
+    if expected and sha256(path) != expected:
+        raise BundleError(f"{path}: checksum does not match config.json (file damaged or replaced)")
 
 
 def sha256(path: Path) -> str:
@@ -176,9 +181,7 @@ class Translator:
             path = paths[kind] = bundle / name
             if not path.is_file():
                 raise BundleError(f"{bundle}: missing {name}" + (" (export with --quantize int8)" if int8 else ""))
-            expected = config["graphs"].get(name, {}).get("sha256")
-            if expected and sha256(path) != expected:
-                raise BundleError(f"{path}: checksum does not match config.json (file damaged or replaced)")
+            check_checksum(path, config["graphs"].get(name, {}).get("sha256"))
             try:
                 sessions[kind] = open_session(path, threads)
             except Exception as error:  # onnxruntime raises its own exception types

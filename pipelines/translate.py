@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import warnings
 from pathlib import Path
 
-from keras_attn.runtime import Translator
+from keras_attn.runtime import Translator, TruncationWarning
 from pipelines.corpus import decode_lines, line_chunks
 from pipelines.files import atomic_output, save_figure
 
@@ -25,6 +26,7 @@ def translate_stream(bundle, input_path=None, output_path=None, beam=1, max_len=
     options = dict(beam=beam, max_len=max_len, batch_size=batch_size, alpha=alpha, n_best=n_best)
     if input_path is None and output_path is None and sys.stdin.isatty():
         return translate_interactively(translator, **options)
+    options["source"] = "<stdin>" if input_path is None else str(input_path)
     show_progress = input_path is not None and sys.stderr.isatty()
     output = contextlib.nullcontext(sys.stdout) if output_path is None else atomic_output(output_path)
     with output as out:
@@ -37,20 +39,40 @@ def translate_stream(bundle, input_path=None, output_path=None, beam=1, max_len=
         print(file=sys.stderr)
 
 
-def output_lines(translator, lines: list[str], first_line: int, n_best: int = 0, **options) -> list[str]:
+def output_lines(translator, lines: list[str], first_line: int, n_best: int = 0, source: str = "<stdin>",
+                 **options) -> list[str]:
     """The translations of `lines`, one per line; with `n_best` N, the N best of each,
-    best first, as `LINE<TAB>LOG-PROB<TAB>TRANSLATION` (LINE: the input's line number)."""
+    best first, as `LINE<TAB>LOG-PROB<TAB>TRANSLATION` (LINE: the input's line number).
+    Lines cut to the model's source limit are named on stderr as `source`:LINE."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", TruncationWarning)
+        if n_best:
+            ranked = translator.translate_n_best(lines, n_best, **options)
+        else:
+            translations = translator.translate(lines, **options)
+    report_truncation(caught, source, first_line, translator.max_src_len)
     if not n_best:
-        return translator.translate(lines, **options)
-    ranked = translator.translate_n_best(lines, n_best, **options)
+        return translations
     return [f"{number}\t{log_prob:.4f}\t{text}" for number, hypotheses in enumerate(ranked, start=first_line)
             for text, log_prob in hypotheses]
+
+
+def report_truncation(caught, source: str, first_line: int, limit: int) -> None:
+    """Name the truncated input lines (`source`:LINE) on stderr; re-issue other warnings."""
+    for warning in caught:
+        if isinstance(warning.message, TruncationWarning):
+            numbers = ", ".join(str(first_line + i) for i in warning.message.positions)
+            print(f"{source}: line(s) {numbers} longer than {limit} source tokens, translated from "
+                  f"their first {limit}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
 
 
 def translate_interactively(translator, **options):
     """stdin is a terminal: answer each line as it is typed, until end of input (Ctrl-D)."""
     for number, raw in enumerate(iter(sys.stdin.buffer.readline, b""), start=1):
-        answer = output_lines(translator, decode_lines(raw, "<stdin>", first_line=number), number, **options)
+        answer = output_lines(translator, decode_lines(raw, "<stdin>", first_line=number), number,
+                              source="<stdin>", **options)
         print("\n".join(answer), flush=True)
 
 

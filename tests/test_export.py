@@ -524,6 +524,22 @@ def test_translate_streams_its_input_in_chunks(dates_bundle, tmp_path, monkeypat
     assert list(tmp_path.iterdir()) == [bad]  # neither the output nor its temporary file
 
 
+def test_translate_names_the_input_lines_it_truncates(dates_bundle, tmp_path, capsys):
+    """A line longer than the model's source limit is translated from its first pieces,
+    and stderr names its file and line, counted across chunks (8 x --batch-size lines)."""
+    lines = ["25 June 2009"] * 13
+    lines[2] = lines[10] = lines[12] = "25 June 2009 " * 200
+    source, out = tmp_path / "in.txt", tmp_path / "out.txt"
+    source.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    assert cli.main(["translate", str(dates_bundle), "--batch-size", "1", "--input", str(source),
+                     "--output", str(out)]) == 0
+    limit = Translator.load(dates_bundle).max_src_len
+    reports = [line for line in capsys.readouterr().err.splitlines() if "longer than" in line]
+    assert reports == [f"{source}: line(s) {numbers} longer than {limit} source tokens, translated from their "
+                       f"first {limit}" for numbers in ["3", "11, 13"]]
+    assert len(out.read_text(encoding="utf-8").splitlines()) == 13
+
+
 def test_translate_keeps_one_output_line_per_input_line(dates_bundle, tmp_path, monkeypatch, capsys):
     """Only line feeds end a line: U+2028, form feed and a CR before the LF stay inside
     it (`str.splitlines` would split them into extra lines); `.gz` and stdin work, and

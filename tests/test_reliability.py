@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from keras_attn.runtime import Translator
+from keras_attn.runtime import Translator, TruncationWarning
 from keras_attn.saving import load_model
 from pipelines import cli
 
@@ -33,9 +33,12 @@ def test_dirty_batch_gives_one_output_per_input(translator):
     assert len(outputs) == len(DIRTY)
     assert outputs[0] == "" and outputs[1] == ""
     assert all(isinstance(o, str) for o in outputs)
-    # the 10,000-character line is truncated with exactly one warning
+    # the 10,000-character line is truncated with exactly one warning, which says where it is
     truncation = [w for w in caught if "truncated" in str(w.message)]
     assert len(truncation) == 1 and "1 input(s)" in str(truncation[0].message)
+    assert truncation[0].category is TruncationWarning and truncation[0].message.positions == [7]
+    assert "positions 7 in the list" in str(truncation[0].message)
+    assert truncation[0].filename == __file__  # points at the caller, not inside the Translator
 
 
 def test_control_characters_do_not_change_the_translation(translator):

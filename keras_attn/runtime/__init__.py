@@ -5,6 +5,6 @@ keras-attn's own dependencies (`pip install keras-attn`); training needs
 `pip install 'keras-attn[train]'`.
 """
 
-from keras_attn.runtime.translator import BundleError, Translation, Translator
+from keras_attn.runtime.translator import BundleError, Translation, Translator, TruncationWarning
 
-__all__ = ["BundleError", "Translation", "Translator"]
+__all__ = ["BundleError", "Translation", "Translator", "TruncationWarning"]

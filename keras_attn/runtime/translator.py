@@ -25,6 +25,15 @@ class BundleError(ValueError):
     """The export bundle is missing, damaged or inconsistent."""
 
 
+class TruncationWarning(UserWarning):
+    """Inputs longer than the model's source limit were cut to it; `positions`: where
+    they are in the list that was translated (from 0)."""
+
+    def __init__(self, message: str, positions: list[int]):
+        super().__init__(message)
+        self.positions = positions
+
+
 @dataclasses.dataclass
 class Translation:
     """One translation with the attention that produced it."""
@@ -190,12 +199,13 @@ class Translator:
 
     # ------------------------------------------------------------ translating
     def encode(self, sentences: list[str]) -> list[list[int]]:
-        """Source ids, truncated to the model's max source length (one warning)."""
+        """Source ids, truncated to the model's max source length (one `TruncationWarning`)."""
         encoded = [self.src_sp.encode(clean(s)) for s in sentences]
-        long = sum(len(e) > self.max_src_len for e in encoded)
+        long = [i for i, ids in enumerate(encoded) if len(ids) > self.max_src_len]
         if long:
-            warnings.warn(f"{long} input(s) longer than {self.max_src_len} source tokens were truncated",
-                          stacklevel=3)
+            shown = ", ".join(map(str, long[:10])) + (", ..." if len(long) > 10 else "")
+            warnings.warn(TruncationWarning(f"{len(long)} input(s) longer than {self.max_src_len} source tokens "
+                                            f"were truncated (positions {shown} in the list, from 0)", long), stacklevel=4)
         return [e[: self.max_src_len] for e in encoded]
 
     def decode_ids(self, source_ids: np.ndarray, beam: int = 1, max_len: int | None = None,

@@ -14,33 +14,27 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import DEFAULT_DATA, write_results  # noqa: E402
 
+from pipelines.evaluate import ALPHAS, best_row, read_test_set, score, tune_alpha  # noqa: E402
+
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", required=True)
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA))
     parser.add_argument("--beam", type=int, default=5)
-    parser.add_argument("--alphas", type=float, nargs="+", default=[0.0, 0.4, 0.6, 0.8, 1.0, 1.2])
+    parser.add_argument("--alphas", type=float, nargs="+", default=list(ALPHAS))
     parser.add_argument("--name", default="tune_beam", help="results file name (results/NAME.json, .md)")
     args = parser.parse_args()
 
-    import sacrebleu
-
     from keras_attn.runtime import Translator
-    from pipelines.corpus import read_lines
 
-    sources = read_lines(os.path.join(args.data_dir, "val.de.gz"))
-    refs = read_lines(os.path.join(args.data_dir, "val.en.gz"))
+    sources, refs = read_test_set(os.path.join(args.data_dir, "val.de.gz"), os.path.join(args.data_dir, "val.en.gz"))
     translator = Translator.load(args.bundle)
-    rows = [{"search": "greedy", "alpha": "-",
-             "val BLEU": round(sacrebleu.corpus_bleu(translator.translate(sources), [refs]).score, 2)}]
-    for alpha in args.alphas:
-        hyps = translator.translate(sources, beam=args.beam, alpha=alpha)
-        rows.append({"search": f"beam {args.beam}", "alpha": alpha,
-                     "val BLEU": round(sacrebleu.corpus_bleu(hyps, [refs]).score, 2)})
-        print(rows[-1], flush=True)
-    best = max(rows[1:], key=lambda r: r["val BLEU"])
-    write_results(args.name, rows, {"chosen alpha": best["alpha"], "set": f"Multi30k val ({len(sources):,} sentences)"})
+    greedy = {"search": "greedy", "alpha": "-", "val BLEU": score(translator.translate(sources), refs)["bleu"]}
+    beams = tune_alpha(translator, sources, refs, args.beam, args.alphas, progress=lambda row: print(row, flush=True))
+    rows = [greedy] + [{"search": f"beam {args.beam}", "alpha": row["alpha"], "val BLEU": row["bleu"]} for row in beams]
+    write_results(args.name, rows, {"chosen alpha": best_row(beams)["alpha"],
+                                    "set": f"Multi30k val ({len(sources):,} sentences)"})
 
 
 if __name__ == "__main__":

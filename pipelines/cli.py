@@ -20,6 +20,17 @@ TRAINING_MODULES = ("tensorflow", "keras", "tensorflow_text", "tf2onnx", "onnx",
                     "matplotlib", "tensorboard", "yaml")
 
 
+def length_penalty(text):
+    """A beam length penalty alpha: a finite number >= 0 (0 = none)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+    return value
+
+
 def positive_int(text, minimum=1):
     from pipelines.config import integer_kind
 
@@ -97,10 +108,11 @@ def add_export(sub):
     p = sub.add_parser("export", help="export a trained model to an ONNX bundle")
     p.add_argument("train_dir", help="folder written by `keras-attn train`")
     p.add_argument("--out", help="bundle folder (default exported/<train_dir name>)")
-    p.add_argument("--beam", type=positive_int, default=5, help="default beam size recorded in the bundle")
-    p.add_argument("--alpha", type=float, default=0.6, help="length-penalty alpha for beam search")
+    p.add_argument("--beam", type=positive_int, default=5, help="beam size recorded in the bundle (default %(default)s)")
+    p.add_argument("--alpha", type=length_penalty, default=0.6,
+                   help="beam length penalty recorded in the bundle (default %(default)s; `tune-alpha` picks one)")
     p.add_argument("--quantize", choices=["int8"], help="also write int8 dynamically quantized graphs")
-    p.add_argument("--opset", type=positive_int, default=17, help="ONNX opset of the graphs")
+    p.add_argument("--opset", type=positive_int, default=17, help="ONNX opset of the graphs (default %(default)s)")
     p.add_argument("--max-len", type=positive_int, help="max source/target tokens (default: training max_len)")
     p.set_defaults(handler=cmd_export)
 
@@ -121,12 +133,13 @@ def add_translate(sub):
     p.add_argument("--n-best", type=positive_int, metavar="N",
                    help="the N best translations of each line, best first, one per output line as "
                         "LINE<TAB>LOG-PROB<TAB>TRANSLATION (LINE = input line number); needs --beam >= N")
-    p.add_argument("--max-len", type=positive_int, help="max output tokens")
+    p.add_argument("--max-len", type=positive_int,
+                   help="max output tokens (default: 2 x the source's tokens + 10, within the bundle's limit)")
     p.add_argument("--int8", action="store_true", help="use the int8 quantized graph")
     p.add_argument("--input", help="input file (default stdin)")
     p.add_argument("--output", help="output file (default stdout)")
-    p.add_argument("--batch-size", type=positive_int, default=64, help="sentences per onnxruntime call")
-    p.add_argument("--alpha", type=float, help="beam length penalty (default: the bundle's)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="sentences per onnxruntime call (default %(default)s)")
+    p.add_argument("--alpha", type=length_penalty, help="beam length penalty (default: the bundle's)")
     p.set_defaults(handler=cmd_translate)
 
 
@@ -165,10 +178,10 @@ def add_evaluate(sub):
     p.add_argument("bundle", help="export folder")
     p.add_argument("--src", required=True, help="source sentences, one per line (.gz ok)")
     p.add_argument("--ref", required=True, help="reference translations, aligned with --src")
-    p.add_argument("--beam", type=positive_int, default=1, help="beam size (1 = greedy)")
+    p.add_argument("--beam", type=positive_int, default=1, help="beam size (default 1 = greedy)")
     p.add_argument("--runtime", choices=["onnx", "tf"], default="onnx",
-                   help="onnx: the bundle's graphs; tf: the trained Keras model's search")
-    p.add_argument("--alpha", type=float, help="beam length penalty (default: the bundle's)")
+                   help="onnx (default): the bundle's graphs; tf: the trained Keras model's search")
+    p.add_argument("--alpha", type=length_penalty, help="beam length penalty (default: the bundle's)")
     p.add_argument("--int8", action="store_true", help="onnx runtime: use the int8 graph")
     p.add_argument("--train-dir", help="--runtime tf (required there): the training folder the bundle was exported from")
     p.add_argument("--json", help="write the report here as JSON")
@@ -180,6 +193,30 @@ def cmd_evaluate(args):
 
     check_output_file(args.json, "--json")
     evaluate_command(args)
+
+
+def add_tune_alpha(sub):
+    from pipelines.evaluate import ALPHAS  # light: no TensorFlow
+
+    p = sub.add_parser("tune-alpha", help="choose the beam length penalty on a validation set")
+    p.add_argument("bundle", help="export folder")
+    p.add_argument("--src", required=True, help="validation sources, one per line (.gz ok); never the test set")
+    p.add_argument("--ref", required=True, help="their reference translations")
+    p.add_argument("--beam", type=positive_int, default=5, help="beam size (default %(default)s)")
+    p.add_argument("--alphas", type=length_penalty, nargs="+", default=list(ALPHAS),
+                   metavar="A", help="length penalties to try (default %(default)s)")
+    p.add_argument("--int8", action="store_true", help="use the int8 graph")
+    p.add_argument("--write", action="store_true",
+                   help="make the best alpha the bundle's default (config.json), for translate and evaluate")
+    p.add_argument("--json", help="write the table here as JSON")
+    p.set_defaults(handler=cmd_tune_alpha)
+
+
+def cmd_tune_alpha(args):
+    from pipelines.evaluate import tune_alpha_command
+
+    check_output_file(args.json, "--json")
+    tune_alpha_command(args)
 
 
 def add_download(sub):
@@ -198,9 +235,9 @@ def cmd_download(args):
 
 def add_demo(sub):
     p = sub.add_parser("demo", help="train the dates demo, export it, translate through onnxruntime")
-    p.add_argument("--out", default="runs/dates", help="training folder")
-    p.add_argument("--bundle", default="exported/dates", help="export folder")
-    p.add_argument("--epochs", type=positive_int, default=6, help="training epochs")
+    p.add_argument("--out", default="runs/dates", help="training folder (default %(default)s)")
+    p.add_argument("--bundle", default="exported/dates", help="export folder (default %(default)s)")
+    p.add_argument("--epochs", type=positive_int, default=6, help="training epochs (default %(default)s)")
     p.set_defaults(handler=cmd_demo)
 
 
@@ -232,7 +269,8 @@ def parser():
         prog="keras-attn",
         description="Luong-attention seq2seq: train with Keras, export to ONNX, translate with onnxruntime.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (add_demo, add_train, add_export, add_translate, add_attention, add_evaluate, add_download):
+    for add in (add_demo, add_train, add_export, add_translate, add_attention, add_evaluate, add_tune_alpha,
+                add_download):
         add(sub)
     return p
 

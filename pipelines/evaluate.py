@@ -64,13 +64,19 @@ def check_runtime_options(bundle, config: dict, runtime: str, int8: bool, train_
             raise ValueError(f"{path}: not the tokenizer of {bundle} (--train-dir is another model's folder)")
 
 
+def read_test_set(src, ref) -> tuple[list[str], list[str]]:
+    """Source lines and their references, refused unless aligned line for line."""
+    sources, references = read_lines(src), read_lines(ref)
+    if len(sources) != len(references):
+        raise ValueError(f"misaligned files: {src} has {len(sources):,} lines but {ref} has {len(references):,}")
+    return sources, references
+
+
 def evaluate(bundle, src, ref, beam=1, runtime="onnx", int8=False, train_dir=None, alpha=None) -> dict:
     """`alpha`: the beam length penalty; `None` = the bundle's (`config.json`)."""
     config = json.loads((Path(bundle) / "config.json").read_text(encoding="utf-8"))
     check_runtime_options(bundle, config, runtime, int8, train_dir)
-    sources, references = read_lines(src), read_lines(ref)
-    if len(sources) != len(references):
-        raise ValueError(f"misaligned test set: {src} has {len(sources):,} lines but {ref} has {len(references):,}")
+    sources, references = read_test_set(src, ref)
     alpha = config["alpha"] if alpha is None else alpha
     run = translate_with(runtime, bundle, config, sources, beam, int8, train_dir, alpha)
     start = time.perf_counter()
@@ -114,3 +120,55 @@ def evaluate_command(args):
     print(table(report))
     if args.json:
         atomic_write(args.json, json.dumps(report, indent=2) + "\n")
+
+
+# ---------------------------------------------------------------- tune-alpha
+ALPHAS = (0.0, 0.4, 0.6, 0.8, 1.0, 1.2)
+
+
+def tune_alpha(translator, sources: list[str], references: list[str], beam: int = 5, alphas=ALPHAS,
+               progress=None) -> list[dict]:
+    """Beam-search BLEU and chrF of `sources` at each length penalty in `alphas`, in
+    their order; `progress(row)` after each. Choose on a validation set, never the test set."""
+    rows = []
+    for alpha in alphas:
+        scores = score(translator.translate(sources, beam=beam, alpha=alpha), references)
+        rows.append({"alpha": alpha, "bleu": scores["bleu"], "chrf": scores["chrf"]})
+        if progress:
+            progress(rows[-1])
+    return rows
+
+
+def best_row(rows: list[dict]) -> dict:
+    """The highest BLEU; of equal ones, the first listed."""
+    return max(rows, key=lambda row: row["bleu"])
+
+
+def write_bundle_alpha(bundle, alpha: float, tuned_on: dict) -> Path:
+    """Make `alpha` the bundle's default length penalty (`config.json`, rewritten whole),
+    with where it was chosen (`alpha_tuned_on`)."""
+    path = Path(bundle) / "config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["alpha"], config["alpha_tuned_on"] = alpha, tuned_on
+    atomic_write(path, json.dumps(config, indent=2) + "\n")
+    return path
+
+
+def tune_alpha_command(args):
+    from keras_attn.runtime import Translator
+
+    sources, references = read_test_set(args.src, args.ref)
+    translator = Translator.load(args.bundle, int8=args.int8)
+    print(f"beam {args.beam} on {args.src} ({len(sources):,} sentences), bundle's alpha {translator.config['alpha']}:")
+    print("| alpha | BLEU | chrF |\n| --- | --- | --- |")
+    rows = tune_alpha(translator, sources, references, args.beam, args.alphas,
+                      progress=lambda row: print(f"| {row['alpha']} | {row['bleu']} | {row['chrf']} |", flush=True))
+    best = best_row(rows)
+    report = {"bundle": str(args.bundle), "src": str(args.src), "ref": str(args.ref), "beam": args.beam,
+              "int8": args.int8, "rows": rows, "best_alpha": best["alpha"], "best_bleu": best["bleu"]}
+    print(f"best alpha {best['alpha']} (BLEU {best['bleu']})")
+    if args.json:
+        atomic_write(args.json, json.dumps(report, indent=2) + "\n")
+    if args.write:
+        tuned_on = {"src": str(args.src), "beam": args.beam, "bleu": best["bleu"]}
+        print(f"the bundle's default alpha is now {best['alpha']} ({write_bundle_alpha(args.bundle, best['alpha'], tuned_on)})")

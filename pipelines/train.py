@@ -603,7 +603,8 @@ def run(cfg: TrainConfig) -> dict:
     if cfg.init_from:
         start_from(model, Path(cfg.init_from))
         log(f"[model] starting from the weights of {cfg.init_from}/model.keras")
-    log(f"[model] {model.count_params():,} parameters; training for up to {cfg.epochs} epochs")
+    epochs = f"{cfg.epochs} epoch" + ("s" if cfg.epochs != 1 else "")
+    log(f"[model] {model.count_params():,} parameters; training for up to {epochs}")
     if cfg.steps_per_epoch:
         train_ds = train_ds.repeat()
     finished = finished_epochs(out)

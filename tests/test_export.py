@@ -14,6 +14,7 @@ from keras_attn.saving import load_model
 from keras_attn.search import InferenceModel
 from pipelines import cli
 from pipelines.dates import date_corpus
+from pipelines.evaluate import evaluate
 from pipelines.export import ExportError, export
 
 
@@ -376,12 +377,14 @@ def test_translate_runs_without_the_training_packages_and_the_rest_say_what_to_i
         "evaluate": ["evaluate", str(dates_bundle), "--src", str(tmp_path / "in.txt"), "--ref",
                      str(tmp_path / "in.txt")],
         "attention": ["attention", str(dates_bundle), "25 June 2009", "--png", str(tmp_path / "a.png")],
+        "tune-alpha": ["tune-alpha", str(dates_bundle), "--src", str(tmp_path / "in.txt"), "--ref",
+                       str(tmp_path / "in.txt")],
     }
     results = {name: subprocess.run([sys.executable, "-c", blocker, *argv], capture_output=True, text=True,
                                     timeout=120) for name, argv in commands.items()}
     assert results["translate"].returncode == 0, results["translate"].stderr
     assert results["translate"].stdout == "2009-06-25\n"
-    for name in ("train", "evaluate", "attention"):
+    for name in ("train", "evaluate", "attention", "tune-alpha"):
         assert results[name].returncode == 2, results[name].stderr
         assert results[name].stderr.startswith(f"keras-attn {name}: error: needs the training packages")
         assert "pip install 'keras-attn[train]'" in results[name].stderr
@@ -602,6 +605,38 @@ def test_evaluate_command_reports_bleu_chrf_and_speed(dates_bundle, held_out, tm
         assert report["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [held_out.targets[:50]]).score, abs=0.01)
     ref.write_text("only one line\n")
     assert cli.main(["evaluate", str(dates_bundle), "--src", str(src), "--ref", str(ref)]) == 2
+    assert f"misaligned files: {src} has 50 lines but {ref} has 1" in capsys.readouterr().err
+
+
+def test_tune_alpha_scores_each_alpha_and_writes_the_best_into_the_bundle(dates_bundle, held_out, tmp_path,
+                                                                          capsys):
+    """tune-alpha's BLEU for each alpha is evaluate's at that alpha; --write makes the
+    best the bundle's default, which translate then uses, and the bundle still loads."""
+    bundle = copy_bundle(dates_bundle, tmp_path)
+    src, ref, table = tmp_path / "val.src", tmp_path / "val.ref", tmp_path / "tune.json"
+    # deliberately short of a perfect score, so that the alphas can differ
+    src.write_text("\n".join(held_out.sources[:60]) + "\n", encoding="utf-8")
+    ref.write_text("\n".join(t[:-1] for t in held_out.targets[:60]) + "\n", encoding="utf-8")
+    alphas = ["0", "0.5", "2"]
+    assert cli.main(["tune-alpha", str(bundle), "--src", str(src), "--ref", str(ref), "--beam", "2",
+                     "--alphas", *alphas, "--json", str(table)]) == 0
+    report = json.loads(table.read_text())
+    expected = [evaluate(bundle, src, ref, beam=2, alpha=float(a))[0]["bleu"] for a in alphas]
+    assert [row["bleu"] for row in report["rows"]] == expected
+    best = [float(a) for a in alphas][expected.index(max(expected))]
+    assert report["best_alpha"] == best and f"best alpha {best}" in capsys.readouterr().out
+    assert json.loads((bundle / "config.json").read_text())["alpha"] == 0.6  # unchanged without --write
+    assert cli.main(["tune-alpha", str(bundle), "--src", str(src), "--ref", str(ref), "--beam", "2",
+                     "--alphas", *alphas, "--write"]) == 0
+    config = json.loads((bundle / "config.json").read_text())
+    assert config["alpha"] == best and config["alpha_tuned_on"] == {"src": str(src), "beam": 2, "bleu": max(expected)}
+    assert evaluate(bundle, src, ref, beam=2)[0]["alpha"] == best  # the bundle's default now
+    assert Translator.load(bundle).translate(held_out.sources[:5], beam=2) == Translator.load(
+        dates_bundle).translate(held_out.sources[:5], beam=2, alpha=best)
+    for bad in (["--alphas", "-1"], ["--alphas", "inf"], ["--beam", "0"]):
+        with pytest.raises(SystemExit):
+            cli.main(["tune-alpha", str(bundle), "--src", str(src), "--ref", str(ref), *bad])
+        assert "expected" in capsys.readouterr().err
 
 
 def test_evaluate_with_the_tf_runtime_scores_what_onnx_scores(dates_run, dates_bundle, held_out, tmp_path, capsys):

@@ -57,6 +57,12 @@ def test_bad_beam_or_max_len_raise_value_errors(translator, beam, max_len):
         translator.translate(["25 June 2009"], beam=beam, max_len=max_len)
 
 
+@pytest.mark.parametrize("alpha", [-0.5, float("nan"), float("inf"), "0.6"])
+def test_bad_alpha_raises_a_value_error(translator, alpha):
+    with pytest.raises(ValueError, match="alpha must be a number >= 0"):
+        translator.translate(["25 June 2009"], beam=2, alpha=alpha)
+
+
 def test_non_string_input_is_a_type_error(translator):
     with pytest.raises(TypeError):
         translator.translate("25 June 2009")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import numbers
 import os
 import threading
 import warnings
@@ -226,11 +227,13 @@ class Translator:
         names = ["ids", "attention", "log_probs"] + (N_BEST_OUTPUTS if n_best and beam > 1 else [])
         return dict(zip(names, session.run(names, feeds), strict=True))
 
-    def _check(self, beam, max_len):
+    def _check(self, beam, max_len, alpha=None):
         if not isinstance(beam, int) or beam < 1:
             raise ValueError(f"beam must be a positive integer, got {beam!r}")
         if max_len is not None and (not isinstance(max_len, int) or max_len < 1):
             raise ValueError(f"max_len must be a positive integer, got {max_len!r}")
+        if alpha is not None and not (isinstance(alpha, numbers.Real) and 0 <= alpha < float("inf")):
+            raise ValueError(f"alpha must be a number >= 0, got {alpha!r}")
 
     def translate(self, sentences: list[str], beam: int = 1, max_len: int | None = None,
                   batch_size: int = 64, alpha: float | None = None) -> list[str]:
@@ -265,7 +268,7 @@ class Translator:
         return [r.n_best[:n] or [("", 0.0)] * n for r in results]  # no n-best: an empty line
 
     def _translate(self, sentences, beam, max_len, batch_size, attention, alpha=None, n_best=False):
-        self._check(beam, max_len)
+        self._check(beam, max_len, alpha)
         if isinstance(sentences, str):
             raise TypeError("translate takes a list of sentences, not a single string")
         encoded = self.encode(list(sentences))

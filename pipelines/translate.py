@@ -39,11 +39,11 @@ def translate_stream(bundle, input_path=None, output_path=None, beam=1, max_len=
         print(file=sys.stderr)
 
 
-def output_lines(translator, lines: list[str], first_line: int, n_best: int = 0, source: str = "<stdin>",
+def output_lines(translator, lines: list[str], first_line: int, *, source: str, n_best: int = 0,
                  **options) -> list[str]:
     """The translations of `lines`, one per line; with `n_best` N, the N best of each,
     best first, as `LINE<TAB>LOG-PROB<TAB>TRANSLATION` (LINE: the input's line number).
-    Lines cut to the model's source limit are named on stderr as `source`:LINE."""
+    Lines cut to the model's source limit are named on stderr (`source`: line(s) N, M)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", TruncationWarning)
         if n_best:

@@ -225,12 +225,14 @@ def export(train_dir, out, beam: int = 5, alpha: float = 0.6, quantize: str | No
         (staging / "src.spm.model").write_bytes(src_model)
         (staging / "tgt.spm.model").write_bytes(tgt_model)
         model_cfg = model.config
+        train = run_config["train"]
+        multi30k = train.get("corpus") == "multi30k"  # the language settings name Multi30k's files only
         config = {
             "format": BUNDLE_FORMAT,
             "name": out.name,
-            "source_language": run_config["train"].get("src_lang"),
-            "target_language": run_config["train"].get("tgt_lang"),
-            "corpus": run_config["train"].get("corpus"),
+            "source_language": train.get("src_lang") if multi30k else None,
+            "target_language": train.get("tgt_lang") if multi30k else None,
+            "corpus": train.get("corpus"),
             "pad_id": model_cfg.pad_id, "unk_id": model_cfg.unk_id,
             "bos_id": model_cfg.bos_id, "eos_id": model_cfg.eos_id,
             "max_src_len": max_len, "max_tgt_len": max_len,

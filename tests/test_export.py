@@ -37,6 +37,8 @@ def test_bundle_contents_and_config(dates_bundle):
     assert config["opset"] == 17 and config["beam"] == 3 and config["eos_id"] == 3
     assert len(config["tokenizers"]["src"]["sha256"]) == 64
     assert set(config["weights"]) == {"weights.bin", "weights.int8.bin"}
+    # dates in several languages: no language pair on record (the language settings name Multi30k's files)
+    assert (config["corpus"], config["source_language"], config["target_language"]) == ("dates", None, None)
     assert not list(dates_bundle.parent.glob(".dates.*"))  # no staging folder left behind
 
 

@@ -469,6 +469,8 @@ def test_multi30k_smoke_run_and_onnx_parity(multi30k_dir, tmp_path):
     assert metrics["held_out"]["sentences"] == 1000
     bundle = export(tmp_path / "run", tmp_path / "bundle", beam=4, log=lambda *a: None)
     translator = Translator.load(bundle)
+    assert (translator.config["corpus"], translator.config["source_language"],
+            translator.config["target_language"]) == ("multi30k", "de", "en")
     inference = InferenceModel(load_model(tmp_path / "run" / "model.keras"))
     rows = translator.encode(load_multi30k(multi30k_dir)["val"].sources[:200])
     for start in range(0, 200, 100):

@@ -108,7 +108,8 @@ def add_export(sub):
     p = sub.add_parser("export", help="export a trained model to an ONNX bundle")
     p.add_argument("train_dir", help="folder written by `keras-attn train`")
     p.add_argument("--out", help="bundle folder (default exported/<train_dir name>)")
-    p.add_argument("--beam", type=positive_int, default=5, help="beam size recorded in the bundle (default %(default)s)")
+    p.add_argument("--beam", type=positive_int, default=5, help="beam size the export checks against TensorFlow and records in config.json "
+                        "(translate, evaluate and Translator default to greedy; default %(default)s)")
     p.add_argument("--alpha", type=length_penalty, default=0.6,
                    help="beam length penalty recorded in the bundle (default %(default)s; `tune-alpha` picks one)")
     p.add_argument("--quantize", choices=["int8"], help="also write int8 dynamically quantized graphs")

@@ -193,7 +193,10 @@ def check_parity(translator: Translator, inference, sentences: list[str], beam: 
 
 def export(train_dir, out, beam: int = 5, alpha: float = 0.6, quantize: str | None = None,
            opset: int = 17, max_len: int | None = None, log=print) -> Path:
-    """Write an export bundle to `out` atomically (temp folder, then rename)."""
+    """Write an export bundle to `out` atomically (temp folder, then rename). `beam` and
+    `alpha`: the beam search the export checks against TensorFlow, recorded in
+    `config.json` (`alpha` is the bundle's default length penalty; translation is
+    greedy unless asked for a beam)."""
     from keras_attn.search import InferenceModel
 
     start = time.perf_counter()

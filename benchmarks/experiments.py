@@ -95,6 +95,10 @@ RUNS = [
     ("256-token batches, stage 1 only, seed 1", "the recipe's command with `--seed 1` (every other run: seed 0), "
      "`FusedAdam`, not interrupted: run-to-run variance across seeds", "multi30k_bt256seed1_tune_beam",
      "evaluate_test2016_bt256seed1run_", "multi30k_bt256seed1_history.csv"),
+    ("256-token batches, stage 1 only, sixth run", "the recipe's command from a fresh clone of b317a7c (the "
+     "code of 2026-11-27 evening), seed 0, not interrupted: run-to-run variance on the code users get; "
+     "alpha chosen by `keras-attn tune-alpha --write`", "multi30k_bt256head_tune_beam",
+     "evaluate_test2016_bt256headrun_", "multi30k_bt256head_history.csv"),
 ]
 
 

@@ -108,12 +108,15 @@ def add_export(sub):
     p = sub.add_parser("export", help="export a trained model to an ONNX bundle")
     p.add_argument("train_dir", help="folder written by `keras-attn train`")
     p.add_argument("--out", help="bundle folder (default exported/<train_dir name>)")
-    p.add_argument("--beam", type=positive_int, default=5, help="beam size the export checks against TensorFlow and records in config.json "
+    p.add_argument("--beam", type=positive_int, default=5,
+                   help="beam size the export checks against TensorFlow and records in config.json "
                         "(translate, evaluate and Translator default to greedy; default %(default)s)")
     p.add_argument("--alpha", type=length_penalty, default=0.6,
-                   help="beam length penalty recorded in the bundle (default %(default)s; `tune-alpha` picks one)")
+                   help="beam length penalty recorded in the bundle "
+                        "(default %(default)s; `tune-alpha` picks one)")
     p.add_argument("--quantize", choices=["int8"], help="also write int8 dynamically quantized graphs")
-    p.add_argument("--opset", type=positive_int, default=17, help="ONNX opset of the graphs (default %(default)s)")
+    p.add_argument("--opset", type=positive_int, default=17,
+                   help="ONNX opset of the graphs (default %(default)s)")
     p.add_argument("--max-len", type=positive_int, help="max source/target tokens (default: training max_len)")
     p.set_defaults(handler=cmd_export)
 
@@ -135,11 +138,13 @@ def add_translate(sub):
                    help="the N best translations of each line, best first, one per output line as "
                         "LINE<TAB>LOG-PROB<TAB>TRANSLATION (LINE = input line number); needs --beam >= N")
     p.add_argument("--max-len", type=positive_int,
-                   help="max output tokens (default: 2 x the source's tokens + 10, within the bundle's limit)")
+                   help="max output tokens (default: 2 x the source's tokens + 10, "
+                        "within the bundle's limit)")
     p.add_argument("--int8", action="store_true", help="use the int8 quantized graph")
     p.add_argument("--input", help="input file (default stdin)")
     p.add_argument("--output", help="output file (default stdout)")
-    p.add_argument("--batch-size", type=positive_int, default=64, help="sentences per onnxruntime call (default %(default)s)")
+    p.add_argument("--batch-size", type=positive_int, default=64,
+                   help="sentences per onnxruntime call (default %(default)s)")
     p.add_argument("--alpha", type=length_penalty, help="beam length penalty (default: the bundle's)")
     p.set_defaults(handler=cmd_translate)
 
@@ -201,7 +206,8 @@ def add_tune_alpha(sub):
 
     p = sub.add_parser("tune-alpha", help="choose the beam length penalty on a validation set")
     p.add_argument("bundle", help="export folder")
-    p.add_argument("--src", required=True, help="validation sources, one per line (.gz ok); never the test set")
+    p.add_argument("--src", required=True,
+                   help="validation sources, one per line (.gz ok); never the test set")
     p.add_argument("--ref", required=True, help="their reference translations")
     p.add_argument("--beam", type=positive_int, default=5, help="beam size (default %(default)s)")
     p.add_argument("--alphas", type=length_penalty, nargs="+", default=list(ALPHAS),

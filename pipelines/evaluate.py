@@ -170,5 +170,6 @@ def tune_alpha_command(args):
     if args.json:
         atomic_write(args.json, json.dumps(report, indent=2) + "\n")
     if args.write:
-        tuned_on = {"src": str(args.src), "beam": args.beam, "bleu": best["bleu"]}
-        print(f"the bundle's default alpha is now {best['alpha']} ({write_bundle_alpha(args.bundle, best['alpha'], tuned_on)})")
+        path = write_bundle_alpha(args.bundle, best["alpha"], {"src": str(args.src), "beam": args.beam,
+                                                               "bleu": best["bleu"]})
+        print(f"the bundle's default alpha is now {best['alpha']} ({path})")

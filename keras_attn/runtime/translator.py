@@ -205,8 +205,9 @@ class Translator:
         long = [i for i, ids in enumerate(encoded) if len(ids) > self.max_src_len]
         if long:
             shown = ", ".join(map(str, long[:10])) + (", ..." if len(long) > 10 else "")
-            warnings.warn(TruncationWarning(f"{len(long)} input(s) longer than {self.max_src_len} source tokens "
-                                            f"were truncated (positions {shown} in the list, from 0)", long), stacklevel=4)
+            message = (f"{len(long)} input(s) longer than {self.max_src_len} source tokens were truncated "
+                       f"(positions {shown} in the list, from 0)")
+            warnings.warn(TruncationWarning(message, long), stacklevel=4)  # 4: the caller of translate*
         return [e[: self.max_src_len] for e in encoded]
 
     def decode_ids(self, source_ids: np.ndarray, beam: int = 1, max_len: int | None = None,

@@ -39,6 +39,9 @@ def test_dirty_batch_gives_one_output_per_input(translator):
     assert truncation[0].category is TruncationWarning and truncation[0].message.positions == [7]
     assert "positions 7 in the list" in str(truncation[0].message)
     assert truncation[0].filename == __file__  # points at the caller, not inside the Translator
+    with pytest.warns(TruncationWarning) as direct:
+        translator.encode(DIRTY)
+    assert direct[0].filename == __file__  # encode's own caller too
 
 
 def test_control_characters_do_not_change_the_translation(translator):

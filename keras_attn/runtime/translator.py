@@ -199,15 +199,16 @@ class Translator:
         return cls(bundle, config, src_sp, tgt_sp, sessions, paths, threads)
 
     # ------------------------------------------------------------ translating
-    def encode(self, sentences: list[str]) -> list[list[int]]:
-        """Source ids, truncated to the model's max source length (one `TruncationWarning`)."""
+    def encode(self, sentences: list[str], stacklevel: int = 2) -> list[list[int]]:
+        """Source ids, truncated to the model's max source length (one `TruncationWarning`,
+        pointing `stacklevel` frames up: 2 = the caller of `encode`)."""
         encoded = [self.src_sp.encode(clean(s)) for s in sentences]
         long = [i for i, ids in enumerate(encoded) if len(ids) > self.max_src_len]
         if long:
             shown = ", ".join(map(str, long[:10])) + (", ..." if len(long) > 10 else "")
             message = (f"{len(long)} input(s) longer than {self.max_src_len} source tokens were truncated "
                        f"(positions {shown} in the list, from 0)")
-            warnings.warn(TruncationWarning(message, long), stacklevel=4)  # 4: the caller of translate*
+            warnings.warn(TruncationWarning(message, long), stacklevel=stacklevel)
         return [e[: self.max_src_len] for e in encoded]
 
     def decode_ids(self, source_ids: np.ndarray, beam: int = 1, max_len: int | None = None,
@@ -272,7 +273,7 @@ class Translator:
         self._check(beam, max_len, alpha)
         if isinstance(sentences, str):
             raise TypeError("translate takes a list of sentences, not a single string")
-        encoded = self.encode(list(sentences))
+        encoded = self.encode(list(sentences), stacklevel=4)  # the caller of translate*
         results = [Translation("", [], [], np.zeros((0, 0), np.float32), 0.0) for _ in encoded]
         todo = [i for i, ids in enumerate(encoded) if ids]  # empty inputs keep the empty result
         batches = [[todo[j] for j in batch]

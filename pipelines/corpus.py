@@ -112,13 +112,19 @@ def pair_up(sources: list[str], targets: list[str], name: str) -> ParallelCorpus
     return ParallelCorpus(kept_src, kept_tgt, name, dropped_empty=len(sources) - len(kept_src))
 
 
-def read_parallel(src_path: str | Path, tgt_path: str | Path, name: str | None = None) -> ParallelCorpus:
-    """Two aligned files, one sentence per line."""
+def read_aligned(src_path: str | Path, tgt_path: str | Path, what: str = "corpus") -> tuple[list[str], list[str]]:
+    """The lines of two files, refused (`CorpusError`, "misaligned `what`") unless they
+    have as many lines; nothing is dropped."""
     sources, targets = read_lines(src_path), read_lines(tgt_path)
     if len(sources) != len(targets):
         raise CorpusError(
-            f"misaligned corpus: {src_path} has {len(sources):,} lines but {tgt_path} has {len(targets):,}")
-    return pair_up(sources, targets, name or Path(src_path).name)
+            f"misaligned {what}: {src_path} has {len(sources):,} lines but {tgt_path} has {len(targets):,}")
+    return sources, targets
+
+
+def read_parallel(src_path: str | Path, tgt_path: str | Path, name: str | None = None) -> ParallelCorpus:
+    """Two aligned files, one sentence per line."""
+    return pair_up(*read_aligned(src_path, tgt_path), name or Path(src_path).name)
 
 
 def read_tsv(path: str | Path, name: str | None = None) -> ParallelCorpus:

@@ -6,7 +6,7 @@ import json
 import time
 from pathlib import Path
 
-from pipelines.corpus import read_lines
+from pipelines.corpus import read_aligned
 from pipelines.files import atomic_write
 
 
@@ -65,11 +65,9 @@ def check_runtime_options(bundle, config: dict, runtime: str, int8: bool, train_
 
 
 def read_test_set(src, ref) -> tuple[list[str], list[str]]:
-    """Source lines and their references, refused unless aligned line for line."""
-    sources, references = read_lines(src), read_lines(ref)
-    if len(sources) != len(references):
-        raise ValueError(f"misaligned files: {src} has {len(sources):,} lines but {ref} has {len(references):,}")
-    return sources, references
+    """Source lines and their references, every line kept (empty ones too), refused
+    unless aligned line for line."""
+    return read_aligned(src, ref, what="files")
 
 
 def evaluate(bundle, src, ref, beam=1, runtime="onnx", int8=False, train_dir=None, alpha=None) -> dict:

@@ -58,7 +58,7 @@ def output_lines(translator, lines: list[str], first_line: int, *, source: str, 
 
 
 def report_truncation(caught, source: str, first_line: int, limit: int) -> None:
-    """Name the truncated input lines (`source`:LINE) on stderr; re-issue other warnings."""
+    """Name the truncated input lines on stderr (`source`: line(s) N, M); re-issue other warnings."""
     for warning in caught:
         if isinstance(warning.message, TruncationWarning):
             numbers = ", ".join(str(first_line + i) for i in warning.message.positions)

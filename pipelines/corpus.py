@@ -16,6 +16,8 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
+from keras_attn.runtime.translator import clean
+
 
 class CorpusError(ValueError):
     """Bad corpus input; the message names the file and line."""
@@ -103,12 +105,14 @@ def decode_lines(data: bytes, name: str, first_line: int = 1) -> list[str]:
 
 
 def pair_up(sources: list[str], targets: list[str], name: str) -> ParallelCorpus:
-    """Drop pairs where either side is empty or whitespace-only, counting them."""
+    """Both sides normalized as the runtime normalizes its inputs (`clean`: control
+    characters to spaces, stripped), so that training sees what translation will;
+    pairs where either side is then empty are dropped and counted."""
     kept_src, kept_tgt = [], []
-    for src, tgt in zip(sources, targets):
-        if src.strip() and tgt.strip():
-            kept_src.append(src.strip())
-            kept_tgt.append(tgt.strip())
+    for src, tgt in zip(map(clean, sources), map(clean, targets)):
+        if src and tgt:
+            kept_src.append(src)
+            kept_tgt.append(tgt)
     return ParallelCorpus(kept_src, kept_tgt, name, dropped_empty=len(sources) - len(kept_src))
 
 

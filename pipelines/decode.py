@@ -5,14 +5,22 @@ The deployment path (`keras_attn.runtime`) mirrors this with onnxruntime.
 
 from __future__ import annotations
 
-from keras_attn.runtime.translator import decode_limit, length_sorted_batches, pre_pad, strip_special
+from keras_attn.runtime.translator import (
+    decode_limit,
+    encode_sources,
+    length_sorted_batches,
+    pre_pad,
+    strip_special,
+)
 from pipelines.tokenizer import EOS_ID, PAD_ID
 
 
 def translate_tf(inference, sources: list[str], src_sp, tgt_sp, max_len: int = 100,
                  batch_size: int = 128, beam_size: int = 1, alpha: float = 0.6) -> list[str]:
-    """Translate sentences with an `InferenceModel`; output order = input order."""
-    encoded = [src_sp.encode(s)[:max_len] for s in sources]
+    """Translate sentences with an `InferenceModel`; output order = input order. Sources
+    are normalized and cut to `max_len` pieces as the runtime does (`encode_sources`:
+    a `TruncationWarning` pointing at the caller names the ones cut)."""
+    encoded = encode_sources(sources, src_sp, max_len, stacklevel=3)
     outputs = [""] * len(sources)
     for batch in length_sorted_batches([len(e) for e in encoded], batch_size):
         rows = [encoded[i] for i in batch]

@@ -57,15 +57,26 @@ def output_lines(translator, lines: list[str], first_line: int, *, source: str, 
             for text, log_prob in hypotheses]
 
 
-def report_truncation(caught, source: str, first_line: int, limit: int) -> None:
-    """Name the truncated input lines on stderr (`source`: line(s) N, M); re-issue other warnings."""
+SHOWN_LINES = 20  # truncated line numbers printed per report; the rest are counted
+
+
+def report_truncation(caught, source: str, first_line: int, limit: int) -> list[int]:
+    """Name the truncated input lines on stderr (`source`: line(s) N, M, with position 0
+    of the translated list at line `first_line`; the first `SHOWN_LINES`, then a count)
+    and return all their numbers; re-issue other warnings."""
+    lines = []
     for warning in caught:
         if isinstance(warning.message, TruncationWarning):
-            numbers = ", ".join(str(first_line + i) for i in warning.message.positions)
-            print(f"{source}: line(s) {numbers} longer than {limit} source tokens, translated from "
-                  f"their first {limit}", file=sys.stderr)
+            numbers = [first_line + i for i in warning.message.positions]
+            shown = ", ".join(map(str, numbers[:SHOWN_LINES]))
+            if len(numbers) > SHOWN_LINES:
+                shown += f" and {len(numbers) - SHOWN_LINES} more"
+            print(f"{source}: line(s) {shown} longer than {limit} source tokens, "
+                  f"translated from their first {limit}", file=sys.stderr)
+            lines += numbers
         else:
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    return lines
 
 
 def translate_interactively(translator, **options):

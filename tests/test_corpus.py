@@ -33,6 +33,16 @@ def test_reads_plain_and_gzip_and_drops_empty_pairs_with_a_count(tmp_path):
     assert "2 empty or whitespace-only pairs dropped" in corpus.describe()
 
 
+def test_pairs_are_normalized_as_the_runtime_normalizes_its_inputs(tmp_path):
+    """Control characters become spaces as in `Translator` (so training sees what
+    translation will); a side left with nothing but them is empty, and its pair dropped."""
+    src = write(tmp_path / "a.de", "Hallo\x00Welt\nHunde\xadh\u00fctte\n\x1b\x00\nja\n")
+    tgt = write(tmp_path / "a.en", "hello world\ndoghouse\nescape\n\u2028yes\x85\n")
+    corpus = read_parallel(src, tgt)
+    assert corpus.sources == ["Hallo Welt", "Hunde h\u00fctte", "ja"]
+    assert corpus.targets == ["hello world", "doghouse", "yes"] and corpus.dropped_empty == 1
+
+
 def test_line_count_mismatch_names_both_files_and_counts(tmp_path):
     src = write(tmp_path / "s.txt", "a\nb\nc\n")
     tgt = write(tmp_path / "t.txt", "x\ny\n")

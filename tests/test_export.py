@@ -643,18 +643,32 @@ def test_tune_alpha_scores_each_alpha_and_writes_the_best_into_the_bundle(dates_
 
 def test_evaluate_with_the_tf_runtime_scores_what_onnx_scores(dates_run, dates_bundle, held_out, tmp_path, capsys):
     """`--runtime tf` decodes with the training folder's Keras model: same hypotheses as
-    the bundle's graphs, so the same scores; flags a runtime would ignore are refused."""
+    the bundle's graphs, so the same scores, also for lines with control characters and
+    lines cut to the source limit, which both name by file and line; flags a runtime
+    would ignore are refused."""
+    sources = list(held_out.sources[:40])
+    sources[3] = sources[3].replace(" ", "\x00", 1)  # each is a space to the runtime
+    sources[5] = "\x1b" + sources[5].replace(" ", "\u00ad")
+    sources[7] = sources[9] = "25 June 2009 " * 200
     src, ref = tmp_path / "src.txt", tmp_path / "ref.txt"
-    src.write_text("\n".join(held_out.sources[:40]) + "\n", encoding="utf-8")
+    src.write_text("\n".join(sources) + "\n", encoding="utf-8")
     ref.write_text("\n".join(held_out.targets[:40]) + "\n", encoding="utf-8")
+    limit = json.loads((dates_bundle / "config.json").read_text())["max_src_len"]
     reports = {}
     for runtime, extra in (("onnx", []), ("tf", ["--train-dir", str(dates_run[0])])):
         report_path = tmp_path / f"{runtime}.json"
         assert cli.main(["evaluate", str(dates_bundle), "--src", str(src), "--ref", str(ref), "--beam", "2",
                          "--runtime", runtime, *extra, "--json", str(report_path)]) == 0
         reports[runtime] = json.loads(report_path.read_text())
+        assert reports[runtime]["truncated_lines"] == [8, 10]
+        assert (f"{src}: line(s) 8, 10 longer than {limit} source tokens, translated from their first {limit}"
+                in capsys.readouterr().err)
     for key in ("bleu", "chrf", "exact_match", "target_tokens"):
         assert reports["tf"][key] == reports["onnx"][key]
+    hypotheses = {runtime: evaluate(dates_bundle, src, ref, runtime=runtime, train_dir=train_dir)[1]
+                  for runtime, train_dir in (("onnx", None), ("tf", dates_run[0]))}
+    assert hypotheses["tf"] == hypotheses["onnx"]
+    assert hypotheses["onnx"][3] == Translator.load(dates_bundle).translate([held_out.sources[3]])[0]
     assert reports["tf"]["runtime"] == "tf" and reports["tf"]["alpha"] == reports["onnx"]["alpha"]
     other = tmp_path / "other_run"
     shutil.copytree(dates_run[0], other)

@@ -202,14 +202,7 @@ class Translator:
     def encode(self, sentences: list[str], stacklevel: int = 2) -> list[list[int]]:
         """Source ids, truncated to the model's max source length (one `TruncationWarning`,
         pointing `stacklevel` frames up: 2 = the caller of `encode`)."""
-        encoded = [self.src_sp.encode(clean(s)) for s in sentences]
-        long = [i for i, ids in enumerate(encoded) if len(ids) > self.max_src_len]
-        if long:
-            shown = ", ".join(map(str, long[:10])) + (", ..." if len(long) > 10 else "")
-            message = (f"{len(long)} input(s) longer than {self.max_src_len} source tokens were truncated "
-                       f"(positions {shown} in the list, from 0)")
-            warnings.warn(TruncationWarning(message, long), stacklevel=stacklevel)
-        return [e[: self.max_src_len] for e in encoded]
+        return encode_sources(sentences, self.src_sp, self.max_src_len, stacklevel + 1)
 
     def decode_ids(self, source_ids: np.ndarray, beam: int = 1, max_len: int | None = None,
                    alpha: float | None = None, sessions: dict | None = None, n_best: bool = False) -> dict:
@@ -318,6 +311,21 @@ class Translator:
         return Translation(text, [self.src_sp.id_to_piece(i) for i in src_ids],
                            [self.tgt_sp.id_to_piece(t) for t in ids[:n_out]], matrix,
                            float(out["log_probs"][row]))
+
+
+def encode_sources(sentences: list[str], src_sp, limit: int, stacklevel: int = 2) -> list[list[int]]:
+    """The ids of each `clean`ed sentence under `src_sp`, cut to `limit` pieces; one
+    `TruncationWarning` names the positions cut, pointing `stacklevel` frames up as
+    `warnings.warn` counts them (2 = the caller of this function). The runtime and the
+    TensorFlow path (`pipelines.decode`) both encode through here."""
+    encoded = [src_sp.encode(clean(s)) for s in sentences]
+    long = [i for i, ids in enumerate(encoded) if len(ids) > limit]
+    if long:
+        shown = ", ".join(map(str, long[:10])) + (", ..." if len(long) > 10 else "")
+        message = (f"{len(long)} input(s) longer than {limit} source tokens were truncated "
+                   f"(positions {shown} in the list, from 0)")
+        warnings.warn(TruncationWarning(message, long), stacklevel=stacklevel)
+    return [e[:limit] for e in encoded]
 
 
 def clean(sentence) -> str:

@@ -545,6 +545,25 @@ def test_translate_names_the_input_lines_it_truncates(dates_bundle, tmp_path, ca
     assert len(out.read_text(encoding="utf-8").splitlines()) == 13
 
 
+def test_truncation_report_shows_the_first_lines_and_counts_the_rest(capsys):
+    """A report names at most `SHOWN_LINES` lines (a long file cut everywhere would
+    print thousands) and returns them all; other warnings are re-issued, not dropped."""
+    import warnings
+
+    from keras_attn.runtime import TruncationWarning
+    from pipelines.translate import SHOWN_LINES, report_truncation
+
+    cut = TruncationWarning("cut", list(range(SHOWN_LINES + 5)))
+    other = UserWarning("something else")
+    caught = [warnings.WarningMessage(message, type(message), __file__, 1) for message in (cut, other)]
+    with pytest.warns(UserWarning, match="something else"):
+        lines = report_truncation(caught, "in.txt", 101, 50)
+    assert lines == list(range(101, 101 + SHOWN_LINES + 5))
+    shown = ", ".join(str(n) for n in range(101, 101 + SHOWN_LINES))
+    assert capsys.readouterr().err == (f"in.txt: line(s) {shown} and 5 more longer than 50 source tokens, "
+                                       "translated from their first 50\n")
+
+
 def test_translate_keeps_one_output_line_per_input_line(dates_bundle, tmp_path, monkeypatch, capsys):
     """Only line feeds end a line: U+2028, form feed and a CR before the LF stay inside
     it (`str.splitlines` would split them into extra lines); `.gz` and stdin work, and

@@ -74,8 +74,9 @@ def read_test_set(src, ref) -> tuple[list[str], list[str]]:
 def evaluate(bundle, src, ref, beam=1, runtime="onnx", int8=False, train_dir=None,
              alpha=None) -> tuple[dict, list[str]]:
     """The report and the translations. `alpha`: the beam length penalty; `None` = the
-    bundle's (`config.json`). Source lines longer than the bundle's source limit are translated from their first pieces,
-    named on stderr and listed in the report (`truncated_lines`, from 1)."""
+    bundle's (`config.json`). Source lines longer than the bundle's source limit are
+    translated from their first pieces, named on stderr and listed in the report
+    (`truncated_lines`, from 1)."""
     from keras_attn.runtime import TruncationWarning
     from pipelines.translate import report_truncation
 

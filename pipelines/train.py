@@ -558,13 +558,54 @@ def evaluate_held_out(model, corpus, src_sp, tgt_sp, max_len, limit=1000, infere
     }
 
 
+def training_target_tokens(cfg: TrainConfig, train, src_model: bytes, tgt_model: bytes, log) -> int:
+    """The target tokens one epoch trains on (for `target_tokens_per_second`); says how
+    many pairs `max_len` skips and, with subword regularization, what the count means."""
+    from pipelines.dataset import length_statistics, tokenized_pairs
+
+    too_long, target_tokens = length_statistics(tokenized_pairs(train, src_model, tgt_model), cfg.max_len)
+    if too_long:
+        log(f"[data] {too_long:,} training pairs longer than max_len={cfg.max_len} tokens are skipped")
+    if cfg.subword_alpha > 0:
+        log(f"[data] subword regularization: training segmentations sampled every epoch (alpha "
+            f"{cfg.subword_alpha}); target_tokens_per_second counts the deterministic segmentation's tokens")
+    return target_tokens
+
+
+def report_resume(out: Path, finished: int, monitor: str, log) -> None:
+    """Say that (and how) a run goes on after `finished` epochs, and what it cannot restore."""
+    if not finished:
+        return
+    log(f"[train] resuming {out} after {finished} finished epochs: passing over their batch orders")
+    if len(read_history(out / "history.csv")) < finished:
+        log(f"[train] the kill came during epoch {finished - 1}'s end, after its backup: history.csv lacks "
+            f"its row, so the schedule and early stopping go on without its {monitor}")
+    if saved_seed_states(out) is None:
+        log("[train] the backup holds no dropout streams for its epoch: the masks restart from --seed, "
+            "so this run will not match an uninterrupted one")
+
+
+def average_into_checkpoint(model, out: Path, measure, monitor: str, log) -> dict | None:
+    """`--average-last`: load the best checkpoint's weights into `model`, average the
+    kept epochs' weights, and make the average `model.keras` if `measure` scores it
+    better on `monitor`; returns what `average_checkpoints` found."""
+    from keras_attn.saving import load_model
+
+    model.set_weights(load_model(out / "model.keras").get_weights())
+    averaged = average_checkpoints(model, out / "epochs", measure, log, monitor)
+    if averaged and averaged["kept"]:
+        model.save(out / ".model.keras.tmp.keras")
+        (out / ".model.keras.tmp.keras").replace(out / "model.keras")
+    return averaged
+
+
 def run(cfg: TrainConfig) -> dict:
     cfg.validate()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
     from keras_attn.saving import load_model
-    from pipelines.dataset import length_statistics, make_dataset, tokenized_pairs
+    from pipelines.dataset import make_dataset
     from pipelines.tokenizer import load_processor
 
     # First, before any TensorFlow op: a multi-worker strategy configures the collective
@@ -586,12 +627,7 @@ def run(cfg: TrainConfig) -> dict:
     src_sp, tgt_sp = load_processor(src_model), load_processor(tgt_model)
     log(f"[tokenizer] sentencepiece vocab: source {src_sp.get_piece_size()}, target {tgt_sp.get_piece_size()}")
     batching = batching_config(cfg)
-    too_long, target_tokens = length_statistics(tokenized_pairs(train, src_model, tgt_model), cfg.max_len)
-    if too_long:
-        log(f"[data] {too_long:,} training pairs longer than max_len={cfg.max_len} tokens are skipped")
-    if cfg.subword_alpha > 0:
-        log(f"[data] subword regularization: training segmentations sampled every epoch (alpha "
-            f"{cfg.subword_alpha}); target_tokens_per_second counts the deterministic segmentation's tokens")
+    target_tokens = training_target_tokens(cfg, train, src_model, tgt_model, log)
     train_ds = make_dataset(train, src_model, tgt_model, batching, training=True, seed=cfg.seed)
     valid_ds = make_dataset(valid, src_model, tgt_model, batching, training=False)
 
@@ -608,14 +644,7 @@ def run(cfg: TrainConfig) -> dict:
     if cfg.steps_per_epoch:
         train_ds = train_ds.repeat()
     finished = finished_epochs(out)
-    if finished:
-        log(f"[train] resuming {out} after {finished} finished epochs: passing over their batch orders")
-        if len(read_history(out / "history.csv")) < finished:
-            log(f"[train] the kill came during epoch {finished - 1}'s end, after its backup: history.csv lacks "
-                f"its row, so the schedule and early stopping go on without its {cfg.monitor}")
-        if saved_seed_states(out) is None:
-            log("[train] the backup holds no dropout streams for its epoch: the masks restart from --seed, "
-                "so this run will not match an uninterrupted one")
+    report_resume(out, finished, cfg.monitor, log)
     train_ds = skip_finished_epochs(train_ds, finished, cfg.steps_per_epoch)
     start = time.perf_counter()
     bleu = validation_bleu_callback(valid, src_sp, tgt_sp, cfg.max_len) if cfg.val_bleu else None
@@ -632,12 +661,8 @@ def run(cfg: TrainConfig) -> dict:
     plot_history(out / "history.csv", out / "training_curve.png")
     averaged = None
     if cfg.average_last > 1:
-        model.set_weights(load_model(out / "model.keras").get_weights())
         measure = validation_measure(cfg, valid_ds, valid, src_sp, tgt_sp)
-        averaged = average_checkpoints(model, out / "epochs", measure, log, cfg.monitor)
-        if averaged and averaged["kept"]:
-            model.save(out / ".model.keras.tmp.keras")
-            (out / ".model.keras.tmp.keras").replace(out / "model.keras")
+        averaged = average_into_checkpoint(model, out, measure, cfg.monitor, log)
 
     keras.mixed_precision.set_global_policy("float32")
     best = load_model(out / "model.keras")

@@ -16,8 +16,6 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-from keras_attn.runtime.translator import clean
-
 
 class CorpusError(ValueError):
     """Bad corpus input; the message names the file and line."""
@@ -108,6 +106,9 @@ def pair_up(sources: list[str], targets: list[str], name: str) -> ParallelCorpus
     """Both sides normalized as the runtime normalizes its inputs (`clean`: control
     characters to spaces, stripped), so that training sees what translation will;
     pairs where either side is then empty are dropped and counted."""
+    # Imported here: the runtime module loads numpy, and the CLI's parser imports this one.
+    from keras_attn.runtime.translator import clean
+
     kept_src, kept_tgt = [], []
     for src, tgt in zip(map(clean, sources), map(clean, targets)):
         if src and tgt:

@@ -1,6 +1,7 @@
 import csv
 import io
 import json
+import warnings
 from pathlib import Path
 
 import keras
@@ -453,12 +454,12 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 def test_multi30k_smoke_run_and_onnx_parity(multi30k_dir, tmp_path):
     """A few hundred real pairs: train, export, and onnxruntime ids == TensorFlow ids
     for greedy and beam search on 200 validation sentences."""
-    from keras_attn.runtime import Translator
+    from keras_attn.runtime import Translator, TruncationWarning
     from keras_attn.runtime.translator import pre_pad
     from keras_attn.saving import load_model
     from keras_attn.search import InferenceModel
     from pipelines.corpus import load_multi30k
-    from pipelines.export import export
+    from pipelines.export import export, validation_sentences
 
     cfg = TrainConfig(corpus="multi30k", data_dir=str(multi30k_dir), limit_train=600, vocab_size=400,
                       embedding_dim=32, encoder_units=32, decoder_units=64, epochs=2, max_len=40,
@@ -467,8 +468,14 @@ def test_multi30k_smoke_run_and_onnx_parity(multi30k_dir, tmp_path):
     assert metrics["epochs_run"] == 2
     assert metrics["held_out"]["split"].startswith("multi30k/test_2016_flickr")
     assert metrics["held_out"]["sentences"] == 1000
-    bundle = export(tmp_path / "run", tmp_path / "bundle", beam=4, log=lambda *a: None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        bundle = export(tmp_path / "run", tmp_path / "bundle", beam=4, log=lambda *a: None)
+    # the export's own check encodes validation sentences longer than the limit: it says nothing of them
+    assert not [w for w in caught if issubclass(w.category, TruncationWarning)]
     translator = Translator.load(bundle)
+    with pytest.warns(TruncationWarning):
+        translator.encode(validation_sentences(json.loads((tmp_path / "run" / "config.json").read_text())))
     assert (translator.config["corpus"], translator.config["source_language"],
             translator.config["target_language"]) == ("multi30k", "de", "en")
     inference = InferenceModel(load_model(tmp_path / "run" / "model.keras"))

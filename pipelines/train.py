@@ -238,10 +238,11 @@ def monitor_mode(monitor: str) -> str:
     return "max" if monitor == "val_bleu" else "min"
 
 
-def validation_bleu_callback(corpus, src_sp, tgt_sp, max_len: int):
+def validation_bleu_callback(corpus, src_sp, tgt_sp, max_len: int, log=print):
     """Adds `val_bleu` to the logs after every epoch: greedy translation of the
     validation set by an inference model sharing the weights being trained, scored
-    like `evaluate_held_out`. Put it before the callbacks that read `val_bleu`."""
+    like `evaluate_held_out`. Put it before the callbacks that read `val_bleu`. Says
+    once (`log`) how many validation sources are longer than `max_len` pieces."""
     import keras
 
     from keras_attn.search import InferenceModel
@@ -249,11 +250,18 @@ def validation_bleu_callback(corpus, src_sp, tgt_sp, max_len: int):
     class ValidationBleu(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
             self.inference = InferenceModel(self.model)  # traced once, reused every epoch
+            self.told = False
 
         def on_epoch_end(self, epoch, logs=None):
-            if logs is not None:
-                logs["val_bleu"] = evaluate_held_out(self.model, corpus, src_sp, tgt_sp, max_len, limit=None,
-                                                     inference=self.inference)["bleu"]
+            if logs is None:
+                return
+            result = evaluate_held_out(self.model, corpus, src_sp, tgt_sp, max_len, limit=None,
+                                       inference=self.inference)
+            logs["val_bleu"] = result["bleu"]
+            if result["truncated_sources"] and not self.told:
+                log(f"[val_bleu] {result['truncated_sources']:,} {corpus.name} sources longer than max_len="
+                    f"{max_len} tokens are translated from their first {max_len}")
+                self.told = True
 
     return ValidationBleu()
 
@@ -540,18 +548,25 @@ def plot_history(history_csv: Path, png: Path):
 # ------------------------------------------------------------------- the run
 def evaluate_held_out(model, corpus, src_sp, tgt_sp, max_len, limit=1000, inference=None) -> dict:
     """Greedy translation of (up to `limit`, None = all) held-out pairs: sacreBLEU,
-    chrF, exact match. `inference`: an `InferenceModel` of `model` to reuse."""
+    chrF, exact match, and how many sources were longer than `max_len` pieces (translated
+    from their first `max_len`; counted, not warned about). `inference`: an
+    `InferenceModel` of `model` to reuse."""
+    from keras_attn.runtime import TruncationWarning
     from keras_attn.search import InferenceModel
     from pipelines.decode import translate_tf
     from pipelines.evaluate import score
+    from pipelines.translate import truncated_positions
 
     sources, refs = corpus.sources[:limit], corpus.targets[:limit]
     start = time.perf_counter()
     inference = InferenceModel(model) if inference is None else inference
-    hyps = translate_tf(inference, sources, src_sp, tgt_sp, max_len=max_len)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", TruncationWarning)
+        hyps = translate_tf(inference, sources, src_sp, tgt_sp, max_len=max_len)
     seconds = time.perf_counter() - start
     return {
         "split": corpus.name, "sentences": len(sources), **score(hyps, refs),
+        "truncated_sources": len(truncated_positions(caught)),
         "sentences_per_second": len(sources) / seconds,
         "examples": [{"source": s, "hypothesis": h, "reference": r}
                      for s, h, r in list(zip(sources, hyps, refs))[:5]],
@@ -647,7 +662,7 @@ def run(cfg: TrainConfig) -> dict:
     report_resume(out, finished, cfg.monitor, log)
     train_ds = skip_finished_epochs(train_ds, finished, cfg.steps_per_epoch)
     start = time.perf_counter()
-    bleu = validation_bleu_callback(valid, src_sp, tgt_sp, cfg.max_len) if cfg.val_bleu else None
+    bleu = validation_bleu_callback(valid, src_sp, tgt_sp, cfg.max_len, log) if cfg.val_bleu else None
     with dataset_end_is_epoch_end():
         history = model.fit(train_ds, validation_data=valid_ds, epochs=cfg.epochs,
                             shuffle=False,  # make_dataset shuffles pairs and batches itself
@@ -676,6 +691,9 @@ def run(cfg: TrainConfig) -> dict:
     h = metrics["held_out"]
     log(f"[eval] {h['split']}: exact match {h['exact_match']:.2%}, BLEU {h['bleu']:.1f} "
         f"on {h['sentences']} sentences (greedy)")
+    if h["truncated_sources"]:
+        log(f"[eval] {h['truncated_sources']:,} of its sources longer than max_len={cfg.max_len} tokens were "
+            f"translated from their first {cfg.max_len}")
     log(f"[done] in {train_seconds:.0f} s of training. Wrote to {out}/: model.keras, src.spm.model, "
         "tgt.spm.model, config.json, history.csv, training_curve.png, metrics.json, logs/ (TensorBoard)")
     sys.stdout.flush()

@@ -64,19 +64,26 @@ def report_truncation(caught, source: str, first_line: int, limit: int) -> list[
     """Name the truncated input lines on stderr (`source`: line(s) N, M, with position 0
     of the translated list at line `first_line`; the first `SHOWN_LINES`, then a count)
     and return all their numbers; re-issue other warnings."""
-    lines = []
+    numbers = [first_line + i for i in truncated_positions(caught)]
+    if numbers:
+        shown = ", ".join(map(str, numbers[:SHOWN_LINES]))
+        if len(numbers) > SHOWN_LINES:
+            shown += f" and {len(numbers) - SHOWN_LINES} more"
+        print(f"{source}: line(s) {shown} longer than {limit} source tokens, "
+              f"translated from their first {limit}", file=sys.stderr)
+    return numbers
+
+
+def truncated_positions(caught) -> list[int]:
+    """The positions (from 0) that the caught `TruncationWarning`s name; other caught
+    warnings are re-issued."""
+    positions = []
     for warning in caught:
         if isinstance(warning.message, TruncationWarning):
-            numbers = [first_line + i for i in warning.message.positions]
-            shown = ", ".join(map(str, numbers[:SHOWN_LINES]))
-            if len(numbers) > SHOWN_LINES:
-                shown += f" and {len(numbers) - SHOWN_LINES} more"
-            print(f"{source}: line(s) {shown} longer than {limit} source tokens, "
-                  f"translated from their first {limit}", file=sys.stderr)
-            lines += numbers
+            positions += warning.message.positions
         else:
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
-    return lines
+    return positions
 
 
 def translate_interactively(translator, **options):

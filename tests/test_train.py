@@ -451,11 +451,14 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert (tmp_path / "model.keras").read_bytes() == good
 
 
-def test_multi30k_smoke_run_and_onnx_parity(multi30k_dir, tmp_path):
+def test_multi30k_smoke_run_and_onnx_parity(multi30k_dir, tmp_path, capsys):
     """A few hundred real pairs: train, export, and onnxruntime ids == TensorFlow ids
-    for greedy and beam search on 200 validation sentences."""
+    for greedy and beam search on 200 validation sentences. Held-out and validation
+    sources longer than max_len are counted and said once in the log, not warned about."""
+    import sentencepiece as spm
+
     from keras_attn.runtime import Translator, TruncationWarning
-    from keras_attn.runtime.translator import pre_pad
+    from keras_attn.runtime.translator import clean, pre_pad
     from keras_attn.saving import load_model
     from keras_attn.search import InferenceModel
     from pipelines.corpus import load_multi30k
@@ -463,11 +466,24 @@ def test_multi30k_smoke_run_and_onnx_parity(multi30k_dir, tmp_path):
 
     cfg = TrainConfig(corpus="multi30k", data_dir=str(multi30k_dir), limit_train=600, vocab_size=400,
                       embedding_dim=32, encoder_units=32, decoder_units=64, epochs=2, max_len=40,
-                      out=str(tmp_path / "run"), verbose=0)
-    metrics = run(cfg)
+                      val_bleu=True, out=str(tmp_path / "run"), verbose=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        metrics = run(cfg)
+    assert not [w for w in caught if issubclass(w.category, TruncationWarning)]
     assert metrics["epochs_run"] == 2
     assert metrics["held_out"]["split"].startswith("multi30k/test_2016_flickr")
     assert metrics["held_out"]["sentences"] == 1000
+    src_sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "run" / "src.spm.model"))
+    splits = load_multi30k(multi30k_dir)
+    too_long = {split: sum(len(src_sp.encode(clean(s))) > 40 for s in splits[split].sources)
+                for split in ("val", "test_2016_flickr")}
+    assert metrics["held_out"]["truncated_sources"] == too_long["test_2016_flickr"] > 0
+    said = capsys.readouterr().out
+    assert said.count(f"[val_bleu] {too_long['val']:,} multi30k/val.de-en sources longer than max_len=40 tokens "
+                      "are translated from their first 40") == 1
+    assert (f"[eval] {too_long['test_2016_flickr']:,} of its sources longer than max_len=40 tokens were "
+            "translated from their first 40") in said
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         bundle = export(tmp_path / "run", tmp_path / "bundle", beam=4, log=lambda *a: None)
@@ -479,7 +495,8 @@ def test_multi30k_smoke_run_and_onnx_parity(multi30k_dir, tmp_path):
     assert (translator.config["corpus"], translator.config["source_language"],
             translator.config["target_language"]) == ("multi30k", "de", "en")
     inference = InferenceModel(load_model(tmp_path / "run" / "model.keras"))
-    rows = translator.encode(load_multi30k(multi30k_dir)["val"].sources[:200])
+    with pytest.warns(TruncationWarning):  # max_len 40 cuts some: both sides get the same cut ids
+        rows = translator.encode(splits["val"].sources[:200])
     for start in range(0, 200, 100):
         source = pre_pad(rows[start:start + 100])
         for beam in (1, 4):

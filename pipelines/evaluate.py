@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-import warnings
 from pathlib import Path
 
 from pipelines.corpus import read_aligned
@@ -77,20 +76,18 @@ def evaluate(bundle, src, ref, beam=1, runtime="onnx", int8=False, train_dir=Non
     bundle's (`config.json`). Source lines longer than the bundle's source limit are
     translated from their first pieces, named on stderr and listed in the report
     (`truncated_lines`, from 1)."""
-    from keras_attn.runtime import TruncationWarning
-    from pipelines.translate import report_truncation
+    from pipelines.translate import collecting_truncations, report_truncation
 
     config = json.loads((Path(bundle) / "config.json").read_text(encoding="utf-8"))
     check_runtime_options(bundle, config, runtime, int8, train_dir)
     sources, references = read_test_set(src, ref)
     alpha = config["alpha"] if alpha is None else alpha
     run = translate_with(runtime, bundle, config, sources, beam, int8, train_dir, alpha)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", TruncationWarning)
+    with collecting_truncations() as cut:
         start = time.perf_counter()
         hypotheses = run()
         seconds = time.perf_counter() - start
-    truncated = report_truncation(caught, str(src), 1, config["max_src_len"])  # every line kept: index + 1
+    truncated = report_truncation(cut, str(src), 1, config["max_src_len"])  # every line kept: index + 1
     report = {
         "bundle": str(bundle), "runtime": runtime + ("-int8" if int8 else ""), "beam": beam,
         "alpha": alpha if beam > 1 else None,

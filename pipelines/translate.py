@@ -44,13 +44,12 @@ def output_lines(translator, lines: list[str], first_line: int, *, source: str, 
     """The translations of `lines`, one per line; with `n_best` N, the N best of each,
     best first, as `LINE<TAB>LOG-PROB<TAB>TRANSLATION` (LINE: the input's line number).
     Lines cut to the model's source limit are named on stderr (`source`: line(s) N, M)."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", TruncationWarning)
+    with collecting_truncations() as cut:
         if n_best:
             ranked = translator.translate_n_best(lines, n_best, **options)
         else:
             translations = translator.translate(lines, **options)
-    report_truncation(caught, source, first_line, translator.max_src_len)
+    report_truncation(cut, source, first_line, translator.max_src_len)
     if not n_best:
         return translations
     return [f"{number}\t{log_prob:.4f}\t{text}" for number, hypotheses in enumerate(ranked, start=first_line)
@@ -60,11 +59,11 @@ def output_lines(translator, lines: list[str], first_line: int, *, source: str, 
 SHOWN_LINES = 20  # truncated line numbers printed per report; the rest are counted
 
 
-def report_truncation(caught, source: str, first_line: int, limit: int) -> list[int]:
+def report_truncation(positions: list[int], source: str, first_line: int, limit: int) -> list[int]:
     """Name the truncated input lines on stderr (`source`: line(s) N, M, with position 0
     of the translated list at line `first_line`; the first `SHOWN_LINES`, then a count)
-    and return all their numbers; re-issue other warnings."""
-    numbers = [first_line + i for i in truncated_positions(caught)]
+    and return all their numbers."""
+    numbers = [first_line + i for i in positions]
     if numbers:
         shown = ", ".join(map(str, numbers[:SHOWN_LINES]))
         if len(numbers) > SHOWN_LINES:
@@ -74,16 +73,19 @@ def report_truncation(caught, source: str, first_line: int, limit: int) -> list[
     return numbers
 
 
-def truncated_positions(caught) -> list[int]:
-    """The positions (from 0) that the caught `TruncationWarning`s name; other caught
-    warnings are re-issued."""
+@contextlib.contextmanager
+def collecting_truncations():
+    """Yields a list that, when the block ends, holds the positions (from 0) named by
+    the `TruncationWarning`s raised in it, which are not shown; other warnings pass on."""
     positions = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", TruncationWarning)
+        yield positions
     for warning in caught:
         if isinstance(warning.message, TruncationWarning):
             positions += warning.message.positions
         else:
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
-    return positions
 
 
 def translate_interactively(translator, **options):

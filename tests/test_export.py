@@ -546,22 +546,26 @@ def test_translate_names_the_input_lines_it_truncates(dates_bundle, tmp_path, ca
 
 
 def test_truncation_report_shows_the_first_lines_and_counts_the_rest(capsys):
-    """A report names at most `SHOWN_LINES` lines (a long file cut everywhere would
-    print thousands) and returns them all; other warnings are re-issued, not dropped."""
+    """Truncations raised in a `collecting_truncations` block are collected, not shown,
+    while other warnings pass on; a report names at most `SHOWN_LINES` lines (a long
+    file cut everywhere would print thousands) and returns them all."""
     import warnings
 
     from keras_attn.runtime import TruncationWarning
-    from pipelines.translate import SHOWN_LINES, report_truncation
+    from pipelines.translate import SHOWN_LINES, collecting_truncations, report_truncation
 
-    cut = TruncationWarning("cut", list(range(SHOWN_LINES + 5)))
-    other = UserWarning("something else")
-    caught = [warnings.WarningMessage(message, type(message), __file__, 1) for message in (cut, other)]
-    with pytest.warns(UserWarning, match="something else"):
-        lines = report_truncation(caught, "in.txt", 101, 50)
+    with pytest.warns(UserWarning) as shown:
+        with collecting_truncations() as cut:
+            warnings.warn(TruncationWarning("cut", list(range(SHOWN_LINES))), stacklevel=1)
+            warnings.warn(UserWarning("something else"), stacklevel=1)
+            warnings.warn(TruncationWarning("cut", list(range(SHOWN_LINES, SHOWN_LINES + 5))), stacklevel=1)
+    assert [str(w.message) for w in shown] == ["something else"] and cut == list(range(SHOWN_LINES + 5))
+    lines = report_truncation(cut, "in.txt", 101, 50)
     assert lines == list(range(101, 101 + SHOWN_LINES + 5))
-    shown = ", ".join(str(n) for n in range(101, 101 + SHOWN_LINES))
-    assert capsys.readouterr().err == (f"in.txt: line(s) {shown} and 5 more longer than 50 source tokens, "
+    listed = ", ".join(str(n) for n in range(101, 101 + SHOWN_LINES))
+    assert capsys.readouterr().err == (f"in.txt: line(s) {listed} and 5 more longer than 50 source tokens, "
                                        "translated from their first 50\n")
+    assert report_truncation([], "in.txt", 1, 50) == [] and capsys.readouterr().err == ""
 
 
 def test_translate_keeps_one_output_line_per_input_line(dates_bundle, tmp_path, monkeypatch, capsys):

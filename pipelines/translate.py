@@ -78,14 +78,16 @@ def collecting_truncations():
     """Yields a list that, when the block ends, holds the positions (from 0) named by
     the `TruncationWarning`s raised in it, which are not shown; other warnings pass on."""
     positions = []
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", TruncationWarning)
-        yield positions
-    for warning in caught:
-        if isinstance(warning.message, TruncationWarning):
-            positions += warning.message.positions
-        else:
-            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", TruncationWarning)
+            yield positions
+    finally:  # also when the block raises: its other warnings are not lost
+        for warning in caught:
+            if isinstance(warning.message, TruncationWarning):
+                positions += warning.message.positions
+            else:
+                warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
 
 
 def translate_interactively(translator, **options):

@@ -566,6 +566,10 @@ def test_truncation_report_shows_the_first_lines_and_counts_the_rest(capsys):
     assert capsys.readouterr().err == (f"in.txt: line(s) {listed} and 5 more longer than 50 source tokens, "
                                        "translated from their first 50\n")
     assert report_truncation([], "in.txt", 1, 50) == [] and capsys.readouterr().err == ""
+    with pytest.warns(UserWarning, match="before the error"), pytest.raises(ValueError):
+        with collecting_truncations():
+            warnings.warn(UserWarning("before the error"), stacklevel=1)
+            raise ValueError("the block fails")
 
 
 def test_translate_keeps_one_output_line_per_input_line(dates_bundle, tmp_path, monkeypatch, capsys):

@@ -162,13 +162,17 @@ def write_bundle_alpha(bundle, alpha: float, tuned_on: dict) -> Path:
 
 def tune_alpha_command(args):
     from keras_attn.runtime import Translator
+    from pipelines.translate import collecting_truncations, report_truncation
 
     sources, references = read_test_set(args.src, args.ref)
     translator = Translator.load(args.bundle, int8=args.int8)
     print(f"beam {args.beam} on {args.src} ({len(sources):,} sentences), bundle's alpha {translator.config['alpha']}:")
     print("| alpha | BLEU | chrF |\n| --- | --- | --- |")
-    rows = tune_alpha(translator, sources, references, args.beam, args.alphas,
-                      progress=lambda row: print(f"| {row['alpha']} | {row['bleu']} | {row['chrf']} |", flush=True))
+    with collecting_truncations() as cut:  # the same lines at every alpha: named once
+        rows = tune_alpha(translator, sources, references, args.beam, args.alphas,
+                          progress=lambda row: print(f"| {row['alpha']} | {row['bleu']} | {row['chrf']} |",
+                                                     flush=True))
+    report_truncation(sorted(set(cut)), str(args.src), 1, translator.max_src_len)
     best = best_row(rows)
     report = {"bundle": str(args.bundle), "src": str(args.src), "ref": str(args.ref), "beam": args.beam,
               "int8": args.int8, "rows": rows, "best_alpha": best["alpha"], "best_bleu": best["bleu"]}

@@ -2,13 +2,14 @@ import json
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import sentencepiece as spm
 
-from keras_attn.runtime import BundleError, Translator
+from keras_attn.runtime import BundleError, Translator, TruncationWarning
 from keras_attn.runtime.translator import N_BEST_OUTPUTS, pre_pad, sha256, strip_special
 from keras_attn.saving import load_model
 from keras_attn.search import InferenceModel
@@ -549,9 +550,6 @@ def test_truncation_report_shows_the_first_lines_and_counts_the_rest(capsys):
     """Truncations raised in a `collecting_truncations` block are collected, not shown,
     while other warnings pass on; a report names at most `SHOWN_LINES` lines (a long
     file cut everywhere would print thousands) and returns them all."""
-    import warnings
-
-    from keras_attn.runtime import TruncationWarning
     from pipelines.translate import SHOWN_LINES, collecting_truncations, report_truncation
 
     with pytest.warns(UserWarning) as shown:
@@ -666,6 +664,23 @@ def test_tune_alpha_scores_each_alpha_and_writes_the_best_into_the_bundle(dates_
         with pytest.raises(SystemExit):
             cli.main(["tune-alpha", str(bundle), "--src", str(src), "--ref", str(ref), *bad])
         assert "expected" in capsys.readouterr().err
+
+
+def test_tune_alpha_names_the_lines_it_cuts_once(dates_bundle, held_out, tmp_path, capsys):
+    """A validation line longer than the source limit is named once by file and line,
+    not once per alpha, as `evaluate` and `translate` name theirs."""
+    sources = list(held_out.sources[:6])
+    sources[4] = "25 June 2009 " * 200
+    src, ref = tmp_path / "val.src", tmp_path / "val.ref"
+    src.write_text("\n".join(sources) + "\n", encoding="utf-8")
+    ref.write_text("\n".join(held_out.targets[:6]) + "\n", encoding="utf-8")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TruncationWarning)  # none escapes as a Python warning
+        assert cli.main(["tune-alpha", str(dates_bundle), "--src", str(src), "--ref", str(ref), "--beam", "2",
+                         "--alphas", "0", "1"]) == 0
+    limit = Translator.load(dates_bundle).max_src_len
+    reports = [line for line in capsys.readouterr().err.splitlines() if "longer than" in line]
+    assert reports == [f"{src}: line(s) 5 longer than {limit} source tokens, translated from their first {limit}"]
 
 
 def test_evaluate_with_the_tf_runtime_scores_what_onnx_scores(dates_run, dates_bundle, held_out, tmp_path, capsys):

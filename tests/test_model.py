@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -101,9 +103,24 @@ def test_save_load_round_trip_gives_identical_outputs(tmp_path):
     loaded = keras_attn.load_model(tmp_path / "m.keras")
     assert isinstance(loaded, Seq2Seq) and loaded.config == model.config
     np.testing.assert_array_equal(loaded(inputs).numpy(), expected)
-    # plain keras loading in safe mode works too once keras_attn is imported
+    # plain keras loading in safe mode works too once keras_attn.model is imported (above)
     plain = keras.models.load_model(tmp_path / "m.keras", safe_mode=True)
     np.testing.assert_array_equal(plain(inputs).numpy(), expected)
+
+
+def test_plain_keras_loading_needs_keras_attn_model_imported_as_the_readme_says(tmp_path):
+    """A fresh process: after a bare `import keras_attn` (which must not load TensorFlow)
+    Keras cannot find the classes; after `from keras_attn import Seq2Seq` it loads the file."""
+    model, rng = Seq2Seq(tiny_config()), np.random.default_rng(0)
+    model({"source": random_ids(rng, [3, 4], 30, True), "target_in": random_ids(rng, [3, 2], 25, False)})
+    model.save(tmp_path / "m.keras")
+    load = f"keras.models.load_model({str(tmp_path / 'm.keras')!r}, safe_mode=True)"
+    bare = subprocess.run([sys.executable, "-c", f"import keras, keras_attn\n{load}"], capture_output=True,
+                          text=True)
+    assert bare.returncode != 0 and "Could not locate class 'Seq2Seq'" in bare.stderr
+    imported = subprocess.run([sys.executable, "-c", f"import keras\nfrom keras_attn import Seq2Seq\n"
+                               f"assert type({load}) is Seq2Seq"], capture_output=True, text=True)
+    assert imported.returncode == 0, imported.stderr[-2000:]
 
 
 def reverse_task(rng, n, vocab=12, max_len=6):

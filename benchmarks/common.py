@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import time
 from pathlib import Path
 
@@ -42,6 +43,26 @@ def batch1_millis(translator, sentences: list[str], beam: int = 1) -> list[float
         translator.translate([sentence], beam=beam)
         millis.append(1000 * (time.perf_counter() - start))
     return millis
+
+
+def median_rate(translate, sentences: list[str], repeats: int = 3):
+    """(outputs, median sentences/s of `translate(sentences)` over `repeats` passes after
+    a warm-up pass)."""
+    outputs = translate(sentences)
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        translate(sentences)
+        rates.append(len(sentences) / (time.perf_counter() - start))
+    return outputs, statistics.median(rates)
+
+
+def bleu(outputs: list[str], refs: list[str], lowercase: bool = False) -> float:
+    """Corpus sacreBLEU (13a), rounded to 2 decimals; `force`: tokenized outputs such as
+    "a dog ." are scored as they are (13a tokenizes them as it tokenizes "a dog.")."""
+    import sacrebleu
+
+    return round(sacrebleu.corpus_bleu(outputs, [refs], lowercase=lowercase, force=True).score, 2)
 
 
 def write_results(name: str, rows: list[dict], notes: dict | None = None) -> Path:

@@ -36,14 +36,13 @@ import argparse
 import gzip
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import DEFAULT_DATA, write_results  # noqa: E402
+from common import DEFAULT_DATA, bleu, median_rate, write_results  # noqa: E402
 
 UNITS = 256
 MAX_VOCAB = 5000
@@ -239,24 +238,8 @@ def greedy_translator(model):
     return texts
 
 
-def timed(translate, sentences: list[str], repeats: int = 3):
-    """(outputs, median sentences/s over `repeats` passes after a warm-up pass)."""
-    outputs = translate(sentences)
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        translate(sentences)
-        rates.append(len(sentences) / (time.perf_counter() - start))
-    return outputs, statistics.median(rates)
-
-
 def scored_row(system: str, outputs: list[str], refs: list[str], rate: float, **extra) -> dict:
-    import sacrebleu
-
-    return {"system": system, **extra,
-            # force: the tutorial's output is tokenized ("a dog ."), which 13a tokenizes alike
-            "BLEU": round(sacrebleu.corpus_bleu(outputs, [refs], force=True).score, 2),
-            "BLEU (lowercased)": round(sacrebleu.corpus_bleu(outputs, [refs], lowercase=True, force=True).score, 2),
+    return {"system": system, **extra, "BLEU": bleu(outputs, refs), "BLEU (lowercased)": bleu(outputs, refs, True),
             "greedy sentences/s": round(rate, 1)}
 
 
@@ -292,7 +275,7 @@ def main(argv=None):
     tokens_per_second = target_tokens_per_batch(train_ds) * args.steps * (len(seconds) - 1) / sum(seconds[1:])
 
     sources, refs = split["test_2016_flickr"]
-    outputs, rate = timed(greedy_translator(model), sources)
+    outputs, rate = median_rate(greedy_translator(model), sources)
     notes = {"command": "python benchmarks/tf_tutorial_baseline.py " + " ".join(sys.argv[1:] if argv is None else argv),
              "test2016 line 1": sources[0], "its reference": refs[0], "the tutorial's greedy output": outputs[0]}
     rows = [scored_row("TF NMT tutorial (tf.function, TensorFlow)", outputs, refs, rate,
@@ -314,7 +297,7 @@ def bundle_row(bundle: str, sources: list[str], refs: list[str]):
     from keras_attn.runtime import Translator
 
     translator = Translator.load(bundle)
-    outputs, rate = timed(lambda batch: translator.translate(batch, batch_size=BATCH_SIZE), sources)
+    outputs, rate = median_rate(lambda batch: translator.translate(batch, batch_size=BATCH_SIZE), sources)
     name = f"keras-attn {os.path.basename(os.path.normpath(bundle))} (onnxruntime fp32, no TensorFlow)"
     return scored_row(name, outputs, refs, rate), outputs[0]
 

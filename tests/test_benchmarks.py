@@ -187,3 +187,30 @@ def test_tf_tutorial_baseline_runs_and_scores_the_bundle_as_evaluate_does(dates_
     report, _ = evaluate(dates_bundle, dates_as_multi30k / "test_2016_flickr.de.gz",
                          dates_as_multi30k / "test_2016_flickr.en.gz")
     assert bundle["BLEU"] == pytest.approx(report["bleu"], abs=0.005) and bundle["greedy sentences/s"] > 0
+
+
+def test_opennmt_baseline_reads_onmt_logs():
+    """The OpenNMT-py comparison's figures come from these lines of its logs (OpenNMT-py
+    itself needs PyTorch, which the tests do not install)."""
+    import opennmt_baseline
+
+    train_log = """\
+[2026-11-28 03:23:04,011 INFO] Step 200/200000; acc: 25.5; ppl: 226.6; xent: 5.4; lr: 0.00100; sents:    3065; bsz:  215/ 230/15; 773/827 tok/s;     56 sec;
+[2026-11-28 03:26:38,014 INFO] Step 1800/200000; acc: 58.5; ppl:  26.0; xent: 3.3; lr: 0.00100; sents:    2991; bsz:  214/ 231/15; 1638/1766 tok/s;    270 sec;
+[2026-11-28 03:26:55,908 INFO] Validation perplexity: 26.2059
+[2026-11-28 03:26:55,908 INFO] Validation accuracy: 58.0745
+[2026-11-28 03:26:55,910 INFO] Saving checkpoint /tmp/onmt/run/model_step_1850.pt
+[2026-11-28 03:31:00,000 INFO] Validation perplexity: 12.5
+[2026-11-28 03:31:00,002 INFO] Saving checkpoint /tmp/onmt/run/model_step_3700.pt
+[2026-11-28 03:35:00,000 INFO] Validation perplexity: 11.0
+"""  # the last validation's checkpoint was never saved (the run was stopped)
+    assert opennmt_baseline.validation_perplexities(train_log) == {1850: 26.2059, 3700: 12.5}
+    assert opennmt_baseline.training_tokens_per_second(train_log) == [827.0, 1766.0]
+    translate_log = """\
+[2026-11-28 03:22:00,610 INFO] Loading checkpoint from speed512/model_step_200.pt
+[2026-11-28 03:22:01,021 INFO] Loading data into the model
+[2026-11-28 03:22:02,809 INFO] PRED SCORE: -1.5122, PRED PPL: 4.54 NB SENTENCES: 1000
+"""
+    assert opennmt_baseline.translation_seconds(translate_log) == pytest.approx(1.788)
+    with pytest.raises(ValueError, match="PRED SCORE"):
+        opennmt_baseline.translation_seconds(translate_log.splitlines()[1])

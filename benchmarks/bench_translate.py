@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
@@ -34,7 +33,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench_limit import decode_limits, describe, fastest, latency_limits_ms  # noqa: E402
-from common import DEFAULT_DATA, batch1_millis, write_results  # noqa: E402
+from common import DEFAULT_DATA, batch1_millis, print_result, result_from_child, write_results  # noqa: E402
 
 
 def keras_step_loop(model, sources, src_sp, tgt_sp, max_len, batch_size=128):
@@ -201,11 +200,9 @@ def main():
     refs = read_lines(os.path.join(args.data_dir, "test_2016_flickr.en.gz"))
     if args.runtime_child:
         rows, alpha = runtime_rows(args, sources, refs)
-        print("RESULT " + json.dumps({"rows": rows, "alpha": alpha}), flush=True)
+        print_result({"rows": rows, "alpha": alpha})
         return
-    child = subprocess.run([sys.executable, __file__, "--runtime-child", *sys.argv[1:]],
-                           stdout=subprocess.PIPE, text=True, check=True)
-    result = json.loads(next(line for line in child.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    result = result_from_child(__file__, "--runtime-child", sys.argv[1:])
     rows = tensorflow_rows(args, sources, refs, result["alpha"]) + result["rows"]
     write_results("bench_translate", rows, {
         "test set": f"Multi30k test2016 ({len(sources)} sentences), sorted by length",

@@ -6,6 +6,8 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -63,6 +65,18 @@ def bleu(outputs: list[str], refs: list[str], lowercase: bool = False) -> float:
     import sacrebleu
 
     return round(sacrebleu.corpus_bleu(outputs, [refs], lowercase=lowercase, force=True).score, 2)
+
+
+def result_from_child(script: str, flag: str, args: list[str]):
+    """Run `script` again in a child process with `flag` added to `args` (there: the part
+    that must not import TensorFlow) and return what it printed with `print_result`."""
+    child = subprocess.run([sys.executable, script, flag, *args], stdout=subprocess.PIPE, text=True, check=True)
+    return json.loads(next(line for line in child.stdout.splitlines() if line.startswith("RESULT "))[7:])
+
+
+def print_result(value) -> None:
+    """The child's side of `result_from_child`: `value` as one JSON line."""
+    print("RESULT " + json.dumps(value), flush=True)
 
 
 def write_results(name: str, rows: list[dict], notes: dict | None = None) -> Path:

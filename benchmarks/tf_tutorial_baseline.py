@@ -34,15 +34,13 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import json
 import os
-import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import DEFAULT_DATA, bleu, median_rate, write_results  # noqa: E402
+from common import DEFAULT_DATA, bleu, median_rate, print_result, result_from_child, write_results  # noqa: E402
 
 UNITS = 256
 MAX_VOCAB = 5000
@@ -253,10 +251,11 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the batch order")
     parser.add_argument("--name", default="tf_tutorial_baseline")
     parser.add_argument("--bundle-child", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    given = sys.argv[1:] if argv is None else list(map(str, argv))
+    args = parser.parse_args(given)
     if args.bundle_child:
         test = args.data_dir + "/test_2016_flickr"
-        print("RESULT " + json.dumps(bundle_row(args.bundle, read(test + ".de.gz"), read(test + ".en.gz"))))
+        print_result(bundle_row(args.bundle, read(test + ".de.gz"), read(test + ".en.gz")))
         return
 
     import warnings
@@ -272,21 +271,19 @@ def main(argv=None):
     seconds, history = train(model, train_ds, valid_ds, args.epochs, args.steps, log=print)
     os.makedirs(args.out, exist_ok=True)
     model.save_weights(os.path.join(args.out, "tutorial.weights.h5"))
-    tokens_per_second = target_tokens_per_batch(train_ds) * args.steps * (len(seconds) - 1) / sum(seconds[1:])
+    counted = seconds[1:] or seconds  # the first epoch's time includes tracing
+    tokens_per_second = target_tokens_per_batch(train_ds) * args.steps * len(counted) / sum(counted)
 
     sources, refs = split["test_2016_flickr"]
     outputs, rate = median_rate(greedy_translator(model), sources)
-    notes = {"command": "python benchmarks/tf_tutorial_baseline.py " + " ".join(sys.argv[1:] if argv is None else argv),
+    notes = {"command": "python benchmarks/tf_tutorial_baseline.py " + " ".join(given),
              "test2016 line 1": sources[0], "its reference": refs[0], "the tutorial's greedy output": outputs[0]}
     rows = [scored_row("TF NMT tutorial (tf.function, TensorFlow)", outputs, refs, rate,
                        **{"parameters": model.count_params(), "training target tok/s": round(tokens_per_second),
                           "epochs x steps": f"{len(seconds)} x {args.steps}",
                           "best val_loss": round(min(history["val_loss"]), 3)})]
     if args.bundle:
-        child = subprocess.run([sys.executable, __file__, "--bundle-child", *sys.argv[1:]],
-                               stdout=subprocess.PIPE, text=True, check=True)
-        row, notes["keras-attn's greedy output"] = json.loads(
-            next(line for line in child.stdout.splitlines() if line.startswith("RESULT "))[7:])
+        row, notes["keras-attn's greedy output"] = result_from_child(__file__, "--bundle-child", given)
         rows.append(row)
     write_results(args.name, rows, notes)
 

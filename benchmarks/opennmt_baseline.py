@@ -36,6 +36,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import bleu, median_rate, write_results  # noqa: E402
 
+from pipelines.corpus import read_lines  # noqa: E402
+
 BATCH_SIZE = 64
 STAMP = r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO\] "
 
@@ -78,7 +80,7 @@ def onmt_translate(onmt_bin: Path, checkpoint: Path, source: Path, spm: Path, be
                                "-src_subword_model", str(spm / "src.spm.model"),
                                "-tgt_subword_model", str(spm / "tgt.spm.model")],
                               capture_output=True, text=True, check=True)
-        return output.read_text(encoding="utf-8").splitlines(), translation_seconds(done.stderr + done.stdout)
+        return read_lines(output), translation_seconds(done.stderr + done.stdout)
 
 
 def row(system: str, search: str, outputs: list[str], refs: list[str], rate: float) -> dict:
@@ -127,8 +129,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     run, bundle = Path(args.run), Path(args.bundle)
     data = run / "data"
-    sources = (data / "test_2016_flickr.de").read_text(encoding="utf-8").splitlines()
-    refs = (data / "test_2016_flickr.en").read_text(encoding="utf-8").splitlines()
+    sources, refs = read_lines(data / "test_2016_flickr.de"), read_lines(data / "test_2016_flickr.en")
     rows, notes = opennmt_rows(run, bundle, data, refs)
     rows += bundle_rows(bundle, sources, refs)
     notes["command"] = "python benchmarks/opennmt_baseline.py " + " ".join(sys.argv[1:] if argv is None else argv)

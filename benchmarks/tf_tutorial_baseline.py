@@ -33,7 +33,6 @@ TensorFlow.
 from __future__ import annotations
 
 import argparse
-import gzip
 import os
 import sys
 import time
@@ -42,15 +41,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import DEFAULT_DATA, bleu, median_rate, print_result, result_from_child, write_results  # noqa: E402
 
+from pipelines.corpus import read_lines  # noqa: E402
+
 UNITS = 256
 MAX_VOCAB = 5000
 BATCH_SIZE = 64
 MAX_OUTPUT = 50
-
-
-def read(path) -> list[str]:
-    with gzip.open(path, "rt", encoding="utf-8") as handle:
-        return handle.read().splitlines()
 
 
 def lower_and_split_punct(text):
@@ -255,7 +251,7 @@ def main(argv=None):
     args = parser.parse_args(given)
     if args.bundle_child:
         test = args.data_dir + "/test_2016_flickr"
-        print_result(bundle_row(args.bundle, read(test + ".de.gz"), read(test + ".en.gz")))
+        print_result(bundle_row(args.bundle, read_lines(test + ".de.gz"), read_lines(test + ".en.gz")))
         return
 
     import warnings
@@ -264,7 +260,7 @@ def main(argv=None):
 
     warnings.filterwarnings("ignore", message=".*does not support masking")  # the explicit mask above
     keras.utils.set_random_seed(args.seed)
-    split = {name: (read(f"{args.data_dir}/{name}.de.gz"), read(f"{args.data_dir}/{name}.en.gz"))
+    split = {name: (read_lines(f"{args.data_dir}/{name}.de.gz"), read_lines(f"{args.data_dir}/{name}.en.gz"))
              for name in ("train", "val", "test_2016_flickr")}
     model = build_model(*split["train"])
     train_ds, valid_ds = datasets(model, split["train"], split["val"], args.seed)

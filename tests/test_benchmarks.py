@@ -214,3 +214,41 @@ def test_opennmt_baseline_reads_onmt_logs():
     assert opennmt_baseline.translation_seconds(translate_log) == pytest.approx(1.788)
     with pytest.raises(ValueError, match="PRED SCORE"):
         opennmt_baseline.translation_seconds(translate_log.splitlines()[1])
+
+
+def stand_in(path: Path, exit_code: int = 0):
+    """An executable at `path` that appends its name and arguments to `calls` beside it."""
+    path.write_text(f'#!/usr/bin/env bash\necho "$(basename "$0") $*" >> "$(dirname "$0")/calls"\nexit {exit_code}\n')
+    path.chmod(0o755)
+
+
+@pytest.mark.parametrize("train_exit, run_exit", [(0, 0), (124, 0), (1, 1)])
+def test_opennmt_run_sh_fills_in_the_config_and_passes_the_seed(dates_as_multi30k, tmp_path, train_exit, run_exit):
+    """`opennmt/run.sh` with stand-ins for the venv's programs (the real ones need
+    PyTorch): the data unzipped, the configuration's paths filled in, the seed passed,
+    sentencepiece installed (OpenNMT-py does not require it, yet its transform imports
+    it), and `onmt_train` stopped at the time budget (timeout's 124) counted as done,
+    any other failure not."""
+    import yaml
+
+    out, bundle = tmp_path / "onmt", tmp_path / "bundle"
+    (out / "venv" / "bin").mkdir(parents=True)
+    for program in ("pip", "onmt_build_vocab"):
+        stand_in(out / "venv" / "bin" / program)
+    stand_in(out / "venv" / "bin" / "onmt_train", train_exit)
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "opennmt" / "run.sh"), str(dates_as_multi30k),
+                           str(bundle), str(out), "1", "7"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == run_exit, done.stderr
+    for name in ("train.de", "val.en", "test_2016_flickr.de"):
+        with gzip.open(dates_as_multi30k / f"{name}.gz", "rt", encoding="utf-8") as handle:
+            assert (out / "data" / name).read_text(encoding="utf-8") == handle.read()
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["data"]["corpus_1"]["path_src"] == str(out / "data" / "train.de")
+    assert config["data"]["valid"]["path_tgt"] == str(out / "data" / "val.en")
+    assert config["src_subword_model"] == str(bundle / "src.spm.model")
+    assert config["tgt_subword_model"] == str(bundle / "tgt.spm.model")
+    assert (config["save_model"], config["src_vocab"]) == (str(out / "model"), str(out / "vocab.src"))
+    calls = (out / "venv" / "bin" / "calls").read_text().splitlines()
+    assert calls[0].startswith("pip install") and "sentencepiece==" in calls[0] and "opennmt-py==3.5.1" in calls[0]
+    assert calls[1:] == [f"onmt_build_vocab -config {out}/config.yaml -n_sample -1",
+                         f"onmt_train -config {out}/config.yaml -seed 7"]

@@ -4,22 +4,23 @@
 # PyTorch (a separate venv, about 3 GB with the CUDA libraries PyPI's Linux wheel brings);
 # the tests do not run it.
 #
-#   bash benchmarks/opennmt/run.sh [DATA_DIR] [BUNDLE] [OUT] [MINUTES]
+#   bash benchmarks/opennmt/run.sh [DATA_DIR] [BUNDLE] [OUT] [MINUTES] [SEED]
 #
 # DATA_DIR: Multi30k (default ../shared/data/multi30k); BUNDLE: the keras-attn bundle
 # whose SentencePiece models it uses (default exported/m30k_bt256head); OUT: default
-# runs/opennmt; MINUTES: the training's wall time (default 82, the recipe's sixth run's).
+# runs/opennmt; MINUTES: the training's wall time (default 82, the recipe's sixth run's);
+# SEED: OpenNMT-py's random seed (default 0, the configuration's).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 data=$(realpath "${1:-../shared/data/multi30k}")
 bundle=$(realpath "${2:-exported/m30k_bt256head}")
 out=$(realpath -m "${3:-runs/opennmt}")
 minutes=${4:-82}
+seed=${5:-0}
 mkdir -p "$out/data"
-[ -x "$out/venv/bin/onmt_train" ] || {
-    python3 -m venv "$out/venv"
-    "$out/venv/bin/pip" install -q "opennmt-py==3.5.1" "torch>=2.0.1,<2.3" "numpy<2"
-}
+[ -x "$out/venv/bin/pip" ] || python3 -m venv "$out/venv"
+# OpenNMT-py does not require sentencepiece, but its sentencepiece transform imports it
+"$out/venv/bin/pip" install -q "opennmt-py==3.5.1" "torch>=2.0.1,<2.3" "numpy<2" "sentencepiece==0.2.3"
 for split in train val test_2016_flickr; do
     for lang in de en; do zcat "$data/$split.$lang.gz" > "$out/data/$split.$lang"; done
 done
@@ -31,5 +32,5 @@ done
 } > "$out/config.yaml"
 "$out/venv/bin/onmt_build_vocab" -config "$out/config.yaml" -n_sample -1
 # stopped at the time budget; a checkpoint is saved after each validation (about one per epoch)
-timeout "${minutes}m" "$out/venv/bin/onmt_train" -config "$out/config.yaml" > "$out/train.log" 2>&1 || [ $? -eq 124 ]
+timeout "${minutes}m" "$out/venv/bin/onmt_train" -config "$out/config.yaml" -seed "$seed" > "$out/train.log" 2>&1 || [ $? -eq 124 ]
 echo "trained: $out/train.log; now: python benchmarks/opennmt_baseline.py --run $out --bundle $bundle"

@@ -2,7 +2,7 @@
 # OpenNMT-py 3.5.1 trained on Multi30k De→En with the keras-attn recipe, for
 # benchmarks/opennmt_baseline.py (benchmarks/RESULTS.md, "Against OpenNMT-py"). Needs
 # PyTorch (a separate venv, about 3 GB with the CUDA libraries PyPI's Linux wheel brings);
-# the tests do not run it.
+# the tests run this script with stand-ins for pip and OpenNMT-py's programs.
 #
 #   bash benchmarks/opennmt/run.sh [DATA_DIR] [BUNDLE] [OUT] [MINUTES] [SEED]
 #

@@ -222,6 +222,13 @@ def stand_in(path: Path, exit_code: int = 0):
     path.chmod(0o755)
 
 
+def assert_unzipped(data: Path, folder: Path):
+    """`folder` holds the Multi30k files of `data`, unzipped."""
+    for name in ("train.de", "train.en", "val.de", "val.en", "test_2016_flickr.de", "test_2016_flickr.en"):
+        with gzip.open(data / f"{name}.gz", "rt", encoding="utf-8") as handle:
+            assert (folder / name).read_text(encoding="utf-8") == handle.read()
+
+
 @pytest.mark.parametrize("train_exit, run_exit", [(0, 0), (124, 0), (1, 1)])
 def test_opennmt_run_sh_fills_in_the_config_and_passes_the_seed(dates_as_multi30k, tmp_path, train_exit, run_exit):
     """`opennmt/run.sh` with stand-ins for the venv's programs (the real ones need
@@ -239,9 +246,7 @@ def test_opennmt_run_sh_fills_in_the_config_and_passes_the_seed(dates_as_multi30
     done = subprocess.run(["bash", str(ROOT / "benchmarks" / "opennmt" / "run.sh"), str(dates_as_multi30k),
                            str(bundle), str(out), "1", "7"], capture_output=True, text=True, timeout=60)
     assert done.returncode == run_exit, done.stderr
-    for name in ("train.de", "val.en", "test_2016_flickr.de"):
-        with gzip.open(dates_as_multi30k / f"{name}.gz", "rt", encoding="utf-8") as handle:
-            assert (out / "data" / name).read_text(encoding="utf-8") == handle.read()
+    assert_unzipped(dates_as_multi30k, out / "data")
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["data"]["corpus_1"]["path_src"] == str(out / "data" / "train.de")
     assert config["data"]["valid"]["path_tgt"] == str(out / "data" / "val.en")
@@ -252,3 +257,80 @@ def test_opennmt_run_sh_fills_in_the_config_and_passes_the_seed(dates_as_multi30
     assert calls[0].startswith("pip install") and "sentencepiece==" in calls[0] and "opennmt-py==3.5.1" in calls[0]
     assert calls[1:] == [f"onmt_build_vocab -config {out}/config.yaml -n_sample -1",
                          f"onmt_train -config {out}/config.yaml -seed 7"]
+
+
+def test_joeynmt_baseline_reads_joeynmt_logs():
+    """The JoeyNMT comparison's checkpoint and training figures come from these lines of
+    its `validations.txt` and `train.log` (JoeyNMT itself needs PyTorch)."""
+    import joeynmt_baseline
+
+    validations = (  # the second validation was not a new best (no "*")
+        "Steps: 2700\tloss: 2.70011\tacc: 0.46601\tppl: 14.87905\tbleu: 26.11\tLR: 0.00100000\t*\n"
+        "Steps: 5400\tloss: 2.75000\tacc: 0.47000\tppl: 15.64\tbleu: 27.5\tLR: 0.00050000\t\n")
+    assert joeynmt_baseline.validation_perplexities(validations) == {2700: 14.87905, 5400: 15.64}
+    train_log = """\
+2026-11-28 07:16:45,986 - INFO - joeynmt.training - Epoch   1, Step:      100, Batch Loss:     4.647974, \
+Batch Acc: 0.148781, Tokens per Sec:      694, Lr: 0.001000
+2026-11-28 07:17:16,760 - INFO - joeynmt.training - Epoch   1, Step:      200, Batch Loss:     3.990896, \
+Batch Acc: 0.229162, Tokens per Sec:     1536, Lr: 0.001000
+2026-11-28 07:20:12,212 - INFO - joeynmt.prediction - Generation took 14.4252[sec].
+"""
+    assert joeynmt_baseline.training_tokens_per_second(train_log) == [694.0, 1536.0]
+
+
+@pytest.mark.parametrize("train_exit, run_exit", [(0, 0), (124, 0), (1, 1)])
+def test_joeynmt_run_sh_fills_in_the_config_and_passes_the_seed(dates_as_multi30k, tmp_path, train_exit, run_exit):
+    """`joeynmt/run.sh` with stand-ins for the venv's pip and Python (JoeyNMT needs
+    PyTorch): the data unzipped, the configuration's paths and seed filled in, the two
+    packages JoeyNMT 2.3.0 needs but does not pin installed, and training stopped at the
+    time budget (timeout's 124) counted as done, any other failure not."""
+    import yaml
+
+    out, bundle = tmp_path / "joey", tmp_path / "bundle"
+    (out / "venv" / "bin").mkdir(parents=True)
+    stand_in(out / "venv" / "bin" / "pip")
+    stand_in(out / "venv" / "bin" / "python", train_exit)
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "joeynmt" / "run.sh"), str(dates_as_multi30k),
+                           str(bundle), str(out), "1", "7"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == run_exit, done.stderr
+    assert_unzipped(dates_as_multi30k, out / "data")
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert (config["model_dir"], config["random_seed"]) == (str(out / "model"), 7)
+    assert (config["data"]["train"], config["data"]["dev"]) == (str(out / "data" / "train"), str(out / "data" / "val"))
+    assert config["data"]["test"] == str(out / "data" / "test_2016_flickr")
+    assert config["data"]["src"]["tokenizer_cfg"]["model_file"] == str(bundle / "src.spm.model")
+    assert config["data"]["trg"]["tokenizer_cfg"]["model_file"] == str(bundle / "tgt.spm.model")
+    calls = (out / "venv" / "bin" / "calls").read_text().splitlines()
+    assert calls[0].startswith("pip install") and "joeynmt==2.3.0" in calls[0]
+    assert "importlib-metadata" in calls[0] and "sentencepiece==0.2.0" in calls[0]
+    assert calls[1:] == [f"python -m joeynmt train {out}/config.yaml --skip-test"]
+
+
+def test_joeynmt_translate_runs_the_best_checkpoint_at_the_asked_beam(tmp_path):
+    """`joeynmt_baseline.joeynmt_translate` hands JoeyNMT's Python the run's configuration
+    with the best checkpoint, the beam and batches of 64, and reads the translations and
+    seconds from the last line `joeynmt/translate.py` prints (a stand-in here, which
+    echoes the source upper-cased and keeps the configuration it was given)."""
+    import joeynmt_baseline
+    import yaml
+
+    run = tmp_path / "run"
+    (run / "venv" / "bin").mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump({"model_dir": "m", "testing": {"beam_size": 5, "n_best": 1}}))
+    python = run / "venv" / "bin" / "python"
+    python.write_text(f"""#!{sys.executable}
+import json, shutil, sys
+script, config, source = sys.argv[1:]
+assert script.endswith("joeynmt/translate.py"), script
+shutil.copy(config, {str(tmp_path / "seen.yaml")!r})
+print("a line JoeyNMT printed first")
+lines = open(source, encoding="utf-8").read().splitlines()
+print(json.dumps({{"seconds": 0.25, "hypotheses": [line.upper() for line in lines]}}))
+""")
+    python.chmod(0o755)
+    source = tmp_path / "src.de"
+    source.write_text("ein hund\nzwei katzen\n", encoding="utf-8")
+    assert joeynmt_baseline.joeynmt_translate(run, source, beam=1) == (["EIN HUND", "ZWEI KATZEN"], 0.25)
+    seen = yaml.safe_load((tmp_path / "seen.yaml").read_text())
+    assert seen == {"model_dir": "m", "testing": {"beam_size": 1, "n_best": 1, "batch_size": 64,
+                                                   "load_model": str(run / "model" / "best.ckpt")}}

@@ -1,0 +1,113 @@
+"""JoeyNMT with the keras-attn recipe on Multi30k De→En, beside a keras-attn bundle.
+
+    bash benchmarks/joeynmt/run.sh        # JoeyNMT in its own venv, trained for 82 min
+    python benchmarks/joeynmt_baseline.py --run runs/joeynmt --bundle exported/m30k_bt256head
+
+The brief's JoeyNMT figures (723 target tok/s, ≈ 41 sentences/s, 37.5 / 39.0 BLEU) come
+with JoeyNMT's own hyper-parameters and 8k/8k pieces. `run.sh` trains JoeyNMT 2.3.0
+(PyTorch) on the recipe's architecture, hyper-parameters and SentencePiece models
+(`joeynmt/multi30k_deen.yaml`) for the wall time the recipe's sixth run trained, as
+`opennmt/run.sh` does for OpenNMT-py. This script takes JoeyNMT's best checkpoint
+(`best.ckpt`, the lowest validation perplexity: validation only), translates test2016
+with JoeyNMT's own `translate` code (`joeynmt/translate.py`: greedy and beam 5 at
+JoeyNMT's default length penalty, batches of 64 sentences) and scores it with sacreBLEU;
+greedy sentences/s is the median of 3 passes after a warm-up pass, beam 5 one pass; each
+pass is timed inside JoeyNMT's process (tokenization, batching, search and
+detokenization; the checkpoint's loading is left out).
+Training target tokens/s is the median of JoeyNMT's reports (its first left out; they
+exclude validation time). The bundle's rows are timed as in `opennmt_baseline.py`.
+The tests run the log parsing and `translate.py`'s reading of its output (and `run.sh` with stand-ins for pip and JoeyNMT): JoeyNMT
+needs PyTorch, which the project does not install.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import write_results  # noqa: E402
+from opennmt_baseline import BATCH_SIZE, bundle_rows, row  # noqa: E402
+
+from pipelines.corpus import read_lines  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+
+
+def validation_perplexities(validations: str) -> dict[int, float]:
+    """{step: validation perplexity} from JoeyNMT's `validations.txt`."""
+    found = {}
+    for line in validations.splitlines():
+        step, ppl = re.search(r"Steps: (\d+)\t", line), re.search(r"\tppl: ([\d.]+)\t", line)
+        if step and ppl:
+            found[int(step.group(1))] = float(ppl.group(1))
+    return found
+
+
+def training_tokens_per_second(train_log: str) -> list[float]:
+    """The target tokens/s of each of JoeyNMT's training reports ("Tokens per Sec")."""
+    return [float(rate) for rate in re.findall(r"Tokens per Sec:\s+(\d+)", train_log)]
+
+
+def joeynmt_translate(run: Path, source: Path, beam: int) -> tuple[list[str], float]:
+    """(translations, seconds) of `source` by JoeyNMT (`joeynmt/translate.py`) with `run`'s best checkpoint."""
+    config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+    config["testing"].update(load_model=str(run / "model" / "best.ckpt"), beam_size=beam, batch_size=BATCH_SIZE)
+    with tempfile.TemporaryDirectory() as folder:
+        config_file = Path(folder) / "config.yaml"
+        config_file.write_text(yaml.safe_dump(config), encoding="utf-8")
+        done = subprocess.run([str(run / "venv" / "bin" / "python"), str(HERE / "joeynmt" / "translate.py"),
+                               str(config_file), str(source)], capture_output=True, text=True, check=True)
+    result = json.loads(done.stdout.splitlines()[-1])
+    return result["hypotheses"], result["seconds"]
+
+
+def joeynmt_rows(run: Path, data: Path, refs: list[str]) -> tuple[list[dict], dict]:
+    perplexities = validation_perplexities((run / "model" / "validations.txt").read_text(encoding="utf-8"))
+    best = run / "model" / "best.ckpt"
+    if not best.exists():
+        raise SystemExit(f"{best}: no validation with a saved checkpoint yet")
+    step = int(best.resolve().stem)
+    source = data / "test_2016_flickr.de"
+    joeynmt_translate(run, source, beam=1)  # warm-up (disk cache)
+    greedy = [joeynmt_translate(run, source, beam=1) for _ in range(3)]
+    beam, beam_seconds = joeynmt_translate(run, source, beam=5)
+    rate = statistics.median(len(refs) / seconds for _, seconds in greedy)
+    reports = training_tokens_per_second((run / "model" / "train.log").read_text(encoding="utf-8"))[1:]
+    system = "JoeyNMT 2.3.0 (PyTorch), keras-attn recipe"
+    facts = {"JoeyNMT checkpoint": f"step {step} of {max(perplexities)} (validation perplexity "
+                                   f"{perplexities[step]}, the lowest of {len(perplexities)})",
+             "JoeyNMT training target tok/s": f"median {statistics.median(reports):,.0f} of {len(reports)} reports "
+                                              f"({min(reports):,.0f}-{max(reports):,.0f})"}
+    return [row(system, "greedy", greedy[0][0], refs, rate),
+            row(system, "beam 5", beam, refs, len(refs) / beam_seconds)], facts
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run", default="runs/joeynmt", help="the folder run.sh wrote")
+    parser.add_argument("--bundle", default="exported/m30k_bt256head",
+                        help="the keras-attn bundle (its SentencePiece models are the ones JoeyNMT used)")
+    parser.add_argument("--name", default="joeynmt_baseline")
+    args = parser.parse_args(argv)
+    run, bundle = Path(args.run), Path(args.bundle)
+    data = run / "data"
+    sources, refs = read_lines(data / "test_2016_flickr.de"), read_lines(data / "test_2016_flickr.en")
+    rows, notes = joeynmt_rows(run, data, refs)
+    rows += bundle_rows(bundle, sources, refs)
+    notes["command"] = "python benchmarks/joeynmt_baseline.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    write_results(args.name, rows, notes)
+
+
+if __name__ == "__main__":
+    main()

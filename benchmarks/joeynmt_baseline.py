@@ -16,7 +16,8 @@ pass is timed inside JoeyNMT's process (tokenization, batching, search and
 detokenization; the checkpoint's loading is left out).
 Training target tokens/s is the median of JoeyNMT's reports (its first left out; they
 exclude validation time). The bundle's rows are timed as in `opennmt_baseline.py`.
-The tests run the log parsing and `translate.py`'s reading of its output (and `run.sh` with stand-ins for pip and JoeyNMT): JoeyNMT
+The tests run the log parsing, the hand-over to `translate.py` (with a stand-in for
+JoeyNMT's Python) and `run.sh` (with stand-ins for pip and JoeyNMT): JoeyNMT itself
 needs PyTorch, which the project does not install.
 """
 
@@ -67,7 +68,9 @@ def joeynmt_translate(run: Path, source: Path, beam: int) -> tuple[list[str], fl
         config_file = Path(folder) / "config.yaml"
         config_file.write_text(yaml.safe_dump(config), encoding="utf-8")
         done = subprocess.run([str(run / "venv" / "bin" / "python"), str(HERE / "joeynmt" / "translate.py"),
-                               str(config_file), str(source)], capture_output=True, text=True, check=True)
+                               str(config_file), str(source)], capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"JoeyNMT's translate.py failed on {source} (exit {done.returncode}):\n{done.stderr[-3000:]}")
     result = json.loads(done.stdout.splitlines()[-1])
     return result["hypotheses"], result["seconds"]
 

@@ -9,8 +9,8 @@ with JoeyNMT's own hyper-parameters and 8k/8k pieces. `run.sh` trains JoeyNMT 2.
 (`joeynmt/multi30k_deen.yaml`) for the wall time the recipe's sixth run trained, as
 `opennmt/run.sh` does for OpenNMT-py. This script takes JoeyNMT's best checkpoint
 (`best.ckpt`, the lowest validation perplexity: validation only), translates test2016
-with JoeyNMT's own `translate` code (`joeynmt/translate.py`: greedy and beam 5 at
-JoeyNMT's default length penalty, batches of 64 sentences) and scores it with sacreBLEU;
+with JoeyNMT's own `translate` code (`joeynmt/translate.py`: greedy, and beam 5 at the
+length penalty chosen on the validation set as the bundle's was; batches of 64 sentences) and scores it with sacreBLEU;
 greedy sentences/s is the median of 3 passes after a warm-up pass, beam 5 one pass; each
 pass is timed inside JoeyNMT's process (tokenization, batching, search and
 detokenization; the checkpoint's loading is left out).
@@ -37,10 +37,11 @@ import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import write_results  # noqa: E402
+from common import bleu, write_results  # noqa: E402
 from opennmt_baseline import BATCH_SIZE, bundle_rows, row  # noqa: E402
 
 from pipelines.corpus import read_lines  # noqa: E402
+from pipelines.evaluate import ALPHAS  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -60,10 +61,13 @@ def training_tokens_per_second(train_log: str) -> list[float]:
     return [float(rate) for rate in re.findall(r"Tokens per Sec:\s+(\d+)", train_log)]
 
 
-def joeynmt_translate(run: Path, source: Path, beam: int) -> tuple[list[str], float]:
-    """(translations, seconds) of `source` by JoeyNMT (`joeynmt/translate.py`) with `run`'s best checkpoint."""
+def joeynmt_translate(run: Path, source: Path, beam: int, alpha: float = 0.0) -> tuple[list[str], float]:
+    """(translations, seconds) of `source` by JoeyNMT (`joeynmt/translate.py`) with `run`'s
+    best checkpoint; `alpha`: the beam's length penalty, ((5 + length) / 6) ** alpha as
+    the bundle's (0: none, JoeyNMT's default)."""
     config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
-    config["testing"].update(load_model=str(run / "model" / "best.ckpt"), beam_size=beam, batch_size=BATCH_SIZE)
+    config["testing"].update(load_model=str(run / "model" / "best.ckpt"), beam_size=beam, beam_alpha=alpha,
+                             batch_size=BATCH_SIZE)
     with tempfile.TemporaryDirectory() as folder:
         config_file = Path(folder) / "config.yaml"
         config_file.write_text(yaml.safe_dump(config), encoding="utf-8")
@@ -75,6 +79,15 @@ def joeynmt_translate(run: Path, source: Path, beam: int) -> tuple[list[str], fl
     return result["hypotheses"], result["seconds"]
 
 
+def tuned_alpha(run: Path, data: Path) -> tuple[float, list[dict]]:
+    """JoeyNMT's beam-5 length penalty chosen on the validation set from the grid
+    `keras-attn tune-alpha` chooses the bundle's from, and the BLEU at each."""
+    refs = read_lines(data / "val.en")
+    rows = [{"alpha": alpha, "BLEU": bleu(joeynmt_translate(run, data / "val.de", 5, alpha)[0], refs)}
+            for alpha in ALPHAS]
+    return max(rows, key=lambda row: row["BLEU"])["alpha"], rows
+
+
 def joeynmt_rows(run: Path, data: Path, refs: list[str]) -> tuple[list[dict], dict]:
     perplexities = validation_perplexities((run / "model" / "validations.txt").read_text(encoding="utf-8"))
     best = run / "model" / "best.ckpt"
@@ -84,16 +97,19 @@ def joeynmt_rows(run: Path, data: Path, refs: list[str]) -> tuple[list[dict], di
     source = data / "test_2016_flickr.de"
     joeynmt_translate(run, source, beam=1)  # warm-up (disk cache)
     greedy = [joeynmt_translate(run, source, beam=1) for _ in range(3)]
-    beam, beam_seconds = joeynmt_translate(run, source, beam=5)
+    alpha, alpha_rows = tuned_alpha(run, data)
+    beam, beam_seconds = joeynmt_translate(run, source, beam=5, alpha=alpha)
     rate = statistics.median(len(refs) / seconds for _, seconds in greedy)
     reports = training_tokens_per_second((run / "model" / "train.log").read_text(encoding="utf-8"))[1:]
     system = "JoeyNMT 2.3.0 (PyTorch), keras-attn recipe"
     facts = {"JoeyNMT checkpoint": f"step {step} of {max(perplexities)} (validation perplexity "
                                    f"{perplexities[step]}, the lowest of {len(perplexities)})",
              "JoeyNMT training target tok/s": f"median {statistics.median(reports):,.0f} of {len(reports)} reports "
-                                              f"({min(reports):,.0f}-{max(reports):,.0f})"}
+                                              f"({min(reports):,.0f}-{max(reports):,.0f})",
+             "JoeyNMT beam 5 length penalty": f"alpha {alpha}, chosen on validation: "
+                                              + ", ".join(f"{r['alpha']}: {r['BLEU']}" for r in alpha_rows)}
     return [row(system, "greedy", greedy[0][0], refs, rate),
-            row(system, "beam 5", beam, refs, len(refs) / beam_seconds)], facts
+            row(system, f"beam 5, alpha {alpha}", beam, refs, len(refs) / beam_seconds)], facts
 
 
 def main(argv=None):

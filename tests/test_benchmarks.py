@@ -308,7 +308,7 @@ def test_joeynmt_run_sh_fills_in_the_config_and_passes_the_seed(dates_as_multi30
 
 def test_joeynmt_translate_runs_the_best_checkpoint_at_the_asked_beam(tmp_path):
     """`joeynmt_baseline.joeynmt_translate` hands JoeyNMT's Python the run's configuration
-    with the best checkpoint, the beam and batches of 64, and reads the translations and
+    with the best checkpoint, the beam, its length penalty and batches of 64, and reads the translations and
     seconds from the last line `joeynmt/translate.py` prints (a stand-in here, which
     echoes the source upper-cased and keeps the configuration it was given); a failure
     names the source and shows JoeyNMT's error."""
@@ -331,9 +331,9 @@ print(json.dumps({{"seconds": 0.25, "hypotheses": [line.upper() for line in line
     python.chmod(0o755)
     source = tmp_path / "src.de"
     source.write_text("ein hund\nzwei katzen\n", encoding="utf-8")
-    assert joeynmt_baseline.joeynmt_translate(run, source, beam=1) == (["EIN HUND", "ZWEI KATZEN"], 0.25)
+    assert joeynmt_baseline.joeynmt_translate(run, source, beam=4, alpha=0.6) == (["EIN HUND", "ZWEI KATZEN"], 0.25)
     seen = yaml.safe_load((tmp_path / "seen.yaml").read_text())
-    assert seen == {"model_dir": "m", "testing": {"beam_size": 1, "n_best": 1, "batch_size": 64,
+    assert seen == {"model_dir": "m", "testing": {"beam_size": 4, "beam_alpha": 0.6, "n_best": 1, "batch_size": 64,
                                                    "load_model": str(run / "model" / "best.ckpt")}}
     python.write_text("#!/usr/bin/env bash\necho 'AssertionError: The input sentence is empty!' >&2\nexit 3\n")
     with pytest.raises(SystemExit, match=r"(?s)failed on .*src\.de \(exit 3\).*input sentence is empty"):

@@ -10,11 +10,11 @@ with JoeyNMT's own hyper-parameters and 8k/8k pieces. `run.sh` trains JoeyNMT 2.
 `opennmt/run.sh` does for OpenNMT-py. This script takes JoeyNMT's best checkpoint
 (`best.ckpt`, the lowest validation perplexity: validation only), translates test2016
 with JoeyNMT's own `translate` code (`joeynmt/translate.py`: greedy, and beam 5 at the
-length penalty chosen on the validation set as the bundle's was; batches of 64 sentences) and scores it with sacreBLEU;
-greedy sentences/s is the median of 3 passes after a warm-up pass, beam 5 one pass; each
-pass is timed inside JoeyNMT's process (tokenization, batching, search and
-detokenization; the checkpoint's loading is left out).
-Training target tokens/s is the median of JoeyNMT's reports (its first left out; they
+length penalty chosen on the validation set as the bundle's was; batches of 64
+sentences) and scores it with sacreBLEU; greedy sentences/s is the median of 3 passes
+after a warm-up pass, beam 5 one pass; each pass is timed inside JoeyNMT's process
+(tokenization, batching, search and detokenization; the checkpoint's loading is left
+out). Training target tokens/s is the median of JoeyNMT's reports (its first left out; they
 exclude validation time). The bundle's rows are timed as in `opennmt_baseline.py`.
 The tests run the log parsing, the hand-over to `translate.py` (with a stand-in for
 JoeyNMT's Python) and `run.sh` (with stand-ins for pip and JoeyNMT): JoeyNMT itself

@@ -23,7 +23,6 @@ needs PyTorch, which the project does not install.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -37,8 +36,8 @@ import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import bleu, write_results  # noqa: E402
-from opennmt_baseline import BATCH_SIZE, bundle_rows, row  # noqa: E402
+from common import bleu  # noqa: E402
+from opennmt_baseline import BATCH_SIZE, compare, row  # noqa: E402
 
 from pipelines.corpus import read_lines  # noqa: E402
 from pipelines.evaluate import ALPHAS  # noqa: E402
@@ -113,19 +112,7 @@ def joeynmt_rows(run: Path, data: Path, refs: list[str]) -> tuple[list[dict], di
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--run", default="runs/joeynmt", help="the folder run.sh wrote")
-    parser.add_argument("--bundle", default="exported/m30k_bt256head",
-                        help="the keras-attn bundle (its SentencePiece models are the ones JoeyNMT used)")
-    parser.add_argument("--name", default="joeynmt_baseline")
-    args = parser.parse_args(argv)
-    run, bundle = Path(args.run), Path(args.bundle)
-    data = run / "data"
-    sources, refs = read_lines(data / "test_2016_flickr.de"), read_lines(data / "test_2016_flickr.en")
-    rows, notes = joeynmt_rows(run, data, refs)
-    rows += bundle_rows(bundle, sources, refs)
-    notes["command"] = "python benchmarks/joeynmt_baseline.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    write_results(args.name, rows, notes)
+    compare(argv, __doc__, "JoeyNMT", "joeynmt", lambda run, bundle, data, refs: joeynmt_rows(run, data, refs))
 
 
 if __name__ == "__main__":

@@ -120,20 +120,28 @@ def bundle_rows(bundle: Path, sources: list[str], refs: list[str]) -> list[dict]
     return [row(system, "greedy", outputs, refs, rate), row(system, "beam 5", beam, refs, beam_rate)]
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--run", default="runs/opennmt", help="the folder run.sh wrote")
+def compare(argv, doc: str, framework: str, name: str, framework_rows) -> None:
+    """The command line the baselines share (`NAME_baseline.py`, reading `runs/NAME` by
+    default): `framework_rows(run, bundle, data, refs)` gives the other framework's rows
+    and notes, then the bundle's rows follow, timed beside them; `doc`: the script's
+    docstring, whose first line describes it."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--run", default=f"runs/{name}", help="the folder run.sh wrote")
     parser.add_argument("--bundle", default="exported/m30k_bt256head",
-                        help="the keras-attn bundle (its SentencePiece models are the ones OpenNMT-py used)")
-    parser.add_argument("--name", default="opennmt_baseline")
+                        help=f"the keras-attn bundle (its SentencePiece models are the ones {framework} used)")
+    parser.add_argument("--name", default=f"{name}_baseline")
     args = parser.parse_args(argv)
     run, bundle = Path(args.run), Path(args.bundle)
     data = run / "data"
     sources, refs = read_lines(data / "test_2016_flickr.de"), read_lines(data / "test_2016_flickr.en")
-    rows, notes = opennmt_rows(run, bundle, data, refs)
+    rows, notes = framework_rows(run, bundle, data, refs)
     rows += bundle_rows(bundle, sources, refs)
-    notes["command"] = "python benchmarks/opennmt_baseline.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    notes["command"] = f"python benchmarks/{name}_baseline.py " + " ".join(sys.argv[1:] if argv is None else argv)
     write_results(args.name, rows, notes)
+
+
+def main(argv=None):
+    compare(argv, __doc__, "OpenNMT-py", "opennmt", opennmt_rows)
 
 
 if __name__ == "__main__":

@@ -222,6 +222,20 @@ def stand_in(path: Path, exit_code: int = 0):
     path.chmod(0o755)
 
 
+def run_sh(framework: str, data: Path, tmp_path: Path, programs: tuple, trainer: str, train_exit: int):
+    """`benchmarks/FRAMEWORK/run.sh DATA BUNDLE OUT 1 7` (1 minute, seed 7) with stand-ins
+    for its venv's `programs` and for `trainer`, which exits with `train_exit`; returns
+    (OUT, BUNDLE, the finished process)."""
+    out, bundle = tmp_path / framework, tmp_path / "bundle"
+    (out / "venv" / "bin").mkdir(parents=True)
+    for program in programs:
+        stand_in(out / "venv" / "bin" / program)
+    stand_in(out / "venv" / "bin" / trainer, train_exit)
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / framework / "run.sh"), str(data), str(bundle), str(out),
+                           "1", "7"], capture_output=True, text=True, timeout=60)
+    return out, bundle, done
+
+
 def assert_unzipped(data: Path, folder: Path):
     """`folder` holds the Multi30k files of `data`, unzipped."""
     for name in ("train.de", "train.en", "val.de", "val.en", "test_2016_flickr.de", "test_2016_flickr.en"):
@@ -238,13 +252,8 @@ def test_opennmt_run_sh_fills_in_the_config_and_passes_the_seed(dates_as_multi30
     any other failure not."""
     import yaml
 
-    out, bundle = tmp_path / "onmt", tmp_path / "bundle"
-    (out / "venv" / "bin").mkdir(parents=True)
-    for program in ("pip", "onmt_build_vocab"):
-        stand_in(out / "venv" / "bin" / program)
-    stand_in(out / "venv" / "bin" / "onmt_train", train_exit)
-    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "opennmt" / "run.sh"), str(dates_as_multi30k),
-                           str(bundle), str(out), "1", "7"], capture_output=True, text=True, timeout=60)
+    out, bundle, done = run_sh("opennmt", dates_as_multi30k, tmp_path, ("pip", "onmt_build_vocab"), "onmt_train",
+                               train_exit)
     assert done.returncode == run_exit, done.stderr
     assert_unzipped(dates_as_multi30k, out / "data")
     config = yaml.safe_load((out / "config.yaml").read_text())
@@ -286,12 +295,7 @@ def test_joeynmt_run_sh_fills_in_the_config_and_passes_the_seed(dates_as_multi30
     time budget (timeout's 124) counted as done, any other failure not."""
     import yaml
 
-    out, bundle = tmp_path / "joey", tmp_path / "bundle"
-    (out / "venv" / "bin").mkdir(parents=True)
-    stand_in(out / "venv" / "bin" / "pip")
-    stand_in(out / "venv" / "bin" / "python", train_exit)
-    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "joeynmt" / "run.sh"), str(dates_as_multi30k),
-                           str(bundle), str(out), "1", "7"], capture_output=True, text=True, timeout=60)
+    out, bundle, done = run_sh("joeynmt", dates_as_multi30k, tmp_path, ("pip",), "python", train_exit)
     assert done.returncode == run_exit, done.stderr
     assert_unzipped(dates_as_multi30k, out / "data")
     config = yaml.safe_load((out / "config.yaml").read_text())
@@ -338,3 +342,41 @@ print(json.dumps({{"seconds": 0.25, "hypotheses": [line.upper() for line in line
     python.write_text("#!/usr/bin/env bash\necho 'AssertionError: The input sentence is empty!' >&2\nexit 3\n")
     with pytest.raises(SystemExit, match=r"(?s)failed on .*src\.de \(exit 3\).*input sentence is empty"):
         joeynmt_baseline.joeynmt_translate(run, source, beam=5)
+
+
+def test_the_baselines_command_line_puts_the_bundle_beside_the_framework(dates_bundle, dates_as_multi30k, tmp_path,
+                                                                        monkeypatch):
+    """`opennmt_baseline.compare`, the command line of `opennmt_baseline.py` and
+    `joeynmt_baseline.py`: the other framework's rows (a stand-in here) get the run's
+    unzipped test2016, then the bundle's greedy and beam-5 rows follow, scored as
+    `evaluate` scores them, with the command among the notes."""
+    import common
+    import opennmt_baseline
+
+    from pipelines.corpus import read_lines
+    from pipelines.evaluate import evaluate
+
+    run = tmp_path / "run"
+    (run / "data").mkdir(parents=True)
+    for name in ("test_2016_flickr.de", "test_2016_flickr.en"):
+        with gzip.open(dates_as_multi30k / f"{name}.gz", "rt", encoding="utf-8") as handle:
+            (run / "data" / name).write_text(handle.read(), encoding="utf-8")
+    seen = []
+
+    def framework_rows(*args):
+        seen.append(args)
+        return [{"system": "stand-in", "search": "greedy", "BLEU": 1.0, "sentences/s": 2.0}], {"fact": "noted"}
+
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+    argv = ["--run", str(run), "--bundle", str(dates_bundle)]
+    opennmt_baseline.compare(argv, "A stand-in.\n\nMore.", "Stand-in", "standin", framework_rows)
+    result = json.loads((tmp_path / "results" / "standin_baseline.json").read_text())
+    assert seen == [(run, dates_bundle, run / "data", read_lines(run / "data" / "test_2016_flickr.en"))]
+    stand_in_row, greedy, beam = result["rows"]
+    assert stand_in_row == {"system": "stand-in", "search": "greedy", "BLEU": 1.0, "sentences/s": 2.0}
+    assert greedy["system"] == beam["system"] == f"keras-attn {dates_bundle.name} (onnxruntime fp32)"
+    assert (greedy["search"], beam["search"]) == ("greedy", "beam 5")
+    report, _ = evaluate(dates_bundle, dates_as_multi30k / "test_2016_flickr.de.gz",
+                         dates_as_multi30k / "test_2016_flickr.en.gz")
+    assert greedy["BLEU"] == pytest.approx(report["bleu"], abs=0.005) and greedy["sentences/s"] > 0
+    assert result["notes"] == {"fact": "noted", "command": "python benchmarks/standin_baseline.py " + " ".join(argv)}

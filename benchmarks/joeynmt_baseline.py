@@ -17,8 +17,9 @@ after a warm-up pass, beam 5 one pass; each pass is timed inside JoeyNMT's proce
 out). Training target tokens/s is the median of JoeyNMT's reports (its first left out; they
 exclude validation time). The bundle's rows are timed as in `opennmt_baseline.py`.
 The tests run the log parsing, the hand-over to `translate.py` (with a stand-in for
-JoeyNMT's Python) and `run.sh` (with stand-ins for pip and JoeyNMT): JoeyNMT itself
-needs PyTorch, which the project does not install.
+JoeyNMT's Python), the command line (`opennmt_baseline.compare`) and `run.sh` (with
+stand-ins for pip and JoeyNMT): JoeyNMT itself needs PyTorch, which the project does not
+install.
 """
 
 from __future__ import annotations

@@ -15,8 +15,9 @@ loading is left out). Training target tokens/s is the median of `onmt_train`'s r
 (its first report, which includes start-up, left out). The bundle's rows are
 translated and timed the same way with the `Translator` (onnxruntime, no TensorFlow;
 beam 5 at the bundle's length penalty).
-The tests run the log parsing only (and `run.sh` with stand-ins for OpenNMT-py's
-programs): OpenNMT-py needs PyTorch, which the project does not install.
+The tests run the log parsing, the command line `compare` (with a stand-in for
+OpenNMT-py's rows) and `run.sh` (with stand-ins for OpenNMT-py's programs): OpenNMT-py
+itself needs PyTorch, which the project does not install.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ from common import bleu  # noqa: E402
 from opennmt_baseline import BATCH_SIZE, compare, row  # noqa: E402
 
 from pipelines.corpus import read_lines  # noqa: E402
-from pipelines.evaluate import ALPHAS  # noqa: E402
+from pipelines.evaluate import ALPHAS, best_row  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -83,9 +83,9 @@ def tuned_alpha(run: Path, data: Path) -> tuple[float, list[dict]]:
     """JoeyNMT's beam-5 length penalty chosen on the validation set from the grid
     `keras-attn tune-alpha` chooses the bundle's from, and the BLEU at each."""
     refs = read_lines(data / "val.en")
-    rows = [{"alpha": alpha, "BLEU": bleu(joeynmt_translate(run, data / "val.de", 5, alpha)[0], refs)}
+    rows = [{"alpha": alpha, "bleu": bleu(joeynmt_translate(run, data / "val.de", 5, alpha)[0], refs)}
             for alpha in ALPHAS]
-    return max(rows, key=lambda row: row["BLEU"])["alpha"], rows
+    return best_row(rows)["alpha"], rows
 
 
 def joeynmt_rows(run: Path, data: Path, refs: list[str]) -> tuple[list[dict], dict]:
@@ -107,7 +107,7 @@ def joeynmt_rows(run: Path, data: Path, refs: list[str]) -> tuple[list[dict], di
              "JoeyNMT training target tok/s": f"median {statistics.median(reports):,.0f} of {len(reports)} reports "
                                               f"({min(reports):,.0f}-{max(reports):,.0f})",
              "JoeyNMT beam 5 length penalty": f"alpha {alpha}, chosen on validation: "
-                                              + ", ".join(f"{r['alpha']}: {r['BLEU']}" for r in alpha_rows)}
+                                              + ", ".join(f"{r['alpha']}: {r['bleu']}" for r in alpha_rows)}
     return [row(system, "greedy", greedy[0][0], refs, rate),
             row(system, f"beam 5, alpha {alpha}", beam, refs, len(refs) / beam_seconds)], facts
 

@@ -380,3 +380,24 @@ def test_the_baselines_command_line_puts_the_bundle_beside_the_framework(dates_b
                          dates_as_multi30k / "test_2016_flickr.en.gz")
     assert greedy["BLEU"] == pytest.approx(report["bleu"], abs=0.005) and greedy["sentences/s"] > 0
     assert result["notes"] == {"fact": "noted", "command": "python benchmarks/standin_baseline.py " + " ".join(argv)}
+
+
+def test_joeynmt_length_penalty_is_chosen_on_validation(tmp_path, monkeypatch):
+    """JoeyNMT's beam-5 α is the one of `tune-alpha`'s grid whose validation translations
+    score best (a stand-in translates perfectly at α = 0.6 only), every α scored once."""
+    import joeynmt_baseline
+
+    from pipelines.evaluate import ALPHAS
+
+    refs = ["a dog runs on the grass .", "two men sit on a bench .", "a girl in red jumps ."]
+    (tmp_path / "val.en").write_text("".join(line + "\n" for line in refs), encoding="utf-8")
+    asked = []
+
+    def translate(run, source, beam, alpha):
+        asked.append((source.name, beam, alpha))
+        return (refs if alpha == 0.6 else [line.upper() for line in refs]), 1.0
+
+    monkeypatch.setattr(joeynmt_baseline, "joeynmt_translate", translate)
+    alpha, rows = joeynmt_baseline.tuned_alpha(tmp_path / "run", tmp_path)
+    assert alpha == 0.6 and asked == [("val.de", 5, a) for a in ALPHAS]
+    assert [row["alpha"] for row in rows] == list(ALPHAS) and max(row["bleu"] for row in rows) == 100.0

@@ -14,8 +14,8 @@ length penalty chosen on the validation set as the bundle's was; batches of 64
 sentences) and scores it with sacreBLEU; greedy sentences/s is the median of 3 passes
 after a warm-up pass, beam 5 one pass; each pass is timed inside JoeyNMT's process
 (tokenization, batching, search and detokenization; the checkpoint's loading is left
-out). Training target tokens/s is the median of JoeyNMT's reports (its first left out; they
-exclude validation time). The bundle's rows are timed as in `opennmt_baseline.py`.
+out). Training target tokens/s is the median of JoeyNMT's reports (its first left out;
+they exclude validation time). The bundle's rows are timed as in `opennmt_baseline.py`.
 The tests run the log parsing, the hand-over to `translate.py` (with a stand-in for
 JoeyNMT's Python), the command line (`opennmt_baseline.compare`) and `run.sh` (with
 stand-ins for pip and JoeyNMT): JoeyNMT itself needs PyTorch, which the project does not
@@ -89,10 +89,10 @@ def tuned_alpha(run: Path, data: Path) -> tuple[float, list[dict]]:
 
 
 def joeynmt_rows(run: Path, data: Path, refs: list[str]) -> tuple[list[dict], dict]:
-    perplexities = validation_perplexities((run / "model" / "validations.txt").read_text(encoding="utf-8"))
     best = run / "model" / "best.ckpt"
-    if not best.exists():
+    if not best.exists():  # before validations.txt, which the first validation writes too
         raise SystemExit(f"{best}: no validation with a saved checkpoint yet")
+    perplexities = validation_perplexities((run / "model" / "validations.txt").read_text(encoding="utf-8"))
     step = int(best.resolve().stem)
     source = data / "test_2016_flickr.de"
     joeynmt_translate(run, source, beam=1)  # warm-up (disk cache)

@@ -312,10 +312,10 @@ def test_joeynmt_run_sh_fills_in_the_config_and_passes_the_seed(dates_as_multi30
 
 def test_joeynmt_translate_runs_the_best_checkpoint_at_the_asked_beam(tmp_path):
     """`joeynmt_baseline.joeynmt_translate` hands JoeyNMT's Python the run's configuration
-    with the best checkpoint, the beam, its length penalty and batches of 64, and reads the translations and
-    seconds from the last line `joeynmt/translate.py` prints (a stand-in here, which
-    echoes the source upper-cased and keeps the configuration it was given); a failure
-    names the source and shows JoeyNMT's error."""
+    with the best checkpoint, the beam, its length penalty and batches of 64, and reads
+    the translations and seconds from the last line `joeynmt/translate.py` prints (a
+    stand-in here, which echoes the source upper-cased and keeps the configuration it was
+    given); a failure names the source and shows JoeyNMT's error."""
     import joeynmt_baseline
     import yaml
 

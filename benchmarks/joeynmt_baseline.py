@@ -16,6 +16,8 @@ after a warm-up pass, beam 5 one pass; each pass is timed inside JoeyNMT's proce
 (tokenization, batching, search and detokenization; the checkpoint's loading is left
 out). Training target tokens/s is the median of JoeyNMT's reports (its first left out;
 they exclude validation time). The bundle's rows are timed as in `opennmt_baseline.py`.
+JoeyNMT's test2016 outputs are saved for `significance.py` (`results/hypotheses/test2016/
+NAME.{greedy,beam5}.txt`, NAME the results name).
 The tests run the log parsing, the hand-over to `translate.py` (with a stand-in for
 JoeyNMT's Python), the command line (`opennmt_baseline.compare`) and `run.sh` (with
 stand-ins for pip and JoeyNMT): JoeyNMT itself needs PyTorch, which the project does not
@@ -88,7 +90,7 @@ def tuned_alpha(run: Path, data: Path) -> tuple[float, list[dict]]:
     return best_row(rows)["alpha"], rows
 
 
-def joeynmt_rows(run: Path, data: Path, refs: list[str]) -> tuple[list[dict], dict]:
+def joeynmt_rows(run: Path, data: Path, refs: list[str]) -> tuple[list[dict], dict, dict]:
     best = run / "model" / "best.ckpt"
     if not best.exists():  # before validations.txt, which the first validation writes too
         raise SystemExit(f"{best}: no validation with a saved checkpoint yet")
@@ -108,8 +110,9 @@ def joeynmt_rows(run: Path, data: Path, refs: list[str]) -> tuple[list[dict], di
                                               f"({min(reports):,.0f}-{max(reports):,.0f})",
              "JoeyNMT beam 5 length penalty": f"alpha {alpha}, chosen on validation: "
                                               + ", ".join(f"{r['alpha']}: {r['bleu']}" for r in alpha_rows)}
+    outputs = {"greedy": greedy[0][0], "beam 5": beam}
     return [row(system, "greedy", greedy[0][0], refs, rate),
-            row(system, f"beam 5, alpha {alpha}", beam, refs, len(refs) / beam_seconds)], facts
+            row(system, f"beam 5, alpha {alpha}", beam, refs, len(refs) / beam_seconds)], facts, outputs
 
 
 def main(argv=None):

@@ -36,6 +36,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import bleu, median_rate, write_results  # noqa: E402
+from significance import save_hypotheses  # noqa: E402
 
 from pipelines.corpus import read_lines  # noqa: E402
 
@@ -88,7 +89,7 @@ def row(system: str, search: str, outputs: list[str], refs: list[str], rate: flo
     return {"system": system, "search": search, "BLEU": bleu(outputs, refs), "sentences/s": round(rate, 1)}
 
 
-def opennmt_rows(run: Path, bundle: Path, data: Path, refs: list[str]) -> tuple[list[dict], dict]:
+def opennmt_rows(run: Path, bundle: Path, data: Path, refs: list[str]) -> tuple[list[dict], dict, dict]:
     train_log = (run / "train.log").read_text(encoding="utf-8")
     perplexities = validation_perplexities(train_log)
     if not perplexities:
@@ -105,8 +106,9 @@ def opennmt_rows(run: Path, bundle: Path, data: Path, refs: list[str]) -> tuple[
                                       f"{perplexities[step]}, the lowest of {len(perplexities)})",
              "OpenNMT-py training target tok/s": f"median {statistics.median(reports):,.0f} of {len(reports)} reports "
                                                  f"({min(reports):,.0f}-{max(reports):,.0f})"}
+    outputs = {"greedy": greedy[0][0], "beam 5": beam}
     return [row(system, "greedy", greedy[0][0], refs, rate),
-            row(system, "beam 5", beam, refs, len(refs) / beam_seconds)], facts
+            row(system, "beam 5", beam, refs, len(refs) / beam_seconds)], facts, outputs
 
 
 def bundle_rows(bundle: Path, sources: list[str], refs: list[str]) -> list[dict]:
@@ -123,9 +125,11 @@ def bundle_rows(bundle: Path, sources: list[str], refs: list[str]) -> list[dict]
 
 def compare(argv, doc: str, framework: str, name: str, framework_rows) -> None:
     """The command line the baselines share (`NAME_baseline.py`, reading `runs/NAME` by
-    default): `framework_rows(run, bundle, data, refs)` gives the other framework's rows
-    and notes, then the bundle's rows follow, timed beside them; `doc`: the script's
-    docstring, whose first line describes it."""
+    default): `framework_rows(run, bundle, data, refs)` gives the other framework's rows,
+    notes and test2016 outputs ({"greedy": [...], "beam 5": [...]}), then the bundle's
+    rows follow, timed beside them; `doc`: the script's docstring, whose first line
+    describes it. The outputs are saved where `significance.py --split test2016 --system
+    RESULTS_NAME=saved` reads them, so a paired test can set them against the bundle's."""
     parser = argparse.ArgumentParser(description=doc.split("\n")[0])
     parser.add_argument("--run", default=f"runs/{name}", help="the folder run.sh wrote")
     parser.add_argument("--bundle", default="exported/m30k_bt256head",
@@ -135,7 +139,9 @@ def compare(argv, doc: str, framework: str, name: str, framework_rows) -> None:
     run, bundle = Path(args.run), Path(args.bundle)
     data = run / "data"
     sources, refs = read_lines(data / "test_2016_flickr.de"), read_lines(data / "test_2016_flickr.en")
-    rows, notes = framework_rows(run, bundle, data, refs)
+    rows, notes, outputs = framework_rows(run, bundle, data, refs)
+    for search, hypotheses in outputs.items():
+        save_hypotheses("test2016", args.name, search, hypotheses)
     rows += bundle_rows(bundle, sources, refs)
     notes["command"] = f"python benchmarks/{name}_baseline.py " + " ".join(sys.argv[1:] if argv is None else argv)
     write_results(args.name, rows, notes)

@@ -11,7 +11,9 @@ system after the first (the baseline), the p-value of its difference from the
 baseline. Writes results/NAME.{json,md}, and every translated system's outputs to
 results/hypotheses/SPLIT/LABEL.{greedy,beam5}.txt: `--system LABEL=saved` compares
 those saved outputs again, after the bundle that made them is gone (bundles are not
-committed; a new machine does not have them).
+committed; a new machine does not have them). `opennmt_baseline.py` and
+`joeynmt_baseline.py` save the other framework's test2016 outputs the same way, under
+their results name: `--split test2016 --system joeynmt_baseline=saved`.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import DEFAULT_DATA, RESULTS, write_results  # noqa: E402
+import common  # noqa: E402
+from common import DEFAULT_DATA, write_results  # noqa: E402
 
 SPLITS = {"val": "val", "test2016": "test_2016_flickr"}
 SEARCHES = {"greedy": "greedy", "beam 5": "beam5"}  # search -> file suffix
@@ -40,7 +43,14 @@ def parse_system(text: str) -> tuple[str, str | None, float | None]:
 
 
 def hypotheses_path(split: str, label: str, search: str):
-    return RESULTS / "hypotheses" / split / f"{label.replace(' ', '_').replace('/', '_')}.{SEARCHES[search]}.txt"
+    return common.RESULTS / "hypotheses" / split / f"{label.replace(' ', '_').replace('/', '_')}.{SEARCHES[search]}.txt"
+
+
+def save_hypotheses(split: str, label: str, search: str, hypotheses: list[str]) -> None:
+    """Write one system's outputs where `--system LABEL=saved` reads them."""
+    path = hypotheses_path(split, label, search)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{h}\n" for h in hypotheses), encoding="utf-8")
 
 
 def system_outputs(split, label, bundle, alpha, sources) -> dict[str, list[str]]:
@@ -58,9 +68,7 @@ def system_outputs(split, label, bundle, alpha, sources) -> dict[str, list[str]]
     translator = Translator.load(bundle)
     outputs = {"greedy": translator.translate(sources), "beam 5": translator.translate(sources, beam=5, alpha=alpha)}
     for search, hyps in outputs.items():
-        path = hypotheses_path(split, label, search)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(f"{h}\n" for h in hyps), encoding="utf-8")
+        save_hypotheses(split, label, search, hyps)
     return outputs
 
 

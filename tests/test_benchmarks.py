@@ -349,7 +349,8 @@ def test_the_baselines_command_line_puts_the_bundle_beside_the_framework(dates_b
     """`opennmt_baseline.compare`, the command line of `opennmt_baseline.py` and
     `joeynmt_baseline.py`: the other framework's rows (a stand-in here) get the run's
     unzipped test2016, then the bundle's greedy and beam-5 rows follow, scored as
-    `evaluate` scores them, with the command among the notes."""
+    `evaluate` scores them, with the command among the notes; the framework's outputs
+    are saved for `significance.py`, which sets them against the bundle's."""
     import common
     import opennmt_baseline
 
@@ -361,17 +362,19 @@ def test_the_baselines_command_line_puts_the_bundle_beside_the_framework(dates_b
     for name in ("test_2016_flickr.de", "test_2016_flickr.en"):
         with gzip.open(dates_as_multi30k / f"{name}.gz", "rt", encoding="utf-8") as handle:
             (run / "data" / name).write_text(handle.read(), encoding="utf-8")
-    seen = []
+    refs = read_lines(run / "data" / "test_2016_flickr.en")
+    # the stand-in's greedy outputs are the references; its beam-5 ones all the same line
+    outputs, seen = {"greedy": refs, "beam 5": [refs[0]] * len(refs)}, []
 
     def framework_rows(*args):
         seen.append(args)
-        return [{"system": "stand-in", "search": "greedy", "BLEU": 1.0, "sentences/s": 2.0}], {"fact": "noted"}
+        return [{"system": "stand-in", "search": "greedy", "BLEU": 1.0, "sentences/s": 2.0}], {"fact": "noted"}, outputs
 
     monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
     argv = ["--run", str(run), "--bundle", str(dates_bundle)]
     opennmt_baseline.compare(argv, "A stand-in.\n\nMore.", "Stand-in", "standin", framework_rows)
     result = json.loads((tmp_path / "results" / "standin_baseline.json").read_text())
-    assert seen == [(run, dates_bundle, run / "data", read_lines(run / "data" / "test_2016_flickr.en"))]
+    assert seen == [(run, dates_bundle, run / "data", refs)]
     stand_in_row, greedy, beam = result["rows"]
     assert stand_in_row == {"system": "stand-in", "search": "greedy", "BLEU": 1.0, "sentences/s": 2.0}
     assert greedy["system"] == beam["system"] == f"keras-attn {dates_bundle.name} (onnxruntime fp32)"
@@ -380,6 +383,15 @@ def test_the_baselines_command_line_puts_the_bundle_beside_the_framework(dates_b
                          dates_as_multi30k / "test_2016_flickr.en.gz")
     assert greedy["BLEU"] == pytest.approx(report["bleu"], abs=0.005) and greedy["sentences/s"] > 0
     assert result["notes"] == {"fact": "noted", "command": "python benchmarks/standin_baseline.py " + " ".join(argv)}
+    for path in (tmp_path / "results").glob("standin_baseline.*"):
+        path.unlink()
+    paired = run_script("significance", "--split", "test2016", "--data-dir", dates_as_multi30k,
+                        "--system", f"bundle={dates_bundle}:0.6", "--system", "standin_baseline=saved",
+                        results=tmp_path / "results")
+    bleu = {(row["search"], row["system"]): float(row["BLEU"]) for row in paired["rows"]}
+    assert bleu[("greedy", "standin_baseline")] == 100.0
+    assert bleu[("beam 5", "standin_baseline")] == pytest.approx(common.bleu(outputs["beam 5"], refs), abs=0.005)
+    assert bleu[("greedy", "bundle")] == pytest.approx(report["bleu"], abs=0.005)
 
 
 def test_joeynmt_length_penalty_is_chosen_on_validation(tmp_path, monkeypatch):

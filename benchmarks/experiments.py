@@ -99,6 +99,10 @@ RUNS = [
      "code of 2026-11-27 evening), seed 0, not interrupted: run-to-run variance on the code users get; "
      "alpha chosen by `keras-attn tune-alpha --write`", "multi30k_bt256head_tune_beam",
      "evaluate_test2016_bt256headrun_", "multi30k_bt256head_history.csv"),
+    ("256-token batches, stage 1 only, seventh run", "the recipe's command on the code of 2026-11-28 (68ecc24), "
+     "seed 0, not interrupted, on another CPU (the Intel VM of 2026-12-05, with AMX): run-to-run variance "
+     "across machines", "multi30k_bt256xeon_tune_beam", "evaluate_test2016_bt256xeonrun_",
+     "multi30k_bt256xeon_history.csv"),
 ]
 
 

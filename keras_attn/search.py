@@ -146,88 +146,33 @@ class InferenceModel(tf.Module):
         product, the memory is never repeated).
         """
         cfg, decoder = self.config, self.seq2seq.decoder
-        batch, src_len = tf.shape(memory)[0], tf.shape(memory)[1]
-        k, vocab = beam_size, cfg.tgt_vocab_size
-        longest = tf.reduce_max(max_len)  # the output buffers' length
+        batch, k = tf.shape(memory)[0], beam_size
+        beam = BeamStep(decoder, cfg, memory, mask, decoder.step_weights(self.fold_embeddings),
+                        beam_size, alpha, longest=tf.reduce_max(max_len))
         states = self.seq2seq.encoder.bridge(final_h, final_c)
-        keys, step_weights = decoder.attention.memory_keys(memory), decoder.step_weights(self.fold_embeddings)
         states = tf.nest.map_structure(lambda s: tf.repeat(s, k, axis=0), states)
         # |states| = (batch * k, units): hypothesis j of sentence b is state row b * k + j; the memory is
-        # not repeated: a step attends with sentence b's k queries in one product (`rows`)
+        # not repeated: a step attends with sentence b's k queries in one product (`BeamStep.expand`)
         # Only beam 0 is alive at the start, so the first expansion is not k copies.
         # (comparisons with tf.range rather than tf.one_hot: tf2onnx converts rank-1 one_hot only)
         first = tf.where(tf.equal(tf.range(k), 0), 0.0, -1e9)
-        finished_row = tf.where(tf.equal(tf.range(vocab), cfg.pad_id), 0.0, -1e9)
-        # |finished_row| = (vocab,): a finished beam can only emit pad, at no cost
-        k64 = tf.cast(k, tf.int64)
         # Per sentence still searched (n of them); `alive` holds their batch rows.
         search = {"alive": tf.range(tf.cast(batch, tf.int64)), "y_prev": tf.fill([batch, k], cfg.bos_id),
                   "state": decoder.initial_state(states, batch * k), "finished": tf.zeros([batch, k], tf.bool),
                   "scores": tf.tile(first[None], [batch, 1]), "lengths": tf.zeros([batch, k], tf.int32),
-                  "max_len": max_len, "ids": tf.zeros([batch, k, longest], tf.int32),
-                  "attention": tf.zeros([batch, k, longest, src_len], tf.float32)}
+                  "max_len": max_len, "ids": tf.zeros([batch, k, beam.longest], tf.int32),
+                  "attention": tf.zeros([batch, k, beam.longest, beam.src_len], tf.float32)}
         # |scores| = (n, k): summed log-probs; |ids| = (n, k, longest)
         # Each sentence's k final hypotheses, best first, and the best one's attention,
         # written when it leaves the search.
-        best_of = {"ids": tf.zeros([batch, k, longest], tf.int32), "log_probs": tf.zeros([batch, k]),
-                   "attention": tf.zeros([batch, longest, src_len])}
+        best_of = {"ids": tf.zeros([batch, k, beam.longest], tf.int32), "log_probs": tf.zeros([batch, k]),
+                   "attention": tf.zeros([batch, beam.longest, beam.src_len])}
 
         def body(t, search, best_of):
-            search = expand(t, search)
+            search = beam.expand(t, search)
             done = tf.logical_or(tf.reduce_all(search["finished"], axis=1), t + 1 >= search["max_len"])
-            search, best_of = leave(search, best_of, done)
+            search, best_of = beam.leave(search, best_of, done)
             return t + 1, search, best_of
-
-        def expand(t, search):
-            """One step of every hypothesis, the k best expansions kept per sentence."""
-            n = tf.shape(search["alive"])[0]
-            logits, weights, state = float32_step(decoder, tf.reshape(search["y_prev"], [-1]), search["state"], keys,
-                                                  memory, mask, step_weights, search["alive"])
-            finished = search["finished"]
-            log_probs = tf.reshape(tf.nn.log_softmax(logits), [n, k, vocab])
-            log_probs = tf.where(finished[:, :, None], finished_row, log_probs)
-            total = search["scores"][:, :, None] + log_probs
-            # |total| = (n, k, vocab)
-            new_lengths = search["lengths"][:, :, None] + tf.cast(tf.logical_not(finished), tf.int32)[:, :, None]
-            ranking = total / length_penalty(new_lengths, alpha)
-            # sorted: a sentence's first hypothesis is its best (highest log-prob / length penalty)
-            _, flat = tf.math.top_k(tf.reshape(ranking, [n, k * vocab]), k=k)
-            parent, token = flat // vocab, flat % vocab
-            # |parent| = |token| = (n, k)
-            rows = tf.reshape(parent + tf.range(n)[:, None] * k, [-1])
-            weights = tf.reshape(tf.gather(weights, rows), [n, k, 1, src_len])
-            step = tf.cast(tf.equal(tf.range(longest), t), tf.int32)
-            parent_finished = tf.gather(finished, parent, batch_dims=1)
-            # histories reordered by parent, then step t set; a length depends on the parent only
-            return {"alive": search["alive"], "max_len": search["max_len"], "y_prev": token,
-                    "state": tf.nest.map_structure(lambda s: tf.gather(s, rows), state),
-                    "finished": tf.logical_or(parent_finished, tf.equal(token, cfg.eos_id)),
-                    "scores": tf.gather(tf.reshape(total, [n, -1]), flat, batch_dims=1),
-                    "lengths": (tf.gather(search["lengths"], parent, batch_dims=1)
-                                + tf.cast(tf.logical_not(parent_finished), tf.int32)),
-                    "ids": tf.gather(search["ids"], parent, batch_dims=1) + token[:, :, None] * step,
-                    "attention": (tf.gather(search["attention"], parent, batch_dims=1)
-                                  + weights * tf.cast(step, tf.float32)[:, None])}
-
-        def leave(search, best_of, done):
-            """Write the hypotheses of each `done` sentence (ranked: the first is its best)
-            and the best one's attention; keep searching the others."""
-            leaving = tf.reshape(tf.where(done), [-1])
-            staying = tf.reshape(tf.where(tf.logical_not(done)), [-1])
-            # |leaving| = (d,), |staying| = (n - d,): positions among the n searched sentences
-            where = tf.expand_dims(tf.gather(search["alive"], leaving), 1)
-
-            def write(output, hypotheses):  # |hypotheses| = (n, k, ...)
-                return tf.tensor_scatter_nd_update(output, where, tf.gather(hypotheses, leaving))
-
-            best_attention = tf.gather(tf.gather(search["attention"], leaving), 0, axis=1)
-            best_of = {"ids": write(best_of["ids"], search["ids"]),
-                       "log_probs": write(best_of["log_probs"], search["scores"]),
-                       "attention": tf.tensor_scatter_nd_update(best_of["attention"], where, best_attention)}
-            staying_rows = tf.reshape(staying[:, None] * k64 + tf.range(k64)[None], [-1])
-            search = {name: tf.nest.map_structure(lambda s: tf.gather(s, staying_rows), value) if name == "state"
-                      else tf.gather(value, staying) for name, value in search.items()}
-            return search, best_of
 
         def running(t, search, best_of):
             return tf.size(search["alive"]) > 0
@@ -248,3 +193,76 @@ class InferenceModel(tf.Module):
             return self.greedy(source_ids, max_len)
         return self.beam_search(source_ids, max_len,
                                 tf.constant(beam_size, tf.int32), tf.constant(alpha, tf.float32))
+
+
+class BeamStep:
+    """What every step of one batched beam search shares (the decoder, the memory and
+    its keys, the sizes), and the two things a step does: `expand` every hypothesis,
+    and let the sentences whose search is over `leave`.
+
+    A search's state is a dict of tensors with one row per sentence still searched
+    (n of them; see `InferenceModel._beam_search`); the state rows are the n * k
+    hypotheses.
+    """
+
+    def __init__(self, decoder, config, memory, mask, step_weights, beam_size, alpha, longest):
+        self.decoder, self.memory, self.mask, self.step_weights = decoder, memory, mask, step_weights
+        self.keys = decoder.attention.memory_keys(memory)
+        self.k, self.vocab, self.alpha, self.eos_id = beam_size, config.tgt_vocab_size, alpha, config.eos_id
+        self.k64 = tf.cast(beam_size, tf.int64)
+        self.longest = longest  # the output buffers' length
+        self.src_len = tf.shape(memory)[1]
+        self.finished_row = tf.where(tf.equal(tf.range(self.vocab), config.pad_id), 0.0, -1e9)
+        # |finished_row| = (vocab,): a finished beam can only emit pad, at no cost
+
+    def expand(self, t, search):
+        """One step of every hypothesis, the k best expansions kept per sentence."""
+        k, vocab, longest = self.k, self.vocab, self.longest
+        n = tf.shape(search["alive"])[0]
+        logits, weights, state = float32_step(self.decoder, tf.reshape(search["y_prev"], [-1]), search["state"],
+                                              self.keys, self.memory, self.mask, self.step_weights, search["alive"])
+        finished = search["finished"]
+        log_probs = tf.reshape(tf.nn.log_softmax(logits), [n, k, vocab])
+        log_probs = tf.where(finished[:, :, None], self.finished_row, log_probs)
+        total = search["scores"][:, :, None] + log_probs
+        # |total| = (n, k, vocab)
+        new_lengths = search["lengths"][:, :, None] + tf.cast(tf.logical_not(finished), tf.int32)[:, :, None]
+        ranking = total / length_penalty(new_lengths, self.alpha)
+        # sorted: a sentence's first hypothesis is its best (highest log-prob / length penalty)
+        _, flat = tf.math.top_k(tf.reshape(ranking, [n, k * vocab]), k=k)
+        parent, token = flat // vocab, flat % vocab
+        # |parent| = |token| = (n, k)
+        rows = tf.reshape(parent + tf.range(n)[:, None] * k, [-1])
+        weights = tf.reshape(tf.gather(weights, rows), [n, k, 1, self.src_len])
+        step = tf.cast(tf.equal(tf.range(longest), t), tf.int32)
+        parent_finished = tf.gather(finished, parent, batch_dims=1)
+        # histories reordered by parent, then step t set; a length depends on the parent only
+        return {"alive": search["alive"], "max_len": search["max_len"], "y_prev": token,
+                "state": tf.nest.map_structure(lambda s: tf.gather(s, rows), state),
+                "finished": tf.logical_or(parent_finished, tf.equal(token, self.eos_id)),
+                "scores": tf.gather(tf.reshape(total, [n, -1]), flat, batch_dims=1),
+                "lengths": (tf.gather(search["lengths"], parent, batch_dims=1)
+                            + tf.cast(tf.logical_not(parent_finished), tf.int32)),
+                "ids": tf.gather(search["ids"], parent, batch_dims=1) + token[:, :, None] * step,
+                "attention": (tf.gather(search["attention"], parent, batch_dims=1)
+                              + weights * tf.cast(step, tf.float32)[:, None])}
+
+    def leave(self, search, best_of, done):
+        """Write the hypotheses of each `done` sentence (ranked: the first is its best)
+        and the best one's attention; keep searching the others."""
+        leaving = tf.reshape(tf.where(done), [-1])
+        staying = tf.reshape(tf.where(tf.logical_not(done)), [-1])
+        # |leaving| = (d,), |staying| = (n - d,): positions among the n searched sentences
+        where = tf.expand_dims(tf.gather(search["alive"], leaving), 1)
+
+        def write(output, hypotheses):  # |hypotheses| = (n, k, ...)
+            return tf.tensor_scatter_nd_update(output, where, tf.gather(hypotheses, leaving))
+
+        best_attention = tf.gather(tf.gather(search["attention"], leaving), 0, axis=1)
+        best_of = {"ids": write(best_of["ids"], search["ids"]),
+                   "log_probs": write(best_of["log_probs"], search["scores"]),
+                   "attention": tf.tensor_scatter_nd_update(best_of["attention"], where, best_attention)}
+        staying_rows = tf.reshape(staying[:, None] * self.k64 + tf.range(self.k64)[None], [-1])
+        search = {name: tf.nest.map_structure(lambda s: tf.gather(s, staying_rows), value) if name == "state"
+                  else tf.gather(value, staying) for name, value in search.items()}
+        return search, best_of

@@ -612,25 +612,24 @@ def average_into_checkpoint(model, out: Path, measure, monitor: str, log) -> dic
     return averaged
 
 
-def run(cfg: TrainConfig) -> dict:
-    cfg.validate()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
+@dataclasses.dataclass
+class TrainingData:
+    """A run's corpora (`test` may be None), tokenizers and `tf.data` pipelines."""
 
-    from keras_attn.saving import load_model
+    train: object
+    valid: object
+    test: object
+    src_sp: object
+    tgt_sp: object
+    train_ds: object
+    valid_ds: object
+    target_tokens: int  # target tokens per epoch, for the throughput callback
+
+
+def prepare_data(cfg: TrainConfig, out: Path, log) -> TrainingData:
+    """Load the corpora, train (or reuse) the tokenizers, build the pipelines."""
     from pipelines.dataset import make_dataset
     from pipelines.tokenizer import load_processor
-
-    # First, before any TensorFlow op: a multi-worker strategy configures the collective
-    # ops, which TensorFlow allows only at program startup.
-    strategy = distribution_strategy(cfg.strategy)
-    out = worker_folder(strategy, Path(cfg.out))
-    out.mkdir(parents=True, exist_ok=True)
-    keras.utils.set_random_seed(cfg.seed)
-    keras.mixed_precision.set_global_policy(cfg.precision)
-    log = print if cfg.verbose else (lambda *a, **k: None)
-    if not resuming(out):
-        clear_previous_run(out, log)
 
     train, valid, test = load_corpora(cfg)
     for corpus in (train, valid, test):
@@ -643,8 +642,12 @@ def run(cfg: TrainConfig) -> dict:
     target_tokens = training_target_tokens(cfg, train, src_model, tgt_model, log)
     train_ds = make_dataset(train, src_model, tgt_model, batching, training=True, seed=cfg.seed)
     valid_ds = make_dataset(valid, src_model, tgt_model, batching, training=False)
+    return TrainingData(train, valid, test, src_sp, tgt_sp, train_ds, valid_ds, target_tokens)
 
-    model_cfg = model_config(cfg, src_sp.get_piece_size(), tgt_sp.get_piece_size())
+
+def prepare_model(cfg: TrainConfig, data: TrainingData, out: Path, strategy, log):
+    """Write the run's config.json and build the model (from `--init-from`'s weights if set)."""
+    model_cfg = model_config(cfg, data.src_sp.get_piece_size(), data.tgt_sp.get_piece_size())
     atomic_write(out / "config.json", json.dumps(
         {"model": model_cfg.to_dict(), "train": dataclasses.asdict(cfg)}, indent=2) + "\n")
     with strategy.scope():
@@ -654,37 +657,47 @@ def run(cfg: TrainConfig) -> dict:
         log(f"[model] starting from the weights of {cfg.init_from}/model.keras")
     epochs = f"{cfg.epochs} epoch" + ("s" if cfg.epochs != 1 else "")
     log(f"[model] {model.count_params():,} parameters; training for up to {epochs}")
-    if cfg.steps_per_epoch:
-        train_ds = train_ds.repeat()
+    return model
+
+
+def fit_model(cfg: TrainConfig, model, data: TrainingData, out: Path, log):
+    """`model.fit` from the first epoch not yet finished in `out`; returns `(history, seconds)`."""
+    train_ds = data.train_ds.repeat() if cfg.steps_per_epoch else data.train_ds
     finished = finished_epochs(out)
     report_resume(out, finished, cfg.monitor, log)
     train_ds = skip_finished_epochs(train_ds, finished, cfg.steps_per_epoch)
     start = time.perf_counter()
-    bleu = validation_bleu_callback(valid, src_sp, tgt_sp, cfg.max_len, log) if cfg.val_bleu else None
+    bleu = (validation_bleu_callback(data.valid, data.src_sp, data.tgt_sp, cfg.max_len, log)
+            if cfg.val_bleu else None)
     with dataset_end_is_epoch_end():
-        history = model.fit(train_ds, validation_data=valid_ds, epochs=cfg.epochs,
+        history = model.fit(train_ds, validation_data=data.valid_ds, epochs=cfg.epochs,
                             shuffle=False,  # make_dataset shuffles pairs and batches itself
                             steps_per_epoch=cfg.steps_per_epoch, verbose=fit_verbosity(cfg.verbose),
-                            callbacks=callbacks(cfg, out, target_tokens, bleu))
+                            callbacks=callbacks(cfg, out, data.target_tokens, bleu))
     train_seconds = time.perf_counter() - start
     if not (out / "model.keras").is_file():
         raise RuntimeError("training ended without a checkpoint (was the loss NaN from the start?)")
     if not all(math.isfinite(v) for v in history.history.get("loss", [])):
         log("[train] stopped on a NaN loss; the last good checkpoint is kept")
-    plot_history(out / "history.csv", out / "training_curve.png")
-    averaged = None
-    if cfg.average_last > 1:
-        measure = validation_measure(cfg, valid_ds, valid, src_sp, tgt_sp)
-        averaged = average_into_checkpoint(model, out, measure, cfg.monitor, log)
+    return history, train_seconds
+
+
+def report(cfg: TrainConfig, out: Path, data: TrainingData, history, train_seconds: float,
+           averaged: dict | None, log) -> dict:
+    """Score the best checkpoint on the held-out split (test, else validation) and
+    write metrics.json; returns the metrics."""
+    import keras
+
+    from keras_attn.saving import load_model
 
     keras.mixed_precision.set_global_policy("float32")
     best = load_model(out / "model.keras")
-    held_out = test if test is not None else valid
+    held_out = data.test if data.test is not None else data.valid
     # A resumed run's history.csv holds the epochs of every process; `history` only this one's.
     metrics = {"train_seconds": train_seconds, "epochs_run": len(read_history(out / "history.csv")),
                "epochs_this_process": len(history.history.get("loss", [])),
                "checkpoint_average": averaged,
-               "held_out": evaluate_held_out(best, held_out, src_sp, tgt_sp, cfg.max_len)}
+               "held_out": evaluate_held_out(best, held_out, data.src_sp, data.tgt_sp, cfg.max_len)}
     atomic_write(out / "metrics.json", json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
     h = metrics["held_out"]
     log(f"[eval] {h['split']}: exact match {h['exact_match']:.2%}, BLEU {h['bleu']:.1f} "
@@ -696,3 +709,30 @@ def run(cfg: TrainConfig) -> dict:
         "tgt.spm.model, config.json, history.csv, training_curve.png, metrics.json, logs/ (TensorBoard)")
     sys.stdout.flush()
     return metrics
+
+
+def run(cfg: TrainConfig) -> dict:
+    """Train as `cfg` says, into `cfg.out`: tokenizers, `fit`, checkpoints, metrics."""
+    cfg.validate()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+
+    # First, before any TensorFlow op: a multi-worker strategy configures the collective
+    # ops, which TensorFlow allows only at program startup.
+    strategy = distribution_strategy(cfg.strategy)
+    out = worker_folder(strategy, Path(cfg.out))
+    out.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(cfg.seed)
+    keras.mixed_precision.set_global_policy(cfg.precision)
+    log = print if cfg.verbose else (lambda *a, **k: None)
+    if not resuming(out):
+        clear_previous_run(out, log)
+    data = prepare_data(cfg, out, log)
+    model = prepare_model(cfg, data, out, strategy, log)
+    history, train_seconds = fit_model(cfg, model, data, out, log)
+    plot_history(out / "history.csv", out / "training_curve.png")
+    averaged = None
+    if cfg.average_last > 1:
+        measure = validation_measure(cfg, data.valid_ds, data.valid, data.src_sp, data.tgt_sp)
+        averaged = average_into_checkpoint(model, out, measure, cfg.monitor, log)
+    return report(cfg, out, data, history, train_seconds, averaged, log)

@@ -209,52 +209,14 @@ def export(train_dir, out, beam: int = 5, alpha: float = 0.6, quantize: str | No
     inference = InferenceModel(model, fold_embeddings=True)
     max_len = max_len or int(run_config["train"].get("max_len", 100))
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; a bundle is for sharing
+    staging = staging_dir(out)
     try:
-        graphs, weights = {}, {}
-        for name, function in (("model.onnx", inference.greedy_from_encoding),
-                               ("model_beam.onnx", inference.beam_search_from_encoding)):
-            log(f"[export] converting {function.__name__} to ONNX (opset {opset}) ...")
-            proto = convert(function, model.encoder, opset)
-            (staging / name).write_bytes(proto.SerializeToString())
-            if quantize == "int8":
-                quantize_int8(staging / name, staging / name.replace(".onnx", ".int8.onnx"))
-        for precision in ("", ".int8"):  # one weights file per precision, shared by its two graphs
-            names = [f"model{precision}.onnx", f"model_beam{precision}.onnx"]
-            if (staging / names[0]).is_file():
-                share_weights(staging, names, f"weights{precision}.bin")
-                weights[f"weights{precision}.bin"] = file_entry(staging / f"weights{precision}.bin")
-        for name in sorted(p.name for p in staging.glob("*.onnx")):
-            graphs[name] = file_entry(staging / name)
+        graphs, weights = write_graphs(staging, inference, model.encoder, opset, quantize, log)
         (staging / "src.spm.model").write_bytes(src_model)
         (staging / "tgt.spm.model").write_bytes(tgt_model)
-        model_cfg = model.config
-        train = run_config["train"]
-        multi30k = train.get("corpus") == "multi30k"  # the language settings name Multi30k's files only
-        config = {
-            "format": BUNDLE_FORMAT,
-            "name": out.name,
-            "source_language": train.get("src_lang") if multi30k else None,
-            "target_language": train.get("tgt_lang") if multi30k else None,
-            "corpus": train.get("corpus"),
-            "pad_id": model_cfg.pad_id, "unk_id": model_cfg.unk_id,
-            "bos_id": model_cfg.bos_id, "eos_id": model_cfg.eos_id,
-            "max_src_len": max_len, "max_tgt_len": max_len,
-            "beam": beam, "alpha": alpha, "opset": opset,
-            "graphs": graphs,
-            "weights": weights,  # the graphs' external data (ONNX), each file shared by two graphs
-            "tokenizers": {
-                "src": {"file": "src.spm.model", "sha256": sha256(staging / "src.spm.model"),
-                        "vocab_size": model_cfg.src_vocab_size},
-                "tgt": {"file": "tgt.spm.model", "sha256": sha256(staging / "tgt.spm.model"),
-                        "vocab_size": model_cfg.tgt_vocab_size},
-            },
-            "model": model_cfg.to_dict(),
-        }
+        config = bundle_config(staging, out.name, model.config, run_config["train"], graphs, weights,
+                               {"max_src_len": max_len, "max_tgt_len": max_len,
+                                "beam": beam, "alpha": alpha, "opset": opset})
         (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         log("[export] checking onnxruntime against TensorFlow on validation sentences ...")
         check_parity(Translator.load(staging), inference, validation_sentences(run_config), beam, alpha)
@@ -265,6 +227,64 @@ def export(train_dir, out, beam: int = 5, alpha: float = 0.6, quantize: str | No
     log(f"[export] wrote {out}/ ({', '.join(sorted(p.name for p in out.iterdir()))}) "
         f"in {time.perf_counter() - start:.0f} s")
     return out
+
+
+def staging_dir(out: Path) -> Path:
+    """An empty folder next to `out` (same file system, so the final rename is atomic),
+    with the permissions a shared folder gets under the current umask."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; a bundle is for sharing
+    return staging
+
+
+def write_graphs(staging: Path, inference, encoder, opset: int, quantize: str | None, log):
+    """Convert the greedy and beam graphs (and their int8 copies if asked), one weights
+    file per precision shared by its two graphs; returns config.json's `graphs` and
+    `weights` entries."""
+    for name, function in (("model.onnx", inference.greedy_from_encoding),
+                           ("model_beam.onnx", inference.beam_search_from_encoding)):
+        log(f"[export] converting {function.__name__} to ONNX (opset {opset}) ...")
+        proto = convert(function, encoder, opset)
+        (staging / name).write_bytes(proto.SerializeToString())
+        if quantize == "int8":
+            quantize_int8(staging / name, staging / name.replace(".onnx", ".int8.onnx"))
+    weights = {}
+    for precision in ("", ".int8"):
+        names = [f"model{precision}.onnx", f"model_beam{precision}.onnx"]
+        if (staging / names[0]).is_file():
+            share_weights(staging, names, f"weights{precision}.bin")
+            weights[f"weights{precision}.bin"] = file_entry(staging / f"weights{precision}.bin")
+    graphs = {name: file_entry(staging / name) for name in sorted(p.name for p in staging.glob("*.onnx"))}
+    return graphs, weights
+
+
+def bundle_config(staging: Path, name: str, model_cfg, train: dict, graphs: dict, weights: dict,
+                  decoding: dict) -> dict:
+    """The bundle's config.json: format, languages, special ids, `decoding` (length
+    limits, beam, alpha, opset), files with their hashes, and the model's config."""
+    multi30k = train.get("corpus") == "multi30k"  # the language settings name Multi30k's files only
+    return {
+        "format": BUNDLE_FORMAT,
+        "name": name,
+        "source_language": train.get("src_lang") if multi30k else None,
+        "target_language": train.get("tgt_lang") if multi30k else None,
+        "corpus": train.get("corpus"),
+        "pad_id": model_cfg.pad_id, "unk_id": model_cfg.unk_id,
+        "bos_id": model_cfg.bos_id, "eos_id": model_cfg.eos_id,
+        **decoding,
+        "graphs": graphs,
+        "weights": weights,  # the graphs' external data (ONNX), each file shared by two graphs
+        "tokenizers": {
+            "src": {"file": "src.spm.model", "sha256": sha256(staging / "src.spm.model"),
+                    "vocab_size": model_cfg.src_vocab_size},
+            "tgt": {"file": "tgt.spm.model", "sha256": sha256(staging / "tgt.spm.model"),
+                    "vocab_size": model_cfg.tgt_vocab_size},
+        },
+        "model": model_cfg.to_dict(),
+    }
 
 
 def file_entry(path: Path) -> dict:

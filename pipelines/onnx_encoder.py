@@ -55,13 +55,36 @@ def encoder_model(encoder, opset: int) -> onnx.ModelProto:
     """The ONNX graph of `encoder.encode` (inference: no dropout) for `encoder`'s weights."""
     if opset < 13:  # ReduceSum and Unsqueeze take their axes as inputs from opset 13
         raise ValueError(f"opset {opset}: the encoder graph needs opset 13 or later")
-    p = PREFIX
     embeddings = np.asarray(encoder.embedding.embeddings.numpy(), np.float32)
-    inits = [numpy_helper.from_array(embeddings, f"{p}embeddings"), constant("pad", np.int32(encoder.pad_id)),
+    inits = [numpy_helper.from_array(embeddings, f"{PREFIX}embeddings"), constant("pad", np.int32(encoder.pad_id)),
              constant("zero", np.int64(0)), constant("one", np.int64(1)), constant("axis1", np.array([1], np.int64)),
              constant("axis2", np.array([2], np.int64)), constant("flat", np.array([0, 0, -1], np.int64))]
-    node = helper.make_node
-    nodes = [
+    nodes = embedding_nodes()
+    x = f"{PREFIX}x_0"
+    for layer, rnn in enumerate(encoder.rnns):
+        inits += lstm_initializers(rnn, layer)
+        nodes += lstm_nodes(rnn, layer, x)
+        x = f"{PREFIX}x_{layer + 1}"
+    nodes += output_nodes(x, last_layer=len(encoder.rnns) - 1)
+    width = encoder.output_dim
+    graph = helper.make_graph(
+        nodes, "fused_encoder",
+        [helper.make_tensor_value_info("source_ids", TensorProto.INT32, ["batch", "src_len"])],
+        [helper.make_tensor_value_info("memory", TensorProto.FLOAT, ["batch", "src_len", width]),
+         helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["batch", "src_len"]),
+         helper.make_tensor_value_info("final_h", TensorProto.FLOAT, ["batch", width]),
+         helper.make_tensor_value_info("final_c", TensorProto.FLOAT, ["batch", width])],
+        inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    onnx.checker.check_model(model)
+    return model
+
+
+def embedding_nodes() -> list[onnx.NodeProto]:
+    """`source_ids` (pre-padded) → the 0/1 `mask`, the lengths, and `x_0`: the sources
+    post-padded (as the ONNX `LSTM` reads them), embedded, time-major."""
+    p, node = PREFIX, helper.make_node
+    return [
         node("Equal", ["source_ids", f"{p}pad"], [f"{p}is_pad"]),
         node("Not", [f"{p}is_pad"], [f"{p}is_real"]),
         node("Cast", [f"{p}is_real"], ["mask"], to=TensorProto.FLOAT),
@@ -87,20 +110,27 @@ def encoder_model(encoder, opset: int) -> onnx.ModelProto:
         node("Transpose", [f"{p}embedded"], [f"{p}x_0"], perm=[1, 0, 2]),
         # |x_0| = (src_len, batch, emb): time-major, as the LSTM op reads it
     ]
-    x = f"{p}x_0"
-    for layer, rnn in enumerate(encoder.rnns):
-        inits += lstm_initializers(rnn, layer)
-        names = [f"{p}lstm_{layer}_{n}" for n in ("W", "R", "B")]
-        y, y_h, y_c = (f"{p}lstm_{layer}_{n}" for n in ("Y", "Y_h", "Y_c"))
-        nodes += [
-            node("LSTM", [x, *names, f"{p}lengths32"], [y, y_h, y_c], hidden_size=rnn.units,
-                 direction="bidirectional" if rnn.bidirectional else "forward"),
-            # |Y| = (src_len, dirs, batch, units) → (src_len, batch, dirs * units)
-            node("Transpose", [y], [f"{y}_t"], perm=[0, 2, 1, 3]),
-            node("Reshape", [f"{y}_t", f"{p}flat"], [f"{p}x_{layer + 1}"]),
-        ]
-        x = f"{p}x_{layer + 1}"
-    nodes += [
+
+
+def lstm_nodes(rnn, layer: int, x: str) -> list[onnx.NodeProto]:
+    """Encoder layer `layer` as one ONNX `LSTM` over `x`; its output is `x_{layer + 1}`."""
+    p, node = PREFIX, helper.make_node
+    names = [f"{p}lstm_{layer}_{n}" for n in ("W", "R", "B")]
+    y, y_h, y_c = (f"{p}lstm_{layer}_{n}" for n in ("Y", "Y_h", "Y_c"))
+    return [
+        node("LSTM", [x, *names, f"{p}lengths32"], [y, y_h, y_c], hidden_size=rnn.units,
+             direction="bidirectional" if rnn.bidirectional else "forward"),
+        # |Y| = (src_len, dirs, batch, units) → (src_len, batch, dirs * units)
+        node("Transpose", [y], [f"{y}_t"], perm=[0, 2, 1, 3]),
+        node("Reshape", [f"{y}_t", f"{p}flat"], [f"{p}x_{layer + 1}"]),
+    ]
+
+
+def output_nodes(x: str, last_layer: int) -> list[onnx.NodeProto]:
+    """The last layer's output `x` back to pre-padded batch-major `memory`, and its
+    final states as `final_h` and `final_c`."""
+    p, node = PREFIX, helper.make_node
+    nodes = [
         node("Transpose", [x], [f"{p}memory_post"], perm=[1, 0, 2]),
         node("Unsqueeze", [f"{p}to_pre", f"{p}axis2"], [f"{p}to_pre_3d"]),
         node("Shape", [f"{p}memory_post"], [f"{p}memory_shape"]),
@@ -108,21 +138,9 @@ def encoder_model(encoder, opset: int) -> onnx.ModelProto:
         node("GatherElements", [f"{p}memory_post", f"{p}to_pre_expanded"], ["memory"], axis=1),
     ]
     for state in ("h", "c"):  # (dirs, batch, units) → (batch, dirs * units), forward first
-        nodes += [node("Transpose", [f"{p}lstm_{len(encoder.rnns) - 1}_Y_{state}"], [f"{p}final_{state}_t"],
-                       perm=[1, 0, 2]),
+        nodes += [node("Transpose", [f"{p}lstm_{last_layer}_Y_{state}"], [f"{p}final_{state}_t"], perm=[1, 0, 2]),
                   node("Flatten", [f"{p}final_{state}_t"], [f"final_{state}"], axis=1)]
-    width = encoder.output_dim
-    graph = helper.make_graph(
-        nodes, "fused_encoder",
-        [helper.make_tensor_value_info("source_ids", TensorProto.INT32, ["batch", "src_len"])],
-        [helper.make_tensor_value_info("memory", TensorProto.FLOAT, ["batch", "src_len", width]),
-         helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["batch", "src_len"]),
-         helper.make_tensor_value_info("final_h", TensorProto.FLOAT, ["batch", width]),
-         helper.make_tensor_value_info("final_c", TensorProto.FLOAT, ["batch", width])],
-        inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    onnx.checker.check_model(model)
-    return model
+    return nodes
 
 
 def with_encoder(decoder: onnx.ModelProto, encoder: onnx.ModelProto) -> onnx.ModelProto:

@@ -116,10 +116,30 @@ def _forward(projections, h0, c0, kernels, biases, keys, memory, mask, combine_k
 
 def _backward(saved, d_attentional, d_weights, h0, c0, kernels, keys, memory, combine_kernel, keep):
     """Gradients for `run`'s inputs, in its argument order."""
-    layers, dtype = len(kernels), saved["pre"].dtype
-    length, memory_dim = tf.shape(saved["pre"])[0], tf.shape(memory)[-1]
+    memory_dim = tf.shape(memory)[-1]
     if d_weights is None:
         d_weights = tf.zeros_like(saved["weights"])
+    dh0, dc0, d_gates, d_tanh, d_energy, d_context = _backward_loop(
+        saved, d_attentional, d_weights, h0, c0, kernels, keys, memory, combine_kernel, keep)
+    # Everything below is one matmul (or sum) over all steps.
+    d_kernels = [flat_matmul(z, g) for z, g in zip(saved["z"], d_gates, strict=True)]
+    d_biases = [tf.reduce_sum(g, [0, 1]) for g in d_gates[1:]]
+    d_combine_kernel = flat_matmul(saved["combined"], d_tanh)
+    d_combine_bias = tf.reduce_sum(d_tanh, [0, 1])
+    top_h = saved["combined"][:, :, memory_dim:]
+    # |d_keys| = (batch, src_len, units), |d_memory| = (batch, src_len, memory_dim)
+    d_keys = tf.matmul(tf.transpose(d_energy, [1, 2, 0]), tf.transpose(top_h, [1, 0, 2]))
+    d_memory = tf.matmul(tf.transpose(saved["weights"], [1, 2, 0]), tf.transpose(d_context, [1, 0, 2]))
+    return (d_gates[0], d_keys, d_memory, None,  # keep (dropout mask or placeholder): no gradient
+            d_combine_kernel, d_combine_bias, *dh0, *dc0, *d_kernels, *d_biases)
+
+
+def _backward_loop(saved, d_attentional, d_weights, h0, c0, kernels, keys, memory, combine_kernel, keep):
+    """The sequential part of the backward pass, last step first: returns the initial
+    states' gradients `dh0, dc0` (lists per layer) and every step's gate (list per
+    layer), tanh, energy and context gradients, each `(tgt_len, batch, ...)`."""
+    layers, dtype = len(kernels), saved["pre"].dtype
+    length, memory_dim = tf.shape(saved["pre"])[0], tf.shape(memory)[-1]
     reads = {name: unstack(saved[name]) for name in ("weights", "pre")}
     act_ta = [unstack(a) for a in saved["act"]]
     c_ta = [unstack(c) for c in saved["c"]]
@@ -165,16 +185,4 @@ def _backward(saved, d_attentional, d_weights, h0, c0, kernels, keys, memory, co
         lambda step, *_: step < length, body,
         (tf.constant(0), tf.zeros_like(d_attentional[0]), zeros, list(zeros), stores),
         maximum_iterations=length)
-    d_gates, d_tanh, d_energy, d_context = ([a.stack() for a in stores[0]], stores[1].stack(),
-                                            stores[2].stack(), stores[3].stack())
-    # Everything below is one matmul (or sum) over all steps.
-    d_kernels = [flat_matmul(z, g) for z, g in zip(saved["z"], d_gates, strict=True)]
-    d_biases = [tf.reduce_sum(g, [0, 1]) for g in d_gates[1:]]
-    d_combine_kernel = flat_matmul(saved["combined"], d_tanh)
-    d_combine_bias = tf.reduce_sum(d_tanh, [0, 1])
-    top_h = saved["combined"][:, :, memory_dim:]
-    # |d_keys| = (batch, src_len, units), |d_memory| = (batch, src_len, memory_dim)
-    d_keys = tf.matmul(tf.transpose(d_energy, [1, 2, 0]), tf.transpose(top_h, [1, 0, 2]))
-    d_memory = tf.matmul(tf.transpose(saved["weights"], [1, 2, 0]), tf.transpose(d_context, [1, 0, 2]))
-    return (d_gates[0], d_keys, d_memory, None,  # keep (dropout mask or placeholder): no gradient
-            d_combine_kernel, d_combine_bias, *dh0, *dc0, *d_kernels, *d_biases)
+    return (dh0, dc0, [a.stack() for a in stores[0]], stores[1].stack(), stores[2].stack(), stores[3].stack())

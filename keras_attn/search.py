@@ -209,7 +209,7 @@ class BeamStep:
         self.decoder, self.memory, self.mask, self.step_weights = decoder, memory, mask, step_weights
         self.keys = decoder.attention.memory_keys(memory)
         self.k, self.vocab, self.alpha, self.eos_id = beam_size, config.tgt_vocab_size, alpha, config.eos_id
-        self.k64 = tf.cast(beam_size, tf.int64)
+        self.k64 = tf.cast(beam_size, tf.int64)  # cast here, once, not in every step of the loop
         self.longest = longest  # the output buffers' length
         self.src_len = tf.shape(memory)[1]
         self.finished_row = tf.where(tf.equal(tf.range(self.vocab), config.pad_id), 0.0, -1e9)

@@ -60,28 +60,36 @@ def step_clock(warmup: int, shapes, tokens: int, vocab: int, dtype: str):
     return StepClock()
 
 
-def one_setting(data_dir, precision, jit, steps, warmup, batch_tokens, bucket_width):
+def recipe_batches(cfg, count: int):
+    """The first `count` training batches of recipe `cfg` (its tokenizers trained on its
+    training side) as NumPy `(x, y)` pairs, tokenized up front as the training run's cache
+    replays them from its second epoch on, and the two vocabularies' sizes (the target's
+    is the generator's width)."""
+    from pipelines.dataset import make_dataset
+    from pipelines.tokenizer import load_processor, train_sentencepiece
+    from pipelines.train import batching_config, load_corpora, vocab_sizes
+
+    train, _, _ = load_corpora(cfg)
+    src_size, tgt_size = vocab_sizes(cfg)  # the recipe's
+    src_model, tgt_model = train_sentencepiece(train.sources, src_size), train_sentencepiece(train.targets, tgt_size)
+    ds = make_dataset(train, src_model, tgt_model, batching_config(cfg), training=True)
+    batches = list(ds.repeat().take(count).as_numpy_iterator())
+    return batches, load_processor(src_model).get_piece_size(), load_processor(tgt_model).get_piece_size()
+
+
+def one_setting(data_dir, precision, jit, steps, warmup, batch_tokens, bucket_width, steps_per_execution=1):
     """Run in a fresh process (precision policy and memory are per process)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
     import tensorflow as tf
 
-    from pipelines.dataset import make_dataset
-    from pipelines.tokenizer import load_processor, train_sentencepiece
-    from pipelines.train import batching_config, build_model, load_corpora, model_config, vocab_sizes
+    from pipelines.train import build_model, model_config
 
     cfg = recipe_config(data_dir=data_dir, precision=precision, jit=jit, batch_tokens=batch_tokens,
                         **({"bucket_width": bucket_width} if bucket_width else {}))
     keras.mixed_precision.set_global_policy(precision)
-    train, _, _ = load_corpora(cfg)
-    src_size, tgt_size = vocab_sizes(cfg)  # the recipe's
-    src_model, tgt_model = train_sentencepiece(train.sources, src_size), train_sentencepiece(train.targets, tgt_size)
-    ds = make_dataset(train, src_model, tgt_model, batching_config(cfg), training=True)
-    tgt_vocab = load_processor(tgt_model).get_piece_size()  # the generator's width, shared with the limits
-    model = build_model(cfg, model_config(cfg, load_processor(src_model).get_piece_size(), tgt_vocab))
-    # The exact batches, tokenized up front (as the training run's cache replays them
-    # from its second epoch on), so the pipeline's first pass is not what is timed.
-    batches = list(ds.repeat().take(warmup + steps).as_numpy_iterator())
+    batches, src_vocab, tgt_vocab = recipe_batches(cfg, warmup + steps)
+    model = build_model(cfg, model_config(cfg, src_vocab, tgt_vocab), steps_per_execution)
     tokens = sum(int((y != 0).sum()) for _, y in batches[warmup:])
     spec = ({"source": tf.TensorSpec([None, None], tf.int32), "target_in": tf.TensorSpec([None, None], tf.int32)},
             tf.TensorSpec([None, None], tf.int32))
@@ -98,7 +106,7 @@ def one_setting(data_dir, precision, jit, steps, warmup, batch_tokens, bucket_wi
     facts = machine()
     return {"cpu simd": facts["simd"], "date": facts["date"], "precision": precision, "xla": jit,
             "batch tokens": batch_tokens, "target vocabulary": tgt_vocab, "bucket width": cfg.bucket_width,
-            "warm-up": warmup, "steps": steps,
+            "warm-up": warmup, "steps": steps, "steps per execution": steps_per_execution,
             "target tokens": tokens,
             "seconds": round(seconds, 2), "target tokens/s": round(rate, 1),
             **limit_columns("limit", [fixed for fixed, _ in clock.limits], rate),
@@ -126,15 +134,21 @@ def main():
     parser.add_argument("--bucket-width", type=int, default=None, help="default: the recipe's")
     parser.add_argument("--precisions", nargs="+", default=["float32", "mixed_bfloat16"])
     parser.add_argument("--xla", nargs="+", default=["0", "1"], help="0 = off, 1 = jit_compile")
+    parser.add_argument("--steps-per-execution", type=int, default=1,
+                        help="`compile(steps_per_execution=...)`: steps per call of the compiled train function "
+                             "(--warmup must be a multiple of it)")
     parser.add_argument("--append", action="store_true", help="add rows to results/bench_train.json")
     parser.add_argument("--one", nargs=2, metavar=("PRECISION", "JIT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.batch_tokens = args.batch_tokens or [recipe_config().batch_tokens]
+    if args.steps_per_execution < 1 or args.warmup % args.steps_per_execution:
+        parser.error(f"--steps-per-execution {args.steps_per_execution}: must be >= 1 and divide --warmup "
+                     f"({args.warmup}), as the clock starts on a call's first step")
     if args.one:
         import json
 
         print(json.dumps(one_setting(args.data_dir, args.one[0], args.one[1] == "1", args.steps, args.warmup,
-                                     args.batch_tokens[0], args.bucket_width)))
+                                     args.batch_tokens[0], args.bucket_width, args.steps_per_execution)))
         return
     import json
 
@@ -147,7 +161,8 @@ def main():
     for precision, jit, batch_tokens in settings:
         result = subprocess.run([sys.executable, __file__, "--data-dir", args.data_dir, "--steps",
                                  str(args.steps), "--warmup", str(args.warmup), "--batch-tokens",
-                                 str(batch_tokens), *width, "--one", precision, jit],
+                                 str(batch_tokens), *width, "--steps-per-execution", str(args.steps_per_execution),
+                                 "--one", precision, jit],
                                 capture_output=True, text=True)
         if result.returncode == 0:
             rows.append(json.loads(result.stdout.strip().splitlines()[-1]))

@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import bench_limit  # noqa: E402
+import step_costs  # noqa: E402
 
 
 @pytest.mark.parametrize("vocab", [40, 10])  # a generator wider and narrower than the state
@@ -156,6 +157,53 @@ def test_training_profilers_run(dates_run, dates_as_multi30k, tmp_path):
     assert gradients["rows"]
     op_types = [row for row in profile["rows"] if row["kind"] == "op type"]
     assert op_types and 0 < sum(row["share"] for row in op_types) <= 1.0001
+    costs = run_script("step_costs", "--fit", "2x2", "2x4", "4x2", "--check", "3x3", "--steps", 1, "--rounds", 1,
+                       "--data-dir", dates_as_multi30k, "--recipe-warmup", 1, "--recipe-steps", 2,
+                       results=tmp_path / "costs")
+    assert costs["notes"]["recipe batches"].startswith("2, mean ")
+    assert [(row["shape"], row["role"]) for row in costs["rows"]] == [
+        ("2x2", "fit"), ("2x4", "fit"), ("4x2", "fit"), ("3x3", "check")]
+    assert all(row["step ms"] > 0 for row in costs["rows"])
+
+
+def test_step_costs_fit_recovers_the_costs_that_made_the_times():
+    shapes = [(4, 8), (4, 32), (16, 8), (16, 32), (32, 16)]
+    truth = {"fixed": 0.0275, "per_position": 0.00136, "per_token": 0.000214}
+    seconds = [step_costs.predict(truth, b, n) for b, n in shapes]
+    fitted = step_costs.fit_costs(shapes, seconds)
+    assert fitted == pytest.approx(truth, rel=1e-9)
+    assert step_costs.predict(fitted, 8, 24) == pytest.approx(0.0275 + 0.00136 * 24 + 0.000214 * 192)
+
+
+def test_step_costs_predicts_recipe_batches_from_their_shapes_and_real_tokens():
+    def batch(rows, src_len, tgt_len, real):
+        y = np.zeros((rows, tgt_len), "int32")
+        y.flat[:real] = 5
+        return {"source": np.ones((rows, src_len), "int32")}, y
+
+    costs = {"fixed": 0.01, "per_position": 0.001, "per_token": 0.0001}
+    # step 1: L = 5, 10 + 5 + 2 x 5 x 0.1 = 16 ms; step 2: L = 10, 10 + 10 + 4 x 10 x 0.1 = 24 ms
+    prediction = step_costs.recipe_prediction(costs, [batch(2, 4, 6, 9), batch(4, 12, 8, 31)])
+    assert prediction["recipe batches"] == "2, mean 3.0 sentences x 8.0 source / 7.0 target positions, " \
+                                           "20.0 real target tokens"
+    assert prediction["recipe step (predicted)"] == ("20.0 ms = fixed 10.0 (50 %) + per_position 7.5 (38 %) "
+                                                     "+ per_token 2.5 (12 %)")
+    assert prediction["recipe target tok/s (predicted)"] == "1,000"  # 40 real tokens in 40 ms
+
+
+@pytest.mark.parametrize("shapes", [[(4, 8), (4, 16), (4, 32)], [(4, 8), (8, 8), (16, 8)], [(4, 8), (8, 16)],
+                                    [(4, 8), (8, 4), (16, 2)]])  # one length; one batch; two; one token count
+def test_step_costs_refuses_shapes_that_cannot_separate_the_costs(shapes):
+    with pytest.raises(ValueError, match="separate the three costs"):
+        step_costs.fit_costs(shapes, [0.1] * len(shapes))
+
+
+@pytest.mark.parametrize("text", ["16", "16x", "ax4", "0x8", "4x-1"])
+def test_step_costs_names_a_bad_shape(text):
+    import argparse
+
+    with pytest.raises(argparse.ArgumentTypeError, match=f"shape '{text}'"):
+        step_costs.shape(text)
 
 
 @pytest.mark.filterwarnings("ignore:.*does not support masking:UserWarning")  # the mask is passed explicitly

@@ -147,6 +147,8 @@ def _backward_loop(saved, d_attentional, d_weights, h0, c0, kernels, keys, memor
     c_prev_ta = [unstack(tf.concat([c0_l[None], c[:-1]], 0)) for c0_l, c in zip(c0, saved["c"], strict=True)]
     d_out_ta, d_weights_ta = unstack(d_attentional), unstack(d_weights)
     keep_ta = None if keep is None else unstack(keep)
+    # Transposed once, outside the loop: at the recipe's ~13-row batches 20 steps of
+    # `d_gates @ kernel_t` (1,024 x 2,048) took 10.7-10.9 ms, with `transpose_b=True` 17.7-18.0.
     combine_t = tf.transpose(combine_kernel)
     kernels_t = [tf.transpose(k) for k in kernels]
 

@@ -81,9 +81,10 @@ def recipe_prediction(costs: dict[str, float], batches) -> dict[str, str]:
     # |parts| = (batches, 3): seconds of each cost in each batch's step
     mean = parts.mean(axis=0)
     real = sum(int((y != 0).sum()) for _, y in batches)
-    shape = np.mean([[len(y), x["source"].shape[1], y.shape[1]] for x, y in batches], axis=0)
-    return {"recipe batches": f"{len(batches)}, mean {shape[0]:.1f} sentences x {shape[1]:.1f} source / "
-                              f"{shape[2]:.1f} target positions, {real / len(batches):.1f} real target tokens",
+    mean_shape = np.mean([[len(y), x["source"].shape[1], y.shape[1]] for x, y in batches], axis=0)
+    return {"recipe batches": f"{len(batches)}, mean {mean_shape[0]:.1f} sentences x {mean_shape[1]:.1f} "
+                              f"source / {mean_shape[2]:.1f} target positions, "
+                              f"{real / len(batches):.1f} real target tokens",
             "recipe step (predicted)": f"{1000 * mean.sum():.1f} ms = " + " + ".join(
                 f"{name} {1000 * ms:.1f} ({100 * ms / mean.sum():.0f} %)" for name, ms in zip(TERMS, mean)),
             "recipe target tok/s (predicted)": f"{real / parts.sum():,.0f}"}

@@ -17,6 +17,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import bench_limit  # noqa: E402
 import step_costs  # noqa: E402
+import targets  # noqa: E402
 
 
 @pytest.mark.parametrize("vocab", [40, 10])  # a generator wider and narrower than the state
@@ -461,3 +462,51 @@ def test_joeynmt_length_penalty_is_chosen_on_validation(tmp_path, monkeypatch):
     alpha, rows = joeynmt_baseline.tuned_alpha(tmp_path / "run", tmp_path)
     assert alpha == 0.6 and asked == [("val.de", 5, a) for a in ALPHAS]
     assert [row["alpha"] for row in rows] == list(ALPHAS) and max(row["bleu"] for row in rows) == 100.0
+
+
+COMMITTED = ROOT / "benchmarks" / "results"
+
+
+def test_targets_grades_the_committed_intel_results_as_results_md_does():
+    translate = targets.grades_of(COMMITTED / "bench_translate_bt256xeon.json")
+    assert {row["target"]: row["met"] for row in translate} == {
+        "test2016 BLEU, beam 5": "yes", "test2016 BLEU, greedy": "yes", "fp32 greedy sentences/s": "yes",
+        "fp32 greedy % of the limit": "no", "int8 greedy sentences/s": "yes", "batch-1 p50 ms, fp32": "yes",
+        "batch-1 p50 ms, int8": "yes", "int8 BLEU loss, greedy": "yes", "int8 BLEU loss, beam 5": "yes"}
+    measured = {row["target"]: row["measured"] for row in translate}
+    assert measured["fp32 greedy % of the limit"] == 68.3 and measured["int8 BLEU loss, greedy"] == 0.35
+    train = targets.grades_of(COMMITTED / "bench_train_xeon.json")
+    assert [(row["measured"], row["met"]) for row in train] == [(1911.3, "no"), (2489.7, "no"), (2813.6, "yes")]
+
+
+def test_targets_refuses_files_that_are_not_complete_results(tmp_path):
+    not_json = tmp_path / "notes.json"
+    not_json.write_text("no", encoding="utf-8")
+    with pytest.raises(ValueError, match="notes.json: not a benchmark result file"):
+        targets.grades_of(not_json)
+    other = tmp_path / "bench_limit.json"
+    other.write_text(json.dumps({"rows": [{"limit": "greedy decode", "dtype": "float32"}]}), encoding="utf-8")
+    with pytest.raises(ValueError, match="bench_limit.json: neither a bench_translate nor a bench_train"):
+        targets.grades_of(other)
+    partial = tmp_path / "bench_translate.json"
+    partial.write_text(json.dumps({"rows": [{"system": "onnxruntime fp32", "search": "greedy", "BLEU": 40.0}]}),
+                       encoding="utf-8")
+    with pytest.raises(ValueError, match="no 'BLEU' for onnxruntime fp32 / beam 5"):
+        targets.grades_of(partial)
+
+
+def test_targets_bounds_are_inclusive():
+    assert targets.grade("f", "t", 2800.0, 2800.0)["met"] == "yes"
+    assert targets.grade("f", "t", 2799.9, 2800.0)["met"] == "no"
+    assert targets.grade("f", "t", 10.0, 10.0, at_least=False)["met"] == "yes"
+    assert targets.grade("f", "t", 10.01, 10.0, at_least=False)["met"] == "no"
+
+
+def test_targets_command_writes_its_table_and_names_a_bad_file(tmp_path):
+    graded = run_script("targets", COMMITTED / "bench_train_1k_xeon.json", "--name", "graded", results=tmp_path)
+    assert [row["met"] for row in graded["rows"]] == ["yes", "yes"]
+    assert (tmp_path / "graded.md").read_text(encoding="utf-8").count("| yes |") == 2
+    missing = tmp_path / "missing.json"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "targets.py"), str(missing)],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "missing.json: not a benchmark result file" in done.stderr

@@ -62,9 +62,9 @@ def step_clock(warmup: int, shapes, tokens: int, vocab: int, dtype: str):
 
 def recipe_batches(cfg, count: int):
     """The first `count` training batches of recipe `cfg` (its tokenizers trained on its
-    training side) as NumPy `(x, y)` pairs, tokenized up front as the training run's cache
-    replays them from its second epoch on, and the two vocabularies' sizes (the target's
-    is the generator's width)."""
+    training side) as NumPy `(x, y)` pairs, and the two vocabularies' sizes (the target's
+    is the generator's width). Tokenized up front, as the training run's cache replays
+    them from its second epoch on, so that the input pipeline's first pass is not timed."""
     from pipelines.dataset import make_dataset
     from pipelines.tokenizer import load_processor, train_sentencepiece
     from pipelines.train import batching_config, load_corpora, vocab_sizes

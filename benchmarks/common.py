@@ -84,18 +84,22 @@ def write_results(name: str, rows: list[dict], notes: dict | None = None) -> Pat
     RESULTS.mkdir(parents=True, exist_ok=True)
     payload = {"machine": machine(), "notes": notes or {}, "rows": rows}
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    keys = list(dict.fromkeys(k for row in rows for k in row))
     lines = [f"# {name}", "", f"Machine: {payload['machine']['cpu']} ({payload['machine']['simd']}), "
              f"{payload['machine']['cores']} cores, {payload['machine']['date']}, "
              f"OPENBLAS_CORETYPE {payload['machine']['OPENBLAS_CORETYPE']}", ""]
-    lines += ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    for row in rows:
-        lines.append("| " + " | ".join(fmt(row.get(k, "")) for k in keys) + " |")
+    lines += markdown_table(rows)
     for key, value in (notes or {}).items():
         lines.append(f"\n{key}: {value}")
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))
     return RESULTS / f"{name}.md"
+
+
+def markdown_table(rows: list[dict]) -> list[str]:
+    """`rows` as Markdown table lines, one column per key in first-seen order."""
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    return lines + ["| " + " | ".join(fmt(row.get(k, "")) for k in keys) + " |" for row in rows]
 
 
 def fmt(value):
@@ -110,3 +114,28 @@ def recipe_config(**overrides):
 
     recipe = TrainConfig.from_file(Path(__file__).resolve().parents[1] / "configs" / "multi30k_deen.yaml")
     return TrainConfig(**{**recipe, **overrides})
+
+
+def recipe_model_on_random_ids(precision: str = "float32"):
+    """The reference recipe's model, built and compiled for training in `precision`
+    (the recipe's SentencePiece vocabulary sizes, which its tokenizers reach on
+    Multi30k, without training the tokenizers), and `random_batch(rng, batch, length)`
+    making `(x, y)` training batches of random non-special ids, `length` on both sides;
+    then the two vocabularies' sizes."""
+    import keras
+    import numpy as np
+
+    from pipelines.train import build_model, model_config, vocab_sizes
+
+    cfg = recipe_config(precision=precision)
+    keras.mixed_precision.set_global_policy(precision)
+    src_vocab, tgt_vocab = vocab_sizes(cfg)
+    model = build_model(cfg, model_config(cfg, src_vocab, tgt_vocab))
+
+    def random_batch(rng: np.random.Generator, batch: int, length: int):
+        shape = (batch, length)
+        x = {"source": rng.integers(4, src_vocab, shape).astype("int32"),
+             "target_in": rng.integers(4, tgt_vocab, shape).astype("int32")}
+        return x, rng.integers(4, tgt_vocab, shape).astype("int32")
+
+    return model, random_batch, src_vocab, tgt_vocab

@@ -24,7 +24,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from common import recipe_config, write_results  # noqa: E402
+from common import recipe_model_on_random_ids, write_results  # noqa: E402
 
 
 def op_seconds(logdir: str, steps: int):
@@ -71,23 +71,11 @@ def main():
     parser.add_argument("--top", type=int, default=15)
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
     import numpy as np
     import tensorflow as tf
 
-    from pipelines.train import build_model, model_config, vocab_sizes
-
-    cfg = recipe_config(precision=args.precision)
-    keras.mixed_precision.set_global_policy(args.precision)
-    # the recipe's SentencePiece vocabulary sizes (its tokenizers reach them on Multi30k),
-    # without training the tokenizers
-    src_vocab, tgt_vocab = vocab_sizes(cfg)
-    model = build_model(cfg, model_config(cfg, src_vocab, tgt_vocab))
-    rng = np.random.default_rng(0)
-    shape = (args.batch, args.length)
-    x = {"source": rng.integers(4, src_vocab, shape).astype("int32"),
-         "target_in": rng.integers(4, tgt_vocab, shape).astype("int32")}
-    y = rng.integers(4, tgt_vocab, shape).astype("int32")
+    model, random_batch, src_vocab, tgt_vocab = recipe_model_on_random_ids(args.precision)
+    x, y = random_batch(np.random.default_rng(0), args.batch, args.length)
     for _ in range(3):  # trace and warm up
         model.train_on_batch(x, y)
     start = time.perf_counter()

@@ -41,7 +41,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from common import recipe_config, write_results  # noqa: E402
+from common import recipe_config, recipe_model_on_random_ids, write_results  # noqa: E402
 
 TERMS = ("fixed", "per_position", "per_token")
 
@@ -90,13 +90,10 @@ def recipe_prediction(costs: dict[str, float], batches) -> dict[str, str]:
             "recipe target tok/s (predicted)": f"{real / parts.sum():,.0f}"}
 
 
-def step_timer(model, batch: int, length: int, src_vocab: int, tgt_vocab: int, steps: int):
+def step_timer(model, random_batch, batch: int, length: int, steps: int):
     """A function timing `steps` `train_on_batch` calls on one fixed random batch
     (traced and warmed up here); returns their mean seconds."""
-    rng = np.random.default_rng(batch * 1000 + length)
-    x = {"source": rng.integers(4, src_vocab, (batch, length)).astype("int32"),
-         "target_in": rng.integers(4, tgt_vocab, (batch, length)).astype("int32")}
-    y = rng.integers(4, tgt_vocab, (batch, length)).astype("int32")
+    x, y = random_batch(np.random.default_rng(batch * 1000 + length), batch, length)
     for _ in range(3):  # trace this shape and warm up
         model.train_on_batch(x, y)
 
@@ -122,16 +119,9 @@ def main():
     parser.add_argument("--recipe-steps", type=int, default=120, help="batches predicted, as bench_train's --steps")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
-
-    from pipelines.train import build_model, model_config, vocab_sizes
-
-    cfg = recipe_config(precision=args.precision)
-    keras.mixed_precision.set_global_policy(args.precision)
-    src_vocab, tgt_vocab = vocab_sizes(cfg)  # the recipe's, without training its tokenizers
-    model = build_model(cfg, model_config(cfg, src_vocab, tgt_vocab))
+    model, random_batch, src_vocab, tgt_vocab = recipe_model_on_random_ids(args.precision)
     shapes = list(dict.fromkeys([*args.fit, *args.check]))
-    timers = {s: step_timer(model, *s, src_vocab, tgt_vocab, args.steps) for s in shapes}
+    timers = {s: step_timer(model, random_batch, *s, args.steps) for s in shapes}
     times = {s: [] for s in shapes}
     for round_ in range(args.rounds):
         for s in shapes:

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import write_results  # noqa: E402
+from common import markdown_table, write_results  # noqa: E402
 
 # (target, (system, search), column, bound, at_least): read from bench_translate rows
 TRANSLATE_TARGETS = (
@@ -100,9 +100,7 @@ def main():
                                         "machine": "the Machine line names where the grading ran; each graded "
                                                    "file records the machine that measured it"})
         return
-    print("| file | target | measured | bound | met |\n|---|---|---|---|---|")
-    for row in rows:
-        print(f"| {row['file']} | {row['target']} | {row['measured']:,g} | {row['bound']} | {row['met']} |")
+    print("\n".join(markdown_table(rows)))
 
 
 if __name__ == "__main__":

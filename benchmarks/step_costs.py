@@ -57,10 +57,16 @@ def shape(text: str) -> tuple[int, int]:
     return batch, length
 
 
+def multipliers(batch: float, length: float) -> tuple[float, float, float]:
+    """What each of `TERMS` is multiplied by in a step of `batch` x `length`: the model
+    `step = fixed + per_position * L + per_token * B * L`, written once."""
+    return 1.0, length, batch * length
+
+
 def fit_costs(shapes: list[tuple[int, int]], seconds: list[float]) -> dict[str, float]:
-    """Least-squares `fixed`, `per_position`, `per_token` (seconds) of
-    `seconds = fixed + per_position * L + per_token * B * L` over `shapes` [(B, L)]."""
-    design = np.array([[1.0, length, batch * length] for batch, length in shapes])
+    """Least-squares `fixed`, `per_position`, `per_token` (seconds) of the model over
+    `shapes` [(B, L)]."""
+    design = np.array([multipliers(batch, length) for batch, length in shapes])
     if np.linalg.matrix_rank(design) < len(TERMS):
         raise ValueError(f"shapes {shapes} cannot separate the three costs (fixed, per position, per "
                          f"token): give three or more that vary the length and the batch size independently, "
@@ -69,15 +75,19 @@ def fit_costs(shapes: list[tuple[int, int]], seconds: list[float]) -> dict[str, 
     return dict(zip(TERMS, (float(c) for c in coefficients)))
 
 
+def cost_parts(costs: dict[str, float], batch: float, length: float) -> list[float]:
+    """Seconds of each of `TERMS` in a step of `batch` x `length`."""
+    return [costs[term] * factor for term, factor in zip(TERMS, multipliers(batch, length), strict=True)]
+
+
 def predict(costs: dict[str, float], batch: int, length: int) -> float:
-    return costs["fixed"] + costs["per_position"] * length + costs["per_token"] * batch * length
+    return sum(cost_parts(costs, batch, length))
 
 
 def recipe_prediction(costs: dict[str, float], batches) -> dict[str, str]:
     """The fit's mean step over recipe `batches` [(x, y)], split into its three costs,
     and the real (non-pad) target tokens/s it implies."""
-    parts = np.array([[costs["fixed"], costs["per_position"] * length, costs["per_token"] * len(y) * length]
-                      for x, y in batches for length in [(x["source"].shape[1] + y.shape[1]) / 2]])
+    parts = np.array([cost_parts(costs, len(y), (x["source"].shape[1] + y.shape[1]) / 2) for x, y in batches])
     # |parts| = (batches, 3): seconds of each cost in each batch's step
     mean = parts.mean(axis=0)
     real = sum(int((y != 0).sum()) for _, y in batches)

@@ -12,19 +12,10 @@
 # SEED: JoeyNMT's random seed (default 0).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-data=$(realpath "${1:-../shared/data/multi30k}")
-bundle=$(realpath "${2:-exported/m30k_bt256head}")
-out=$(realpath -m "${3:-runs/joeynmt}")
-minutes=${4:-82}
-seed=${5:-0}
-mkdir -p "$out/data"
-[ -x "$out/venv/bin/pip" ] || python3 -m venv "$out/venv"
+. "$here/../baseline_prologue.sh"
 # JoeyNMT 2.3.0 imports importlib_metadata without requiring it, and calls
 # SentencePieceProcessor.SetVocabulary, which sentencepiece 0.2.3 (OpenNMT-py's) no longer has
 "$out/venv/bin/pip" install -q "joeynmt==2.3.0" "torch>=2.0.1,<2.3" "numpy<2" importlib-metadata "sentencepiece==0.2.0"
-for split in train val test_2016_flickr; do
-    for lang in de en; do zcat "$data/$split.$lang.gz" > "$out/data/$split.$lang"; done
-done
 sed -e "s|DATA/|$out/data/|" -e "s|BUNDLE/|$bundle/|" -e "s|OUT/|$out/|" \
     -e "s|^random_seed: .*|random_seed: $seed|" "$here/multi30k_deen.yaml" > "$out/config.yaml"
 # stopped at the time budget; the best checkpoint (validation perplexity) is kept as best.ckpt

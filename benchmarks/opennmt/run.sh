@@ -12,18 +12,9 @@
 # SEED: OpenNMT-py's random seed (default 0, the configuration's).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-data=$(realpath "${1:-../shared/data/multi30k}")
-bundle=$(realpath "${2:-exported/m30k_bt256head}")
-out=$(realpath -m "${3:-runs/opennmt}")
-minutes=${4:-82}
-seed=${5:-0}
-mkdir -p "$out/data"
-[ -x "$out/venv/bin/pip" ] || python3 -m venv "$out/venv"
+. "$here/../baseline_prologue.sh"
 # OpenNMT-py does not require sentencepiece, but its sentencepiece transform imports it
 "$out/venv/bin/pip" install -q "opennmt-py==3.5.1" "torch>=2.0.1,<2.3" "numpy<2" "sentencepiece==0.2.3"
-for split in train val test_2016_flickr; do
-    for lang in de en; do zcat "$data/$split.$lang.gz" > "$out/data/$split.$lang"; done
-done
 {
     sed "s|DATA/|$out/data/|" "$here/multi30k_deen.yaml"
     printf 'save_data: %s\nsrc_vocab: %s\ntgt_vocab: %s\nsave_model: %s\n' \

@@ -103,6 +103,9 @@ RUNS = [
      "seed 0, not interrupted, on another CPU (the Intel VM of 2026-12-05, with AMX): run-to-run variance "
      "across machines", "multi30k_bt256xeon_tune_beam", "evaluate_test2016_bt256xeonrun_",
      "multi30k_bt256xeon_history.csv"),
+    ("1,024-token batches, Adam 2e-3, stage 1 only", "the recipe's command with `--batch-tokens 1024 --lr 0.002`, "
+     "no stage 2, on the Intel VM (2026-12-05); compare with the 1,024-token stage 1 alone (Adam 1e-3, AMD VM)",
+     "multi30k_bt1k_lr2_xeon_tune_beam", "evaluate_test2016_bt1klr2xeonrun_", "multi30k_bt1k_lr2_xeon_history.csv"),
 ]
 
 

@@ -1,4 +1,5 @@
-# Sourced by benchmarks/{joeynmt,opennmt}/run.sh, whose five arguments it reads:
+# Sourced by benchmarks/{joeynmt,opennmt}/run.sh after they set `here` (their folder, whose
+# name is OUT's default), with their five arguments:
 #   DATA_DIR BUNDLE OUT MINUTES SEED   (defaults: ../shared/data/multi30k,
 #   exported/m30k_bt256head, runs/<framework>, 82, 0)
 # It sets data, bundle, out, minutes and seed, makes OUT's venv (once) and writes

@@ -106,6 +106,10 @@ RUNS = [
     ("1,024-token batches, Adam 2e-3, stage 1 only", "the recipe's command with `--batch-tokens 1024 --lr 0.002`, "
      "no stage 2, on the Intel VM (2026-12-05); compare with the 1,024-token stage 1 alone (Adam 1e-3, AMD VM)",
      "multi30k_bt1k_lr2_xeon_tune_beam", "evaluate_test2016_bt1klr2xeonrun_", "multi30k_bt1k_lr2_xeon_history.csv"),
+    ("1,024-token batches, 35 epochs, stage 1 only", "the recipe's command with `--batch-tokens 1024 --epochs 35`, "
+     "Adam 1e-3, no stage 2, on the Intel VM (2026-12-06; killed after epoch 18 and resumed from its backup); compare with "
+     "the 1,024-token stage 1 alone (25 epochs, AMD VM)",
+     "multi30k_bt1k_e35_xeon_tune_beam", "evaluate_test2016_bt1ke35xeonrun_", "multi30k_bt1k_e35_xeon_history.csv"),
 ]
 
 

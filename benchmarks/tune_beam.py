@@ -1,7 +1,10 @@
 """Pick the beam length-penalty alpha on the *validation* set (never on test).
 
     python benchmarks/tune_beam.py --bundle exported/multi30k_deen [--data-dir DIR] [--beam 5] \
-        [--name tune_beam]      # results/NAME.{json,md}
+        [--name tune_beam] [--write]     # results/NAME.{json,md}
+
+`--write` also makes the chosen alpha the bundle's default, as `keras-attn tune-alpha
+--write` does, so that `evaluate` and `translate` need no `--alpha`.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import DEFAULT_DATA, write_results  # noqa: E402
 
-from pipelines.evaluate import ALPHAS, best_row, read_test_set, score, tune_alpha  # noqa: E402
+from pipelines.evaluate import ALPHAS, best_row, read_test_set, score, tune_alpha, write_bundle_alpha  # noqa: E402
 
 
 def main():
@@ -24,17 +27,22 @@ def main():
     parser.add_argument("--beam", type=int, default=5)
     parser.add_argument("--alphas", type=float, nargs="+", default=list(ALPHAS))
     parser.add_argument("--name", default="tune_beam", help="results file name (results/NAME.json, .md)")
+    parser.add_argument("--write", action="store_true", help="make the chosen alpha the bundle's default")
     args = parser.parse_args()
 
     from keras_attn.runtime import Translator
 
-    sources, refs = read_test_set(os.path.join(args.data_dir, "val.de.gz"), os.path.join(args.data_dir, "val.en.gz"))
+    val_src = os.path.join(args.data_dir, "val.de.gz")
+    sources, refs = read_test_set(val_src, os.path.join(args.data_dir, "val.en.gz"))
     translator = Translator.load(args.bundle)
     greedy = {"search": "greedy", "alpha": "-", "val BLEU": score(translator.translate(sources), refs)["bleu"]}
     beams = tune_alpha(translator, sources, refs, args.beam, args.alphas, progress=lambda row: print(row, flush=True))
     rows = [greedy] + [{"search": f"beam {args.beam}", "alpha": row["alpha"], "val BLEU": row["bleu"]} for row in beams]
-    write_results(args.name, rows, {"chosen alpha": best_row(beams)["alpha"],
-                                    "set": f"Multi30k val ({len(sources):,} sentences)"})
+    best = best_row(beams)
+    write_results(args.name, rows, {"chosen alpha": best["alpha"], "set": f"Multi30k val ({len(sources):,} sentences)"})
+    if args.write:
+        path = write_bundle_alpha(args.bundle, best["alpha"], {"src": val_src, "beam": args.beam, "bleu": best["bleu"]})
+        print(f"the bundle's default alpha is now {best['alpha']} ({path})")
 
 
 if __name__ == "__main__":

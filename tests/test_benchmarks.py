@@ -137,6 +137,73 @@ def test_ngram_blocking_without_blocking_is_the_exported_greedy(dates_run, dates
     assert result["rows"][0]["val BLEU"] == pytest.approx(report["bleu"], abs=0.005)
 
 
+def score_run(args: list, tmp_path: Path, data: Path) -> subprocess.CompletedProcess:
+    """`benchmarks/score_run.sh ARGS` run in `tmp_path` (its bundle goes to
+    tmp_path/exported), results under tmp_path/results, data from `data`."""
+    env = {**os.environ, "PYTHON": sys.executable, "DATA_DIR": str(data),
+           "KERAS_ATTN_RESULTS": str(tmp_path / "results"), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run(["bash", str(ROOT / "benchmarks" / "score_run.sh"), *map(str, args)], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_score_run_scores_a_run_as_the_results_were_scored(dates_run, dates_bundle, dates_as_multi30k, tmp_path,
+                                                           monkeypatch):
+    """`score_run.sh` on the dates run: exported again (the same greedy test2016 BLEU as
+    the session's bundle of that run), alpha chosen on validation and stored in the
+    bundle, test2016 scored four ways at that alpha, and the paired bootstrap against a
+    saved baseline giving the validation BLEU `tune_beam.py` measured."""
+    import common
+    import significance
+
+    from pipelines.evaluate import evaluate
+
+    results = tmp_path / "results"
+    monkeypatch.setattr(common, "RESULTS", results)
+    val_refs = gzip.open(dates_as_multi30k / "val.en.gz", "rt", encoding="utf-8").read().splitlines()
+    for search in significance.SEARCHES:  # a saved baseline: the references themselves
+        significance.save_hypotheses("val", "the references", search, val_refs)
+    done = score_run([dates_run[0], "dates", "dates again", "the references"], tmp_path, dates_as_multi30k)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    tuned = json.loads((results / "multi30k_dates_tune_beam.json").read_text())
+    config = json.loads((tmp_path / "exported" / "dates" / "config.json").read_text())
+    alpha = tuned["notes"]["chosen alpha"]
+    assert config["alpha"] == alpha and config["alpha_tuned_on"]["src"].endswith("val.de.gz")
+    beams = [row for row in tuned["rows"] if row["search"] == "beam 5"]
+    assert max(row["val BLEU"] for row in beams) == next(row["val BLEU"] for row in beams if row["alpha"] == alpha)
+
+    scored = {(beam, precision): json.loads((results / f"evaluate_test2016_datesrun_beam{beam}_{precision}.json")
+                                            .read_text()) for beam in (1, 5) for precision in ("fp32", "int8")}
+    assert [(r["beam"], r["runtime"]) for r in scored.values()] == [(1, "onnx"), (1, "onnx-int8"), (5, "onnx"),
+                                                                    (5, "onnx-int8")]
+    assert scored[(5, "fp32")]["alpha"] == scored[(5, "int8")]["alpha"] == alpha
+    report, _ = evaluate(dates_bundle, dates_as_multi30k / "test_2016_flickr.de.gz",
+                         dates_as_multi30k / "test_2016_flickr.en.gz")
+    assert scored[(1, "fp32")]["bleu"] == report["bleu"]
+
+    rows = json.loads((results / "significance_dates_val.json").read_text())["rows"]
+    assert [row["system"] for row in rows] == ["the references", "dates again"] * 2
+    assert float(rows[0]["BLEU"]) == 100 and float(rows[1]["BLEU"]) == tuned["rows"][0]["val BLEU"]
+    assert (results / "hypotheses" / "val" / "dates_again.beam5.txt").is_file()
+    assert (results / "multi30k_dates_history.csv").read_bytes() == (dates_run[0] / "history.csv").read_bytes()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["RUN", "dates", "dates again"], "expected RUN NAME LABEL BASELINE [BASELINE ...], got 3 argument(s)"),
+    (["{run}", "dates", "dates again", "no such system"], "BASELINE no such system: no saved outputs"),
+    (["{data}", "dates", "dates again", "x"], "no {data}/history.csv"),
+])
+def test_score_run_refuses_bad_arguments_before_writing(args, message, dates_as_multi30k, tmp_path):
+    """A wrong call stops with status 2 and says why, before exporting or writing results."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "history.csv").write_text("epoch,loss\n")
+    fill = {"run": run, "data": dates_as_multi30k}
+    done = score_run([arg.format(**fill) for arg in args], tmp_path, dates_as_multi30k)
+    assert done.returncode == 2 and message.format(**fill) in done.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["run"]
+
+
 def test_the_committed_experiments_table_is_what_the_result_files_say(tmp_path):
     """`experiments.py` run again over a copy of `benchmarks/results/` gives the committed table."""
     import shutil

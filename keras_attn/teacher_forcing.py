@@ -120,7 +120,7 @@ def _backward(saved, d_attentional, d_weights, h0, c0, kernels, keys, memory, co
     if d_weights is None:
         d_weights = tf.zeros_like(saved["weights"])
     dh0, dc0, d_gates, d_tanh, d_energy, d_context = _backward_loop(
-        saved, d_attentional, d_weights, h0, c0, kernels, keys, memory, combine_kernel, keep)
+        saved, d_attentional, d_weights, h0, c0, kernels, keys, memory, memory_dim, combine_kernel, keep)
     # Everything below is one matmul (or sum) over all steps.
     d_kernels = [flat_matmul(z, g) for z, g in zip(saved["z"], d_gates, strict=True)]
     d_biases = [tf.reduce_sum(g, [0, 1]) for g in d_gates[1:]]
@@ -134,12 +134,13 @@ def _backward(saved, d_attentional, d_weights, h0, c0, kernels, keys, memory, co
             d_combine_kernel, d_combine_bias, *dh0, *dc0, *d_kernels, *d_biases)
 
 
-def _backward_loop(saved, d_attentional, d_weights, h0, c0, kernels, keys, memory, combine_kernel, keep):
+def _backward_loop(saved, d_attentional, d_weights, h0, c0, kernels, keys, memory, memory_dim, combine_kernel,
+                   keep):
     """The sequential part of the backward pass, last step first: returns the initial
     states' gradients `dh0, dc0` (lists per layer) and every step's gate (list per
-    layer), tanh, energy and context gradients, each `(tgt_len, batch, ...)`."""
-    layers, dtype = len(kernels), saved["pre"].dtype
-    length, memory_dim = tf.shape(saved["pre"])[0], tf.shape(memory)[-1]
+    layer), tanh, energy and context gradients, each `(tgt_len, batch, ...)`.
+    `memory_dim`: the width of `memory`, where `combined` splits into context and h."""
+    layers, dtype, length = len(kernels), saved["pre"].dtype, tf.shape(saved["pre"])[0]
     reads = {name: unstack(saved[name]) for name in ("weights", "pre")}
     act_ta = [unstack(a) for a in saved["act"]]
     c_ta = [unstack(c) for c in saved["c"]]

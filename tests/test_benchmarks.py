@@ -155,11 +155,12 @@ def test_score_run_scores_a_run_as_the_results_were_scored(dates_run, dates_bund
     import common
     import significance
 
+    from pipelines.corpus import read_lines
     from pipelines.evaluate import evaluate
 
     results = tmp_path / "results"
     monkeypatch.setattr(common, "RESULTS", results)
-    val_refs = gzip.open(dates_as_multi30k / "val.en.gz", "rt", encoding="utf-8").read().splitlines()
+    val_refs = read_lines(dates_as_multi30k / "val.en.gz")
     for search in significance.SEARCHES:  # a saved baseline: the references themselves
         significance.save_hypotheses("val", "the references", search, val_refs)
     done = score_run([dates_run[0], "dates", "dates again", "the references"], tmp_path, dates_as_multi30k)

@@ -41,7 +41,7 @@ def main():
     best = best_row(beams)
     write_results(args.name, rows, {"chosen alpha": best["alpha"], "set": f"Multi30k val ({len(sources):,} sentences)"})
     if args.write:
-        path = write_bundle_alpha(args.bundle, best["alpha"], {"src": val_src, "beam": args.beam, "bleu": best["bleu"]})
+        path = write_bundle_alpha(args.bundle, best, val_src, args.beam)
         print(f"the bundle's default alpha is now {best['alpha']} ({path})")
 
 

@@ -150,12 +150,14 @@ def best_row(rows: list[dict]) -> dict:
     return max(rows, key=lambda row: row["bleu"])
 
 
-def write_bundle_alpha(bundle, alpha: float, tuned_on: dict) -> Path:
-    """Make `alpha` the bundle's default length penalty (`config.json`, rewritten whole),
-    with where it was chosen (`alpha_tuned_on`)."""
+def write_bundle_alpha(bundle, best: dict, src, beam: int) -> Path:
+    """Make `best`'s alpha (a `tune_alpha` row) the bundle's default length penalty
+    (`config.json`, rewritten whole), with where it was chosen (`alpha_tuned_on`: the
+    sources `src`, the beam size and the BLEU it scored)."""
     path = Path(bundle) / "config.json"
     config = json.loads(path.read_text(encoding="utf-8"))
-    config["alpha"], config["alpha_tuned_on"] = alpha, tuned_on
+    config["alpha"] = best["alpha"]
+    config["alpha_tuned_on"] = {"src": str(src), "beam": beam, "bleu": best["bleu"]}
     atomic_write(path, json.dumps(config, indent=2) + "\n")
     return path
 
@@ -180,6 +182,5 @@ def tune_alpha_command(args):
     if args.json:
         atomic_write(args.json, json.dumps(report, indent=2) + "\n")
     if args.write:
-        path = write_bundle_alpha(args.bundle, best["alpha"], {"src": str(args.src), "beam": args.beam,
-                                                               "bleu": best["bleu"]})
+        path = write_bundle_alpha(args.bundle, best, args.src, args.beam)
         print(f"the bundle's default alpha is now {best['alpha']} ({path})")

@@ -32,7 +32,8 @@ run=$1 name=$2 label=$3
 shift 3
 here=$(cd "$(dirname "$0")" && pwd)
 data=${DATA_DIR:-$(dirname "$(dirname "$here")")/shared/data/multi30k}
-results=${KERAS_ATTN_RESULTS:-$here/results}
+export KERAS_ATTN_RESULTS=${KERAS_ATTN_RESULTS:-$here/results}  # the Python scripts' results folder too
+results=$KERAS_ATTN_RESULTS
 python=${PYTHON:-python}
 bundle=exported/$name
 for path in "$run/history.csv" "$data/val.de.gz" "$data/test_2016_flickr.de.gz"; do
@@ -55,12 +56,12 @@ set -x
 keras_attn export "$run" --out "$bundle" --quantize int8
 mkdir -p "$results"
 cp "$run/history.csv" "$results/multi30k_${name}_history.csv"
-KERAS_ATTN_RESULTS=$results "$python" "$here/tune_beam.py" --bundle "$bundle" --data-dir "$data" \
+"$python" "$here/tune_beam.py" --bundle "$bundle" --data-dir "$data" \
     --name "multi30k_${name}_tune_beam" --write
 alpha=$("$python" -c 'import json, sys; print(json.load(open(sys.argv[1]))["alpha"])' "$bundle/config.json")
 for beam in 1 5; do
   test2016 "$beam" fp32
   test2016 "$beam" int8 --int8
 done
-KERAS_ATTN_RESULTS=$results "$python" "$here/significance.py" --split val --data-dir "$data" "${baselines[@]}" \
+"$python" "$here/significance.py" --split val --data-dir "$data" "${baselines[@]}" \
     --system "$label=$bundle:$alpha" --name "significance_${name}_val"

@@ -295,8 +295,11 @@ def test_sigterm_stops_the_workers_and_the_same_command_resumes(tmp_path):
     out, root = tmp_path / "run", Path(__file__).resolve().parents[1]
     argv = train_on_two_workers(out, pairs=3000, epochs=4)
     workers, deadline = start_workers(argv, root), time.monotonic() + 240
-    while not read_history(out / "history.csv") and time.monotonic() < deadline and workers[0].poll() is None:
-        time.sleep(0.2)
+    # Both workers' first rows: worker 1 ends an epoch a little after the chief, and a
+    # kill between its backup and its row would (as documented) leave its row missing.
+    logged = [out / "history.csv", out / "worker_1" / "history.csv"]
+    while not all(map(read_history, logged)) and time.monotonic() < deadline and workers[0].poll() is None:
+        time.sleep(0.05)
     for worker in workers:  # during the second epoch (~1 s at 3,000 pairs)
         worker.send_signal(signal.SIGTERM)
     for worker in workers:

@@ -433,11 +433,22 @@ def test_bundle_errors_are_clear(dates_bundle, tmp_path):
         Translator.load(tmp_path / "nothing")
 
 
-def test_a_bundle_of_another_format_is_refused(dates_bundle, tmp_path):
+def test_a_bundle_of_another_format_or_a_bad_config_is_refused(dates_bundle, tmp_path):
     bundle = copy_bundle(dates_bundle, tmp_path)
     config = json.loads((bundle / "config.json").read_text())
     (bundle / "config.json").write_text(json.dumps({**config, "format": 1}))
     with pytest.raises(BundleError, match="config.json: bundle format 1, this runtime reads format 2"):
+        Translator.load(bundle)
+    tokenizers = {**config["tokenizers"], "tgt": {**config["tokenizers"]["tgt"], "vocab_size": 7}}
+    (bundle / "config.json").write_text(json.dumps({**config, "tokenizers": tokenizers}))
+    with pytest.raises(BundleError, match="tgt.spm.model vocabulary does not match config.json"):
+        Translator.load(bundle)
+    (bundle / "config.json").write_text(json.dumps(config))
+    (bundle / "model.int8.onnx").unlink()
+    with pytest.raises(BundleError, match="missing model.int8.onnx .export with --quantize int8."):
+        Translator.load(bundle, int8=True)
+    (bundle / "config.json").write_bytes(b'{"format": 2,')
+    with pytest.raises(BundleError, match="config.json: not valid JSON"):
         Translator.load(bundle)
 
 

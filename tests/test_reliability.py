@@ -54,7 +54,7 @@ def test_long_line_alone_is_truncated_not_an_error(translator):
         assert len(translator.translate(["7 " * 5000])) == 1
 
 
-@pytest.mark.parametrize("beam,max_len", [(0, None), (-1, None), (1.5, None), (1, 0)])
+@pytest.mark.parametrize("beam,max_len", [(0, None), (-1, None), (1.5, None), (True, None), (1, 0), (1, True)])
 def test_bad_beam_or_max_len_raise_value_errors(translator, beam, max_len):
     with pytest.raises(ValueError, match="must be a positive integer"):
         translator.translate(["25 June 2009"], beam=beam, max_len=max_len)

@@ -47,6 +47,62 @@ class Translation:
     n_best: list[tuple[str, float]] = dataclasses.field(default_factory=list)  # (text, log-prob), best first
 
 
+def read_bundle_config(bundle: Path) -> dict:
+    """The bundle's `config.json`, after checking the folder has every required file and
+    the format is the one this runtime reads."""
+    if not bundle.is_dir():
+        raise BundleError(f"{bundle}: export bundle folder not found")
+    for name in REQUIRED_FILES:
+        if not (bundle / name).is_file():
+            raise BundleError(f"{bundle}: missing {name} (not a complete keras-attn export bundle)")
+    try:
+        config = json.loads((bundle / "config.json").read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise BundleError(f"{bundle / 'config.json'}: not valid JSON ({error})") from None
+    if config.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{bundle / 'config.json'}: bundle format {config.get('format')!r}, "
+                          f"this runtime reads format {BUNDLE_FORMAT} (re-export it with `keras-attn export`)")
+    return config
+
+
+def load_tokenizers(bundle: Path, config: dict) -> tuple:
+    """The source and target SentencePiece processors, checked against `config.json`
+    (hash and vocabulary size)."""
+    import sentencepiece as spm
+
+    processors = []
+    for side in ("src", "tgt"):
+        path = bundle / f"{side}.spm.model"
+        if sha256(path) != config["tokenizers"][side]["sha256"]:
+            raise BundleError(f"{path}: does not match config.json (the tokenizer is from another "
+                              "model; re-export the bundle)")
+        sp = spm.SentencePieceProcessor(model_file=str(path))
+        if sp.get_piece_size() != config["tokenizers"][side]["vocab_size"]:
+            raise BundleError(f"{bundle}: {side}.spm.model vocabulary does not match config.json")
+        processors.append(sp)
+    return tuple(processors)
+
+
+def open_graphs(bundle: Path, config: dict, int8: bool, threads: int) -> tuple[dict, dict]:
+    """onnxruntime sessions on `threads` cores for the greedy and the beam graph (fp32,
+    or int8), and their paths, each file checked against `config.json` first."""
+    graphs = {"greedy": "model.onnx", "beam": "model_beam.onnx"}
+    if int8:
+        graphs = {k: v.replace(".onnx", ".int8.onnx") for k, v in graphs.items()}
+    check_weights(bundle, config, f"weights{'.int8' if int8 else ''}.bin")
+    sessions, paths = {}, {}
+    for kind, name in graphs.items():
+        path = paths[kind] = bundle / name
+        if not path.is_file():
+            raise BundleError(f"{bundle}: missing {name}" + (" (export with --quantize int8)" if int8 else ""))
+        check_checksum(path, config["graphs"].get(name, {}).get("sha256"))
+        try:
+            sessions[kind] = open_session(path, threads)
+        except Exception as error:  # onnxruntime raises its own exception types
+            raise BundleError(f"{path}: onnxruntime cannot load it: {error}") from None
+    return sessions, paths
+
+
 def check_weights(bundle: Path, config: dict, name: str) -> None:
     """The graphs' external weights file `name`, when the bundle has one (exports since
     2026-11-27 evening): present and unchanged."""
@@ -157,45 +213,10 @@ class Translator:
     # ---------------------------------------------------------------- loading
     @classmethod
     def load(cls, bundle: str | Path, int8: bool = False, threads: int | None = None) -> Translator:
-        import sentencepiece as spm
-
-        bundle = Path(bundle)
-        if not bundle.is_dir():
-            raise BundleError(f"{bundle}: export bundle folder not found")
-        for name in REQUIRED_FILES:
-            if not (bundle / name).is_file():
-                raise BundleError(f"{bundle}: missing {name} (not a complete keras-attn export bundle)")
-        try:
-            config = json.loads((bundle / "config.json").read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise BundleError(f"{bundle / 'config.json'}: not valid JSON ({error})") from None
-        if config.get("format") != BUNDLE_FORMAT:
-            raise BundleError(f"{bundle / 'config.json'}: bundle format {config.get('format')!r}, "
-                              f"this runtime reads format {BUNDLE_FORMAT} (re-export it with `keras-attn export`)")
-        for side in ("src", "tgt"):
-            path = bundle / f"{side}.spm.model"
-            if sha256(path) != config["tokenizers"][side]["sha256"]:
-                raise BundleError(f"{path}: does not match config.json (the tokenizer is from another "
-                                  "model; re-export the bundle)")
-        src_sp = spm.SentencePieceProcessor(model_file=str(bundle / "src.spm.model"))
-        tgt_sp = spm.SentencePieceProcessor(model_file=str(bundle / "tgt.spm.model"))
-        for side, sp in (("src", src_sp), ("tgt", tgt_sp)):
-            if sp.get_piece_size() != config["tokenizers"][side]["vocab_size"]:
-                raise BundleError(f"{bundle}: {side}.spm.model vocabulary does not match config.json")
-        graphs = {"greedy": "model.onnx", "beam": "model_beam.onnx"}
-        if int8:
-            graphs = {k: v.replace(".onnx", ".int8.onnx") for k, v in graphs.items()}
-        check_weights(bundle, config, f"weights{'.int8' if int8 else ''}.bin")
-        sessions, paths, threads = {}, {}, thread_count(threads)
-        for kind, name in graphs.items():
-            path = paths[kind] = bundle / name
-            if not path.is_file():
-                raise BundleError(f"{bundle}: missing {name}" + (" (export with --quantize int8)" if int8 else ""))
-            check_checksum(path, config["graphs"].get(name, {}).get("sha256"))
-            try:
-                sessions[kind] = open_session(path, threads)
-            except Exception as error:  # onnxruntime raises its own exception types
-                raise BundleError(f"{path}: onnxruntime cannot load it: {error}") from None
+        bundle, threads = Path(bundle), thread_count(threads)
+        config = read_bundle_config(bundle)
+        src_sp, tgt_sp = load_tokenizers(bundle, config)
+        sessions, paths = open_graphs(bundle, config, int8, threads)
         return cls(bundle, config, src_sp, tgt_sp, sessions, paths, threads)
 
     # ------------------------------------------------------------ translating
@@ -223,9 +244,9 @@ class Translator:
         return dict(zip(names, session.run(names, feeds), strict=True))
 
     def _check(self, beam, max_len, alpha=None):
-        if not isinstance(beam, int) or beam < 1:
+        if not positive_int(beam):
             raise ValueError(f"beam must be a positive integer, got {beam!r}")
-        if max_len is not None and (not isinstance(max_len, int) or max_len < 1):
+        if max_len is not None and not positive_int(max_len):
             raise ValueError(f"max_len must be a positive integer, got {max_len!r}")
         if alpha is not None and not (isinstance(alpha, numbers.Real) and 0 <= alpha < float("inf")):
             raise ValueError(f"alpha must be a number >= 0, got {alpha!r}")
@@ -249,7 +270,7 @@ class Translator:
         ranked by log-probability over the length penalty `alpha` (default: the
         bundle's). `n` = 1 with `beam` = 1 is greedy. An empty line gives `n` times ("", 0.0)."""
         beam = n if beam is None else beam
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        if not positive_int(n):
             raise ValueError(f"n must be a positive integer, got {n!r}")
         self._check(beam, max_len)
         if beam < n:
@@ -326,6 +347,11 @@ def encode_sources(sentences: list[str], src_sp, limit: int, stacklevel: int = 2
                    f"(positions {shown} in the list, from 0)")
         warnings.warn(TruncationWarning(message, long), stacklevel=stacklevel)
     return [e[:limit] for e in encoded]
+
+
+def positive_int(value) -> bool:
+    """`value` is an int >= 1 (a bool is not: `beam=True` is a mistake, not beam 1)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def clean(sentence) -> str:

@@ -103,6 +103,10 @@ RUNS = [
      "seed 0, not interrupted, on another CPU (the Intel VM of 2026-12-05, with AMX): run-to-run variance "
      "across machines", "multi30k_bt256xeon_tune_beam", "evaluate_test2016_bt256xeonrun_",
      "multi30k_bt256xeon_history.csv"),
+    ("256-token batches, stage 1 only, eighth run", "the seventh run again on the code of 2026-12-06 (06d2cfe, "
+     "after the refactors of train, export, search and the backward loop), seed 0, same VM class: the same "
+     "losses and validation BLEU at every epoch", "multi30k_bt256e8_tune_beam", "evaluate_test2016_bt256e8run_",
+     "multi30k_bt256e8_history.csv"),
     ("1,024-token batches, Adam 2e-3, stage 1 only", "the recipe's command with `--batch-tokens 1024 --lr 0.002`, "
      "no stage 2, on the Intel VM (2026-12-05); compare with the 1,024-token stage 1 alone (Adam 1e-3, AMD VM)",
      "multi30k_bt1k_lr2_xeon_tune_beam", "evaluate_test2016_bt1klr2xeonrun_", "multi30k_bt1k_lr2_xeon_history.csv"),

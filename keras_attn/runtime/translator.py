@@ -244,9 +244,9 @@ class Translator:
         return dict(zip(names, session.run(names, feeds), strict=True))
 
     def _check(self, beam, max_len, alpha=None):
-        if not positive_int(beam):
+        if not is_positive_int(beam):
             raise ValueError(f"beam must be a positive integer, got {beam!r}")
-        if max_len is not None and not positive_int(max_len):
+        if max_len is not None and not is_positive_int(max_len):
             raise ValueError(f"max_len must be a positive integer, got {max_len!r}")
         if alpha is not None and not (isinstance(alpha, numbers.Real) and 0 <= alpha < float("inf")):
             raise ValueError(f"alpha must be a number >= 0, got {alpha!r}")
@@ -270,7 +270,7 @@ class Translator:
         ranked by log-probability over the length penalty `alpha` (default: the
         bundle's). `n` = 1 with `beam` = 1 is greedy. An empty line gives `n` times ("", 0.0)."""
         beam = n if beam is None else beam
-        if not positive_int(n):
+        if not is_positive_int(n):
             raise ValueError(f"n must be a positive integer, got {n!r}")
         self._check(beam, max_len)
         if beam < n:
@@ -349,7 +349,7 @@ def encode_sources(sentences: list[str], src_sp, limit: int, stacklevel: int = 2
     return [e[:limit] for e in encoded]
 
 
-def positive_int(value) -> bool:
+def is_positive_int(value) -> bool:
     """`value` is an int >= 1 (a bool is not: `beam=True` is a mistake, not beam 1)."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 

@@ -60,6 +60,12 @@ def test_bad_beam_or_max_len_raise_value_errors(translator, beam, max_len):
         translator.translate(["25 June 2009"], beam=beam, max_len=max_len)
 
 
+@pytest.mark.parametrize("batch_size", [0, -1, 2.5, True])
+def test_bad_batch_size_raises_a_value_error(translator, batch_size):  # -1 gave empty translations
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        translator.translate(["25 June 2009", "1 May 1999"], batch_size=batch_size)
+
+
 @pytest.mark.parametrize("alpha", [-0.5, float("nan"), float("inf"), "0.6"])
 def test_bad_alpha_raises_a_value_error(translator, alpha):
     with pytest.raises(ValueError, match="alpha must be a number >= 0"):

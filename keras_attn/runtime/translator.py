@@ -148,6 +148,8 @@ def strip_special(ids, eos_id=3, pad_id=0) -> list[int]:
 
 def length_sorted_batches(lengths: list[int], batch_size: int) -> list[np.ndarray]:
     """Index batches of similar length (less padding); callers restore the order."""
+    if not is_positive_int(batch_size):  # a negative step would give no batches, so no outputs
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     order = np.argsort(lengths, kind="stable")
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 

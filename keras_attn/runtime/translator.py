@@ -86,10 +86,9 @@ def load_tokenizers(bundle: Path, config: dict) -> tuple:
 def open_graphs(bundle: Path, config: dict, int8: bool, threads: int) -> tuple[dict, dict]:
     """onnxruntime sessions on `threads` cores for the greedy and the beam graph (fp32,
     or int8), and their paths, each file checked against `config.json` first."""
-    graphs = {"greedy": "model.onnx", "beam": "model_beam.onnx"}
-    if int8:
-        graphs = {k: v.replace(".onnx", ".int8.onnx") for k, v in graphs.items()}
-    check_weights(bundle, config, f"weights{'.int8' if int8 else ''}.bin")
+    precision = ".int8" if int8 else ""  # the file names' infix: model.int8.onnx, weights.int8.bin
+    graphs = {"greedy": f"model{precision}.onnx", "beam": f"model_beam{precision}.onnx"}
+    check_weights(bundle, config, f"weights{precision}.bin")
     sessions, paths = {}, {}
     for kind, name in graphs.items():
         path = paths[kind] = bundle / name

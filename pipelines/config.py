@@ -11,6 +11,7 @@ those checks too, before any data is read, and names the flag in their errors.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from pathlib import Path
 
@@ -209,8 +210,9 @@ def integer_kind(minimum: int) -> str:
 
 def typed(field: dataclasses.Field, value):
     """`value` as `field` takes it, or a ValueError saying what it takes: booleans are
-    true/false, integers whole numbers from the field's minimum, floats any number (a
-    string such as "1e-3", which YAML 1.1 reads as text, is read as the number), strings
+    true/false, integers whole numbers from the field's minimum, floats any finite number
+    (a string such as "1e-3", which YAML 1.1 reads as text, is read as the number; NaN
+    and infinity, which would train to NaN or never clip, are refused), strings
     one of the field's choices when it has them; None only where the default is None."""
     kind, meta = str(field.type), field.metadata
     if value is None and "None" in kind:
@@ -230,6 +232,8 @@ def typed(field: dataclasses.Field, value):
         if not isinstance(value, int | float) or isinstance(value, bool):
             raise ValueError(f"expected a number, got {value!r}")
         value = float(value)
+        if not math.isfinite(value):
+            raise ValueError(f"expected a finite number, got {value!r}")
     elif not isinstance(value, str):
         raise ValueError(f"expected text, got {value!r} (in YAML, put it in quotes)")
     elif meta["choices"] and value not in meta["choices"]:

@@ -17,6 +17,9 @@ from pipelines.train import run
     ("average-last: -1", "c.yaml:3: average-last: expected a non-negative integer, got -1"),
     ("bidirectional: maybe", "c.yaml:3: bidirectional: expected true or false, got 'maybe'"),
     ("dropout: [0.1]", "c.yaml:3: dropout: expected a number, got [0.1]"),
+    ("lr: .nan", "c.yaml:3: lr: expected a finite number, got nan"),
+    ("clipnorm: .inf", "c.yaml:3: clipnorm: expected a finite number, got inf"),
+    ('min-lr: "-inf"', "c.yaml:3: min-lr: expected a finite number, got -inf"),
     ("src_lang: no", "c.yaml:3: src_lang: expected text, got False (in YAML, put it in quotes)"),
     ("attention: bahdanau", "c.yaml:3: attention: expected one of general, dot, concat, got 'bahdanau'"),
     ("hidden: 5", "c.yaml:3: unknown key 'hidden'"),
@@ -53,6 +56,7 @@ def test_config_files_take_the_values_flags_take(tmp_path):
     ({"monitor": "val_bleu"}, "--monitor val_bleu needs --val-bleu true"),
     ({"monitor": "bleu", "val_bleu": True}, "--monitor: expected one of val_loss, val_bleu, got 'bleu'"),
     ({"epochs": "3"}, "--epochs: expected a positive integer, got '3'"),
+    ({"lr": "nan"}, "--lr: expected a finite number, got nan"),  # what the flag --lr nan gives
     # the model's and the batching's own checks, with the flag's name
     ({"dropout": 1.5}, r"--dropout must be in \[0, 1\), got 1.5"),
     ({"word_dropout": -0.1}, r"--word-dropout must be in \[0, 1\)"),

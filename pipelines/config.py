@@ -210,10 +210,9 @@ def integer_kind(minimum: int) -> str:
 
 def typed(field: dataclasses.Field, value):
     """`value` as `field` takes it, or a ValueError saying what it takes: booleans are
-    true/false, integers whole numbers from the field's minimum, floats any finite number
-    (a string such as "1e-3", which YAML 1.1 reads as text, is read as the number; NaN
-    and infinity, which would train to NaN or never clip, are refused), strings
-    one of the field's choices when it has them; None only where the default is None."""
+    true/false, integers whole numbers from the field's minimum, floats finite numbers
+    (`finite_number`), strings one of the field's choices when it has them; None only
+    where the default is None."""
     kind, meta = str(field.type), field.metadata
     if value is None and "None" in kind:
         return None
@@ -224,18 +223,29 @@ def typed(field: dataclasses.Field, value):
         if not isinstance(value, int) or isinstance(value, bool) or value < meta["minimum"]:
             raise ValueError(f"expected {integer_kind(meta['minimum'])}, got {value!r}")
     elif "float" in kind:
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                raise ValueError(f"expected a number, got {value!r}") from None
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            raise ValueError(f"expected a number, got {value!r}")
-        value = float(value)
-        if not math.isfinite(value):
-            raise ValueError(f"expected a finite number, got {value!r}")
+        value = finite_number(value)
     elif not isinstance(value, str):
         raise ValueError(f"expected text, got {value!r} (in YAML, put it in quotes)")
     elif meta["choices"] and value not in meta["choices"]:
         raise ValueError(f"expected one of {', '.join(meta['choices'])}, got {value!r}")
     return value
+
+
+def finite_number(value) -> float:
+    """`value` as a float. A string such as "1e-3", which YAML 1.1 reads as text, is read
+    as the number; NaN and infinity are refused (a NaN passes every range check after
+    this one, and `--lr nan` would train to NaN)."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise ValueError(f"expected a number, got {value!r}") from None
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise ValueError(f"expected a number, got {value!r}")
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond a float's range
+        number = math.inf
+    if not math.isfinite(number):
+        raise ValueError(f"expected a finite number, got {value!r}")
+    return number

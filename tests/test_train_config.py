@@ -20,6 +20,7 @@ from pipelines.train import run
     ("lr: .nan", "c.yaml:3: lr: expected a finite number, got nan"),
     ("clipnorm: .inf", "c.yaml:3: clipnorm: expected a finite number, got inf"),
     ('min-lr: "-inf"', "c.yaml:3: min-lr: expected a finite number, got -inf"),
+    (f"lr: {10**400}", f"c.yaml:3: lr: expected a finite number, got {10**400}"),
     ("src_lang: no", "c.yaml:3: src_lang: expected text, got False (in YAML, put it in quotes)"),
     ("attention: bahdanau", "c.yaml:3: attention: expected one of general, dot, concat, got 'bahdanau'"),
     ("hidden: 5", "c.yaml:3: unknown key 'hidden'"),

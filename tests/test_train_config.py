@@ -57,7 +57,8 @@ def test_config_files_take_the_values_flags_take(tmp_path):
     ({"monitor": "val_bleu"}, "--monitor val_bleu needs --val-bleu true"),
     ({"monitor": "bleu", "val_bleu": True}, "--monitor: expected one of val_loss, val_bleu, got 'bleu'"),
     ({"epochs": "3"}, "--epochs: expected a positive integer, got '3'"),
-    ({"lr": "nan"}, "--lr: expected a finite number, got nan"),  # what the flag --lr nan gives
+    ({"lr": float("nan")}, "--lr: expected a finite number, got nan"),  # --lr nan (argparse's float)
+    ({"clipnorm": "inf"}, "--clipnorm: expected a finite number, got inf"),  # a number given as text
     # the model's and the batching's own checks, with the flag's name
     ({"dropout": 1.5}, r"--dropout must be in \[0, 1\), got 1.5"),
     ({"word_dropout": -0.1}, r"--word-dropout must be in \[0, 1\)"),

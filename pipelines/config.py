@@ -235,17 +235,14 @@ def finite_number(value) -> float:
     """`value` as a float. A string such as "1e-3", which YAML 1.1 reads as text, is read
     as the number; NaN and infinity are refused (a NaN passes every range check after
     this one, and `--lr nan` would train to NaN)."""
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            raise ValueError(f"expected a number, got {value!r}") from None
-    if not isinstance(value, int | float) or isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise ValueError(f"expected a number, got {value!r}")
     try:
-        number = float(value)
+        value = float(value)
+    except ValueError:  # text that is not a number
+        raise ValueError(f"expected a number, got {value!r}") from None
     except OverflowError:  # an integer beyond a float's range
-        number = math.inf
-    if not math.isfinite(number):
+        raise ValueError(f"expected a finite number, got {value!r}") from None
+    if not math.isfinite(value):
         raise ValueError(f"expected a finite number, got {value!r}")
-    return number
+    return value

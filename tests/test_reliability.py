@@ -54,10 +54,37 @@ def test_long_line_alone_is_truncated_not_an_error(translator):
         assert len(translator.translate(["7 " * 5000])) == 1
 
 
-@pytest.mark.parametrize("beam,max_len", [(0, None), (-1, None), (1.5, None), (True, None), (1, 0), (1, True)])
+@pytest.mark.parametrize("beam,max_len", [(0, None), (-1, None), (1.5, None), (True, None), (1, 0), (1, True),
+                                          (2**31, None), (1, 2**31), (1, 2**32 + 3)])
 def test_bad_beam_or_max_len_raise_value_errors(translator, beam, max_len):
+    # Beyond the graphs' int32 inputs: beam 2**31 raised numpy's OverflowError, max_len 2**32 + 3 wrapped to 3.
     with pytest.raises(ValueError, match="must be a positive integer"):
         translator.translate(["25 June 2009"], beam=beam, max_len=max_len)
+
+
+def test_largest_max_len_is_accepted(translator):
+    sources = ["25 June 2009", "Donnerstag, 25. Juni 2009"]
+    assert translator.translate(sources, max_len=2**31 - 1) == translator.translate(sources, max_len=50)
+
+
+@pytest.mark.parametrize("threads", [-1, 2.5, "2", True])
+def test_bad_thread_count_is_a_value_error(dates_bundle, threads):
+    # -1 loaded (onnxruntime took it); 2.5 and "2" were reported as a bundle onnxruntime cannot load.
+    with pytest.raises(ValueError, match="threads must be a positive integer"):
+        Translator.load(dates_bundle, threads=threads)
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "0", "1.5"])
+def test_bad_threads_variable_is_named(dates_bundle, monkeypatch, value):
+    monkeypatch.setenv("KERAS_ATTN_THREADS", value)
+    with pytest.raises(ValueError, match=f"KERAS_ATTN_THREADS must be a positive integer, got '{value}'"):
+        Translator.load(dates_bundle)
+
+
+def test_threads_variable_sets_the_sessions_threads(dates_bundle, monkeypatch):
+    monkeypatch.setenv("KERAS_ATTN_THREADS", " 1 ")
+    assert Translator.load(dates_bundle).threads == 1
+    assert Translator.load(dates_bundle, threads=2).threads == 2  # the argument comes first
 
 
 @pytest.mark.parametrize("batch_size", [0, -1, 2.5, True])

@@ -20,6 +20,7 @@ import numpy as np
 BUNDLE_FORMAT = 2  # 2: the graphs take one output cap per sentence
 REQUIRED_FILES = ("config.json", "model.onnx", "model_beam.onnx", "src.spm.model", "tgt.spm.model")
 N_BEST_OUTPUTS = ["n_best_ids", "n_best_log_probs"]  # the beam graph's, since 2026-11-27
+INT32_MAX = 2**31 - 1  # the largest beam_size or max_len the graphs' int32 inputs hold
 
 
 class BundleError(ValueError):
@@ -162,11 +163,21 @@ def decode_limit(src_lens, max_len: int, fixed: int | None = None) -> np.ndarray
 
 
 def thread_count(threads: int | None = None) -> int:
-    """Cores to use: `threads`, else $KERAS_ATTN_THREADS, else the cores this process may run on."""
-    if threads:
+    """Cores to use: `threads`, else $KERAS_ATTN_THREADS, else the cores this process may
+    run on (`threads` None or 0, as onnxruntime's 0, means the default)."""
+    if threads is not None and threads != 0:
+        if not is_positive_int(threads):  # onnxruntime took -1, and 2.5 failed as if the graph were damaged
+            raise ValueError(f"threads must be a positive integer (or None for the default), got {threads!r}")
         return threads
-    if os.environ.get("KERAS_ATTN_THREADS"):
-        return int(os.environ["KERAS_ATTN_THREADS"])
+    variable = os.environ.get("KERAS_ATTN_THREADS", "").strip()
+    if variable:
+        try:
+            count = int(variable)
+        except ValueError:
+            count = 0
+        if count < 1:
+            raise ValueError(f"KERAS_ATTN_THREADS must be a positive integer, got {variable!r}")
+        return count
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
@@ -245,10 +256,10 @@ class Translator:
         return dict(zip(names, session.run(names, feeds), strict=True))
 
     def _check(self, beam, max_len, alpha=None):
-        if not is_positive_int(beam):
-            raise ValueError(f"beam must be a positive integer, got {beam!r}")
-        if max_len is not None and not is_positive_int(max_len):
-            raise ValueError(f"max_len must be a positive integer, got {max_len!r}")
+        if not is_graph_count(beam):
+            raise ValueError(f"beam must be a positive integer up to {INT32_MAX}, got {beam!r}")
+        if max_len is not None and not is_graph_count(max_len):
+            raise ValueError(f"max_len must be a positive integer up to {INT32_MAX}, got {max_len!r}")
         if alpha is not None and not (isinstance(alpha, numbers.Real) and 0 <= alpha < float("inf")):
             raise ValueError(f"alpha must be a number >= 0, got {alpha!r}")
 
@@ -353,6 +364,12 @@ def encode_sources(sentences: list[str], src_sp, limit: int, stacklevel: int = 2
 def is_positive_int(value) -> bool:
     """`value` is an int >= 1 (a bool is not: `beam=True` is a mistake, not beam 1)."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def is_graph_count(value) -> bool:
+    """`value` can be the graphs' `beam_size` or a `max_len`: an int from 1 to `INT32_MAX`.
+    Both are int32 inputs, so a larger one would wrap (`max_len` 2**32 + 3 gave 3 tokens)."""
+    return is_positive_int(value) and value <= INT32_MAX
 
 
 def clean(sentence) -> str:

@@ -6,7 +6,7 @@ import json
 import time
 from pathlib import Path
 
-from pipelines.corpus import read_aligned
+from pipelines.corpus import CorpusError, read_aligned
 from pipelines.files import atomic_write
 
 
@@ -66,8 +66,12 @@ def check_runtime_options(bundle, config: dict, runtime: str, int8: bool, train_
 
 def read_test_set(src, ref) -> tuple[list[str], list[str]]:
     """Source lines and their references, every line kept (empty ones too), refused
-    unless aligned line for line."""
-    return read_aligned(src, ref, what="files")
+    unless aligned line for line and at least one line long (sacreBLEU's corpus score
+    of no sentences raises an IndexError)."""
+    sources, references = read_aligned(src, ref, what="files")
+    if not sources:
+        raise CorpusError(f"{src}: no lines to score (the file is empty)")
+    return sources, references
 
 
 def evaluate(bundle, src, ref, beam=1, runtime="onnx", int8=False, train_dir=None,

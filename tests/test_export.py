@@ -644,6 +644,11 @@ def test_evaluate_command_reports_bleu_chrf_and_speed(dates_bundle, held_out, tm
     ref.write_text("only one line\n")
     assert cli.main(["evaluate", str(dates_bundle), "--src", str(src), "--ref", str(ref)]) == 2
     assert f"misaligned files: {src} has 50 lines but {ref} has 1" in capsys.readouterr().err
+    src.write_text("")
+    ref.write_text("")
+    for command in ("evaluate", "tune-alpha"):  # an IndexError inside sacreBLEU before
+        assert cli.main([command, str(dates_bundle), "--src", str(src), "--ref", str(ref)]) == 2
+        assert f"{src}: no lines to score (the file is empty)" in capsys.readouterr().err
 
 
 def test_tune_alpha_scores_each_alpha_and_writes_the_best_into_the_bundle(dates_bundle, held_out, tmp_path,

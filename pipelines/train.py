@@ -47,6 +47,8 @@ def load_corpora(cfg: TrainConfig):
         train = train.head(cfg.limit_train)
     if len(train) == 0:
         raise ValueError(f"{train.name}: no training pairs left")
+    if len(valid) == 0:  # an empty --valid-tsv reached a TypeError inside the tokenizer op
+        raise ValueError(f"{valid.name}: no validation pairs (no line has both sides)")
     return train, valid, test
 
 
@@ -627,14 +629,19 @@ class TrainingData:
 
 
 def prepare_data(cfg: TrainConfig, out: Path, log) -> TrainingData:
-    """Load the corpora, train (or reuse) the tokenizers, build the pipelines."""
+    """Load the corpora, then (a new run) clear the previous run in `out`, train (or
+    reuse) the tokenizers, build the pipelines."""
     from pipelines.dataset import make_dataset
     from pipelines.tokenizer import load_processor
 
+    # Bad data stops the run here, before anything in `out` changes: a mistyped corpus
+    # path deleted the previous run's model.keras when this came after the clearing.
     train, valid, test = load_corpora(cfg)
     for corpus in (train, valid, test):
         if corpus is not None:
             log(f"[data] {corpus.describe()}")
+    if not resuming(out):
+        clear_previous_run(out, log)
     src_model, tgt_model = tokenizers(cfg, train, out)
     src_sp, tgt_sp = load_processor(src_model), load_processor(tgt_model)
     log(f"[tokenizer] sentencepiece vocab: source {src_sp.get_piece_size()}, target {tgt_sp.get_piece_size()}")
@@ -725,8 +732,6 @@ def run(cfg: TrainConfig) -> dict:
     keras.utils.set_random_seed(cfg.seed)
     keras.mixed_precision.set_global_policy(cfg.precision)
     log = print if cfg.verbose else (lambda *a, **k: None)
-    if not resuming(out):
-        clear_previous_run(out, log)
     data = prepare_data(cfg, out, log)
     model = prepare_model(cfg, data, out, strategy, log)
     history, train_seconds = fit_model(cfg, model, data, out, log)

@@ -23,6 +23,7 @@ from pipelines.train import (
     load_corpora,
     logged_epochs,
     model_config,
+    prepare_data,
     run,
     validation_measure,
 )
@@ -504,6 +505,21 @@ def test_multi30k_smoke_run_and_onnx_parity(multi30k_dir, tmp_path, capsys):
                                           inference.translate_ids(source, 40, beam, 0.6)["ids"].numpy())
 
 
+def test_a_new_run_replaces_the_previous_runs_results_once_its_data_loads(tmp_path):
+    """A new (not resumed) run in a used folder deletes the old checkpoint, history and
+    epoch weights (they would mix with its own), after its corpora load, not before."""
+    out = tmp_path / "run"
+    (out / "epochs").mkdir(parents=True)
+    stale = [out / "model.keras", out / "history.csv", out / "metrics.json", out / "epochs" / "epoch_001.weights.h5"]
+    for path in stale:
+        path.write_text("from the previous run")
+    lines = []
+    data = prepare_data(TrainConfig(out=str(out), dates_train_size=200, verbose=0), out, lines.append)
+    assert not any(path.exists() for path in stale) and len(data.train) > 0
+    assert (out / "src.spm.model").is_file() and (out / "tgt.spm.model").is_file()
+    assert any("holds a previous run" in line and "model.keras" in line for line in lines)
+
+
 @pytest.mark.parametrize("argv,message", [
     (["train", "--corpus", "files", "--train-src", "{d}/missing.de", "--train-tgt", "{d}/missing.en"],
      "missing.de: no such file"),
@@ -511,6 +527,8 @@ def test_multi30k_smoke_run_and_onnx_parity(multi30k_dir, tmp_path, capsys):
      "misaligned corpus"),
     (["train", "--corpus", "files", "--train-src", "{d}/bad.txt", "--train-tgt", "{d}/a.txt"],
      "bad.txt:2: invalid UTF-8"),
+    (["train", "--corpus", "files", "--train-src", "{d}/a.txt", "--train-tgt", "{d}/a.txt",
+      "--valid-src", "{d}/empty.txt", "--valid-tgt", "{d}/empty.txt"], "empty.txt: no validation pairs"),
     (["train", "--corpus", "nothing"], "--corpus: expected one of dates, multi30k, files, got 'nothing'"),
     (["train", "--lr-schedule", "linear"], "--lr-schedule: expected one of plateau, cosine, got 'linear'"),
     (["train", "--lr-factor", "2"], "--lr-factor must be in (0, 1), got 2.0"),
@@ -521,10 +539,16 @@ def test_cli_errors_are_one_line_with_status_2(tmp_path, capsys, argv, message):
     (tmp_path / "a.txt").write_text("eins\nzwei\ndrei\n")
     (tmp_path / "b.txt").write_text("one\ntwo\n")
     (tmp_path / "bad.txt").write_bytes(b"gut\nschlecht \xfe\nja\n")
-    status = cli.main([a.format(d=tmp_path) for a in argv])
+    (tmp_path / "empty.txt").write_text("")
+    previous = tmp_path / "run"  # a finished run's files, which a failed new run must not delete
+    previous.mkdir()
+    for name in ("model.keras", "history.csv", "metrics.json"):
+        (previous / name).write_text(name)
+    status = cli.main([a.format(d=tmp_path) for a in argv] + ["--out", str(previous)])
     err = capsys.readouterr().err
     assert status == 2
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in previous.iterdir()) == ["history.csv", "metrics.json", "model.keras"]
 
 
 @pytest.mark.parametrize("argv,message", [

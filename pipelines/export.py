@@ -205,10 +205,11 @@ def export(train_dir, out, beam: int = 5, alpha: float = 0.6, quantize: str | No
     from keras_attn.search import InferenceModel
 
     start = time.perf_counter()
+    out = Path(out)
+    check_output_folder(out)  # before the conversion's minutes, not at the final rename
     model, run_config, src_model, tgt_model = load_training_run(train_dir)
     inference = InferenceModel(model, fold_embeddings=True)
     max_len = max_len or int(run_config["train"].get("max_len", 100))
-    out = Path(out)
     staging = staging_dir(out)
     try:
         graphs, weights = write_graphs(staging, inference, model.encoder, opset, quantize, log)
@@ -227,6 +228,28 @@ def export(train_dir, out, beam: int = 5, alpha: float = 0.6, quantize: str | No
     log(f"[export] wrote {out}/ ({', '.join(sorted(p.name for p in out.iterdir()))}) "
         f"in {time.perf_counter() - start:.0f} s")
     return out
+
+
+def check_output_folder(out: Path) -> None:
+    """Refuse an `out` whose replacement would lose something. The export replaces the
+    folder whole (`replace_dir`), so it must be new, empty, or an export bundle (a
+    re-export): `--out .` or `--out` the training folder deleted what they held."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ValueError(f"{out}: is a file, not an export folder")
+    if any(out.iterdir()) and not is_export_bundle(out):
+        raise ValueError(f"{out}: holds files and is not an export bundle; the export replaces the "
+                         "whole folder, so choose a new folder (or an earlier export's)")
+
+
+def is_export_bundle(folder: Path) -> bool:
+    """`folder/config.json` is an export bundle's (a JSON object with a `format`, any format)."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # missing, unreadable, not UTF-8, not JSON
+        return False
+    return isinstance(config, dict) and "format" in config
 
 
 def staging_dir(out: Path) -> Path:

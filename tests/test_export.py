@@ -10,7 +10,7 @@ import pytest
 import sentencepiece as spm
 
 from keras_attn.runtime import BundleError, Translator, TruncationWarning
-from keras_attn.runtime.translator import N_BEST_OUTPUTS, pre_pad, sha256, strip_special
+from keras_attn.runtime.translator import BUNDLE_FORMAT, N_BEST_OUTPUTS, pre_pad, sha256, strip_special
 from keras_attn.saving import load_model
 from keras_attn.search import InferenceModel
 from pipelines import cli
@@ -472,6 +472,31 @@ def test_failed_export_leaves_nothing_behind(dates_run, tmp_path, monkeypatch):
     with pytest.raises(ExportError):
         export(dates_run[0], tmp_path / "out", log=lambda *a: None)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_export_replaces_only_an_empty_folder_or_an_earlier_bundle(dates_run, tmp_path, capsys):
+    """The export replaces its folder whole: a folder of other files (the training
+    folder, `.`) is refused, untouched, before any conversion; an earlier bundle is replaced."""
+    others = tmp_path / "notes"
+    others.mkdir()
+    (others / "notes.txt").write_text("mine")
+    (tmp_path / "file").write_text("mine")
+    for out, message in ((others, "holds files and is not an export bundle"),
+                         (dates_run[0], "holds files and is not an export bundle"),
+                         (tmp_path / "file", "is a file, not an export folder")):
+        before = sorted(p.name for p in out.iterdir()) if out.is_dir() else out.read_text()
+        assert cli.main(["export", str(dates_run[0]), "--out", str(out)]) == 2
+        assert f"{out}: {message}" in capsys.readouterr().err
+        assert before == (sorted(p.name for p in out.iterdir()) if out.is_dir() else out.read_text())
+    earlier = tmp_path / "bundle"
+    earlier.mkdir()
+    (earlier / "config.json").write_text('{"format": 1}')
+    (earlier / "model.onnx").write_text("an earlier export's graph")
+    export(dates_run[0], earlier, log=lambda *a: None)
+    assert json.loads((earlier / "config.json").read_text())["format"] == BUNDLE_FORMAT
+    (tmp_path / "empty").mkdir()
+    assert Translator.load(earlier).translate(["25 June 2009"]) == Translator.load(
+        export(dates_run[0], tmp_path / "empty", log=lambda *a: None)).translate(["25 June 2009"])
 
 
 def test_translate_and_attention_commands(dates_bundle, tmp_path, capsys, monkeypatch):

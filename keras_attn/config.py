@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 from pathlib import Path
 
 SCORES = ("general", "dot", "concat")
@@ -41,13 +42,29 @@ class Seq2SeqConfig:
         for name in ("src_vocab_size", "tgt_vocab_size", "embedding_dim", "encoder_units",
                      "encoder_layers", "decoder_units", "decoder_layers"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"Seq2SeqConfig.{name} must be a positive int, got {value!r}")
         if self.attention not in SCORES:
             raise ValueError(f"Seq2SeqConfig.attention must be one of {SCORES}, got {self.attention!r}")
+        if not isinstance(self.bidirectional, bool):  # a config file's "false" (a string) is truthy
+            raise ValueError(f"Seq2SeqConfig.bidirectional must be true or false, got {self.bidirectional!r}")
         for name in ("dropout", "word_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"Seq2SeqConfig.{name} must be in [0, 1), got {getattr(self, name)!r}")
+            value = getattr(self, name)
+            if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and 0.0 <= value < 1.0):
+                raise ValueError(f"Seq2SeqConfig.{name} must be a number in [0, 1), got {value!r}")
+        self._check_special_ids()
+
+    def _check_special_ids(self):
+        """pad, unk, bos and eos: distinct ids below both vocabulary sizes (the
+        embeddings and the generator index them)."""
+        ids = {name: getattr(self, name) for name in ("pad_id", "unk_id", "bos_id", "eos_id")}
+        listed = ", ".join(f"{name}={value!r}" for name, value in ids.items())
+        if not all(is_int(value) and value >= 0 for value in ids.values()) or len(set(ids.values())) < 4:
+            raise ValueError(f"Seq2SeqConfig special ids must be distinct ints >= 0, got {listed}")
+        for name in ("src_vocab_size", "tgt_vocab_size"):
+            if getattr(self, name) <= max(ids.values()):
+                raise ValueError(f"Seq2SeqConfig.{name} must be larger than every special id ({listed}), "
+                                 f"got {getattr(self, name)}")
 
     @property
     def memory_dim(self) -> int:
@@ -78,3 +95,8 @@ class Seq2SeqConfig:
     @classmethod
     def load(cls, path: str | Path) -> Seq2SeqConfig:
         return cls.from_json(Path(path).read_text(encoding="utf-8"))
+
+
+def is_int(value) -> bool:
+    """An int that is not a bool (`True` is an int to Python, not a size)."""
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -21,7 +21,8 @@ def test_config_round_trips_through_json(tmp_path):
 
 
 @pytest.mark.parametrize("bad", [{"attention": "bilinear"}, {"dropout": 1.0}, {"word_dropout": -0.1},
-                                 {"decoder_units": 0}])
+                                 {"decoder_units": 0}, {"bidirectional": "false"}, {"dropout": "0.3"},
+                                 {"eos_id": 2}, {"pad_id": -1}, {"tgt_vocab_size": 3}, {"src_vocab_size": 2}])
 def test_config_rejects_bad_values(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         tiny_config(**bad)

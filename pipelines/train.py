@@ -93,9 +93,12 @@ def clear_previous_run(out: Path, log) -> None:
         path.unlink()
 
 
-def tokenizers(cfg: TrainConfig, train, out: Path) -> tuple[bytes, bytes]:
+def tokenizers(cfg: TrainConfig, train, out: Path, log) -> tuple[bytes, bytes]:
     """Train the two SentencePiece models, or reuse them when resuming a run or
-    starting from another run's weights (`init_from`)."""
+    starting from another run's weights (`init_from`). A new run clears the previous
+    run in `out` just before it writes them: bad data or a vocabulary too small for
+    the text stops it first, with the previous run as it was (a mistyped corpus path
+    deleted its model.keras when the clearing came first)."""
     from pipelines.tokenizer import train_sentencepiece
 
     src_path, tgt_path = out / "src.spm.model", out / "tgt.spm.model"
@@ -104,15 +107,22 @@ def tokenizers(cfg: TrainConfig, train, out: Path) -> tuple[bytes, bytes]:
     if cfg.init_from:
         src = (Path(cfg.init_from) / "src.spm.model").read_bytes()
         tgt = (Path(cfg.init_from) / "tgt.spm.model").read_bytes()
-        atomic_write(src_path, src)
-        atomic_write(tgt_path, tgt)
-        return src, tgt
-    src_size, tgt_size = vocab_sizes(cfg)
-    src = train_sentencepiece(train.sources, src_size)
-    tgt = train_sentencepiece(train.targets, tgt_size)
+    else:
+        (src_size, tgt_size), (src_flag, tgt_flag) = vocab_sizes(cfg), vocab_flags(cfg)
+        src = train_sentencepiece(train.sources, src_size, setting=f"{src_flag} {src_size}")
+        tgt = train_sentencepiece(train.targets, tgt_size, setting=f"{tgt_flag} {tgt_size}")
+    if not resuming(out):
+        clear_previous_run(out, log)
     atomic_write(src_path, src)
     atomic_write(tgt_path, tgt)
     return src, tgt
+
+
+def vocab_flags(cfg: TrainConfig) -> tuple[str, str]:
+    """The flags that set `vocab_sizes`: per side, else --vocab-size, else the corpus default."""
+    shared = "--vocab-size" if cfg.vocab_size else f"the {cfg.corpus} default"
+    return ("--src-vocab-size" if cfg.src_vocab_size else shared,
+            "--tgt-vocab-size" if cfg.tgt_vocab_size else shared)
 
 
 def vocab_sizes(cfg: TrainConfig) -> tuple[int, int]:
@@ -629,20 +639,15 @@ class TrainingData:
 
 
 def prepare_data(cfg: TrainConfig, out: Path, log) -> TrainingData:
-    """Load the corpora, then (a new run) clear the previous run in `out`, train (or
-    reuse) the tokenizers, build the pipelines."""
+    """Load the corpora, train (or reuse) the tokenizers, build the pipelines."""
     from pipelines.dataset import make_dataset
     from pipelines.tokenizer import load_processor
 
-    # Bad data stops the run here, before anything in `out` changes: a mistyped corpus
-    # path deleted the previous run's model.keras when this came after the clearing.
     train, valid, test = load_corpora(cfg)
     for corpus in (train, valid, test):
         if corpus is not None:
             log(f"[data] {corpus.describe()}")
-    if not resuming(out):
-        clear_previous_run(out, log)
-    src_model, tgt_model = tokenizers(cfg, train, out)
+    src_model, tgt_model = tokenizers(cfg, train, out, log)
     src_sp, tgt_sp = load_processor(src_model), load_processor(tgt_model)
     log(f"[tokenizer] sentencepiece vocab: source {src_sp.get_piece_size()}, target {tgt_sp.get_piece_size()}")
     batching = batching_config(cfg)

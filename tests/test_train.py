@@ -529,6 +529,8 @@ def test_a_new_run_replaces_the_previous_runs_results_once_its_data_loads(tmp_pa
      "bad.txt:2: invalid UTF-8"),
     (["train", "--corpus", "files", "--train-src", "{d}/a.txt", "--train-tgt", "{d}/a.txt",
       "--valid-src", "{d}/empty.txt", "--valid-tgt", "{d}/empty.txt"], "empty.txt: no validation pairs"),
+    (["train", "--corpus", "files", "--train-src", "{d}/a.txt", "--train-tgt", "{d}/a.txt", "--vocab-size", "5"],
+     "--vocab-size 5: too small for this text, which needs at least 11 pieces"),
     (["train", "--corpus", "nothing"], "--corpus: expected one of dates, multi30k, files, got 'nothing'"),
     (["train", "--lr-schedule", "linear"], "--lr-schedule: expected one of plateau, cosine, got 'linear'"),
     (["train", "--lr-factor", "2"], "--lr-factor must be in (0, 1), got 2.0"),

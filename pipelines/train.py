@@ -93,29 +93,19 @@ def clear_previous_run(out: Path, log) -> None:
         path.unlink()
 
 
-def tokenizers(cfg: TrainConfig, train, out: Path, log) -> tuple[bytes, bytes]:
-    """Train the two SentencePiece models, or reuse them when resuming a run or
-    starting from another run's weights (`init_from`). A new run clears the previous
-    run in `out` just before it writes them: bad data or a vocabulary too small for
-    the text stops it first, with the previous run as it was (a mistyped corpus path
-    deleted its model.keras when the clearing came first)."""
+def tokenizers(cfg: TrainConfig, train, out: Path) -> tuple[bytes, bytes]:
+    """The two SentencePiece models: trained, or reused when resuming a run or starting
+    from another run's weights (`init_from`). `prepare_data` writes them into `out`."""
     from pipelines.tokenizer import train_sentencepiece
 
     src_path, tgt_path = out / "src.spm.model", out / "tgt.spm.model"
     if src_path.is_file() and tgt_path.is_file() and resuming(out):
         return src_path.read_bytes(), tgt_path.read_bytes()
     if cfg.init_from:
-        src = (Path(cfg.init_from) / "src.spm.model").read_bytes()
-        tgt = (Path(cfg.init_from) / "tgt.spm.model").read_bytes()
-    else:
-        (src_size, tgt_size), (src_flag, tgt_flag) = vocab_sizes(cfg), vocab_flags(cfg)
-        src = train_sentencepiece(train.sources, src_size, setting=f"{src_flag} {src_size}")
-        tgt = train_sentencepiece(train.targets, tgt_size, setting=f"{tgt_flag} {tgt_size}")
-    if not resuming(out):
-        clear_previous_run(out, log)
-    atomic_write(src_path, src)
-    atomic_write(tgt_path, tgt)
-    return src, tgt
+        return (Path(cfg.init_from) / "src.spm.model").read_bytes(), (Path(cfg.init_from) / "tgt.spm.model").read_bytes()
+    (src_size, tgt_size), (src_flag, tgt_flag) = vocab_sizes(cfg), vocab_flags(cfg)
+    return (train_sentencepiece(train.sources, src_size, setting=f"{src_flag} {src_size}"),
+            train_sentencepiece(train.targets, tgt_size, setting=f"{tgt_flag} {tgt_size}"))
 
 
 def vocab_flags(cfg: TrainConfig) -> tuple[str, str]:
@@ -583,14 +573,21 @@ def evaluate_held_out(model, corpus, src_sp, tgt_sp, max_len, limit=1000, infere
     }
 
 
-def training_target_tokens(cfg: TrainConfig, train, src_model: bytes, tgt_model: bytes, log) -> int:
+def training_target_tokens(cfg: TrainConfig, train, valid, src_model: bytes, tgt_model: bytes, log) -> int:
     """The target tokens one epoch trains on (for `target_tokens_per_second`); says how
-    many pairs `max_len` skips and, with subword regularization, what the count means."""
+    many pairs `max_len` skips and, with subword regularization, what the count means.
+    Refuses a `max_len` that leaves no training or no validation pair (the run trained
+    on nothing and ended in "training ended without a checkpoint")."""
     from pipelines.dataset import length_statistics, tokenized_pairs
 
     too_long, target_tokens = length_statistics(tokenized_pairs(train, src_model, tgt_model), cfg.max_len)
     if too_long:
         log(f"[data] {too_long:,} training pairs longer than max_len={cfg.max_len} tokens are skipped")
+    valid_too_long, _ = length_statistics(tokenized_pairs(valid, src_model, tgt_model), cfg.max_len)
+    for corpus, skipped in ((train, too_long), (valid, valid_too_long)):
+        if skipped == len(corpus):
+            raise ValueError(f"{corpus.name}: every pair has a side longer than --max-len {cfg.max_len} "
+                             "tokens, so none is left; raise --max-len")
     if cfg.subword_alpha > 0:
         log(f"[data] subword regularization: training segmentations sampled every epoch (alpha "
             f"{cfg.subword_alpha}); target_tokens_per_second counts the deterministic segmentation's tokens")
@@ -647,11 +644,18 @@ def prepare_data(cfg: TrainConfig, out: Path, log) -> TrainingData:
     for corpus in (train, valid, test):
         if corpus is not None:
             log(f"[data] {corpus.describe()}")
-    src_model, tgt_model = tokenizers(cfg, train, out, log)
+    src_model, tgt_model = tokenizers(cfg, train, out)
     src_sp, tgt_sp = load_processor(src_model), load_processor(tgt_model)
     log(f"[tokenizer] sentencepiece vocab: source {src_sp.get_piece_size()}, target {tgt_sp.get_piece_size()}")
     batching = batching_config(cfg)
-    target_tokens = training_target_tokens(cfg, train, src_model, tgt_model, log)
+    target_tokens = training_target_tokens(cfg, train, valid, src_model, tgt_model, log)
+    # Every check of this run's data has passed (files, vocabulary, lengths): only now
+    # does a new run replace the previous one's results (a mistyped corpus path deleted
+    # its model.keras when this came first).
+    if not resuming(out):
+        clear_previous_run(out, log)
+    atomic_write(out / "src.spm.model", src_model)
+    atomic_write(out / "tgt.spm.model", tgt_model)
     train_ds = make_dataset(train, src_model, tgt_model, batching, training=True, seed=cfg.seed)
     valid_ds = make_dataset(valid, src_model, tgt_model, batching, training=False)
     return TrainingData(train, valid, test, src_sp, tgt_sp, train_ds, valid_ds, target_tokens)

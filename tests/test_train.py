@@ -531,6 +531,10 @@ def test_a_new_run_replaces_the_previous_runs_results_once_its_data_loads(tmp_pa
       "--valid-src", "{d}/empty.txt", "--valid-tgt", "{d}/empty.txt"], "empty.txt: no validation pairs"),
     (["train", "--corpus", "files", "--train-src", "{d}/a.txt", "--train-tgt", "{d}/a.txt", "--vocab-size", "5"],
      "--vocab-size 5: too small for this text, which needs at least 11 pieces"),
+    (["train", "--corpus", "files", "--train-src", "{d}/long.txt", "--train-tgt", "{d}/long.txt", "--max-len", "2"],
+     "long.txt: every pair has a side longer than --max-len 2 tokens, so none is left"),
+    (["train", "--corpus", "files", "--train-src", "{d}/short.txt", "--train-tgt", "{d}/short.txt", "--max-len", "4",
+      "--valid-src", "{d}/long.txt", "--valid-tgt", "{d}/long.txt"], "long.txt: every pair has a side longer"),
     (["train", "--corpus", "nothing"], "--corpus: expected one of dates, multi30k, files, got 'nothing'"),
     (["train", "--lr-schedule", "linear"], "--lr-schedule: expected one of plateau, cosine, got 'linear'"),
     (["train", "--lr-factor", "2"], "--lr-factor must be in (0, 1), got 2.0"),
@@ -542,6 +546,8 @@ def test_cli_errors_are_one_line_with_status_2(tmp_path, capsys, argv, message):
     (tmp_path / "b.txt").write_text("one\ntwo\n")
     (tmp_path / "bad.txt").write_bytes(b"gut\nschlecht \xfe\nja\n")
     (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "long.txt").write_text("eins zwei drei vier\n" * 3)
+    (tmp_path / "short.txt").write_text("x y\n" * 3)
     previous = tmp_path / "run"  # a finished run's files, which a failed new run must not delete
     previous.mkdir()
     for name in ("model.keras", "history.csv", "metrics.json"):

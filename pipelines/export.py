@@ -233,7 +233,7 @@ def export(train_dir, out, beam: int = 5, alpha: float = 0.6, quantize: str | No
 def check_output_folder(out: Path) -> None:
     """Refuse an `out` whose replacement would lose something. The export replaces the
     folder whole (`replace_dir`), so it must be new, empty, or an export bundle (a
-    re-export): `--out .` or `--out` the training folder deleted what they held."""
+    re-export): `--out` a folder of other files, or the training folder, lost what it held."""
     if not out.exists():
         return
     if not out.is_dir():

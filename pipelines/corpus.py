@@ -188,8 +188,10 @@ def download_multi30k(dest: str | Path, langs=("de", "en"), base_url: str = MULT
                     tmp.close()
                     with gzip.open(tmp.name, "rb") as check:
                         check.read()
-                except Exception as error:
+                except BaseException as error:  # Ctrl-C too: no hidden partial file left behind
                     Path(tmp.name).unlink(missing_ok=True)
+                    if not isinstance(error, Exception):
+                        raise
                     raise CorpusError(f"download of {base_url}/{name} failed: {error}") from error
             Path(tmp.name).replace(target)
             written.append(target)

@@ -4,6 +4,7 @@ import functools
 import gzip
 import http.server
 import threading
+import urllib.request
 
 import pytest
 
@@ -109,6 +110,17 @@ def test_failed_download_leaves_no_partial_file(tmp_path, loopback_server):
     dest = tmp_path / "multi30k"
     with pytest.raises(CorpusError, match="train.de.gz"):
         download_multi30k(dest, base_url=url, timeout=5)
+    assert list(dest.iterdir()) == []
+
+
+def test_interrupted_download_leaves_no_partial_file(tmp_path, monkeypatch):
+    def interrupted(url, timeout):
+        raise KeyboardInterrupt  # Ctrl-C while the first file downloads
+
+    monkeypatch.setattr(urllib.request, "urlopen", interrupted)
+    dest = tmp_path / "multi30k"
+    with pytest.raises(KeyboardInterrupt):
+        download_multi30k(dest, base_url="http://127.0.0.1:9", timeout=5)
     assert list(dest.iterdir()) == []
 
 

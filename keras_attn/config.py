@@ -51,7 +51,7 @@ class Seq2SeqConfig:
         for name in ("dropout", "word_dropout"):
             value = getattr(self, name)
             if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and 0.0 <= value < 1.0):
-                raise ValueError(f"Seq2SeqConfig.{name} must be a number in [0, 1), got {value!r}")
+                raise ValueError(f"Seq2SeqConfig.{name} must be in [0, 1), got {value!r}")
         self._check_special_ids()
 
     def _check_special_ids(self):

@@ -127,6 +127,8 @@ class TrainConfig:
                 checked[name] = typed(fields[name], value)
             except ValueError as error:
                 raise ValueError(f"{path}{lines.get(str(key), '')}: {key}: {error}") from None
+        if values:
+            refuse_repeated_keys(path, node)
         return checked
 
     def validate(self):
@@ -229,6 +231,18 @@ def typed(field: dataclasses.Field, value):
     elif meta["choices"] and value not in meta["choices"]:
         raise ValueError(f"expected one of {', '.join(meta['choices'])}, got {value!r}")
     return value
+
+
+def refuse_repeated_keys(path: Path, node) -> None:
+    """A key given twice in a config file's top-level mapping `node` (also as
+    `batch-size` and `batch_size`) is refused: YAML and JSON loaders keep the last
+    silently, so an edit of the first would change nothing."""
+    first = {}
+    for key, _ in node.value:
+        name, line = str(key.value).replace("-", "_"), key.start_mark.line + 1
+        if name in first:
+            raise ValueError(f"{path}:{line}: {key.value!r} repeats the key of line {first[name]}")
+        first[name] = line
 
 
 def finite_number(value) -> float:

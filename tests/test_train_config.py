@@ -24,6 +24,8 @@ from pipelines.train import run
     ("src_lang: no", "c.yaml:3: src_lang: expected text, got False (in YAML, put it in quotes)"),
     ("attention: bahdanau", "c.yaml:3: attention: expected one of general, dot, concat, got 'bahdanau'"),
     ("hidden: 5", "c.yaml:3: unknown key 'hidden'"),
+    ("epochs: 30", "c.yaml:3: 'epochs' repeats the key of line 2"),  # YAML kept the last silently
+    ("batch-size: 8\nbatch_size: 16", "c.yaml:4: 'batch_size' repeats the key of line 3"),
 ])
 def test_a_bad_config_value_names_the_file_line_and_key(tmp_path, text, message):
     path = tmp_path / "c.yaml"

@@ -69,6 +69,8 @@ def test_config_files_take_the_values_flags_take(tmp_path):
     ({"train_src": "a.de", "train_tgt": "a.en"}, "--train-src is for --corpus files"),
     ({"corpus": "files", "train_tsv": "a.tsv", "valid_src": "v.de"}, "--valid-src and --valid-tgt go together"),
     ({"corpus": "files"}, "--corpus files needs --train-src and --train-tgt"),
+    ({"out": "README.md"}, "--out README.md: README.md is a file, not a folder"),
+    ({"out": "README.md/run"}, "--out README.md/run: README.md is a file, not a folder"),
 ])
 def test_bad_settings_are_refused_by_name(settings, message):
     with pytest.raises(ValueError, match=message):

@@ -95,7 +95,7 @@ def clear_previous_run(out: Path, log) -> None:
 
 def tokenizers(cfg: TrainConfig, train, out: Path) -> tuple[bytes, bytes]:
     """The two SentencePiece models: trained, or reused when resuming a run or starting
-    from another run's weights (`init_from`). `prepare_data` writes them into `out`."""
+    from another run's weights (`init_from`). `start_writing` writes them into `out`."""
     from pipelines.tokenizer import train_sentencepiece
 
     src_path, tgt_path = out / "src.spm.model", out / "tgt.spm.model"
@@ -628,6 +628,8 @@ class TrainingData:
     train: object
     valid: object
     test: object
+    src_model: bytes  # the serialized SentencePiece models
+    tgt_model: bytes
     src_sp: object
     tgt_sp: object
     train_ds: object
@@ -649,23 +651,30 @@ def prepare_data(cfg: TrainConfig, out: Path, log) -> TrainingData:
     log(f"[tokenizer] sentencepiece vocab: source {src_sp.get_piece_size()}, target {tgt_sp.get_piece_size()}")
     batching = batching_config(cfg)
     target_tokens = training_target_tokens(cfg, train, valid, src_model, tgt_model, log)
-    # Every check of this run's data has passed (files, vocabulary, lengths): only now
-    # does a new run replace the previous one's results (a mistyped corpus path deleted
-    # its model.keras when this came first).
-    if not resuming(out):
-        clear_previous_run(out, log)
-    atomic_write(out / "src.spm.model", src_model)
-    atomic_write(out / "tgt.spm.model", tgt_model)
     train_ds = make_dataset(train, src_model, tgt_model, batching, training=True, seed=cfg.seed)
     valid_ds = make_dataset(valid, src_model, tgt_model, batching, training=False)
-    return TrainingData(train, valid, test, src_sp, tgt_sp, train_ds, valid_ds, target_tokens)
+    return TrainingData(train, valid, test, src_model, tgt_model, src_sp, tgt_sp, train_ds, valid_ds,
+                        target_tokens)
 
 
-def prepare_model(cfg: TrainConfig, data: TrainingData, out: Path, strategy, log):
-    """Write the run's config.json and build the model (from `--init-from`'s weights if set)."""
-    model_cfg = model_config(cfg, data.src_sp.get_piece_size(), data.tgt_sp.get_piece_size())
+def start_writing(cfg: TrainConfig, data: TrainingData, model_cfg, out: Path, log) -> None:
+    """Create `out`, clear the previous run in it (a new run) and write this run's
+    tokenizers and config.json. `run` calls it once the data and the model have passed
+    every check (files, vocabulary, lengths, `--init-from`): a run stopped by one of them
+    leaves `out` as it was, or not created (a mistyped corpus path deleted the previous
+    run's model.keras when the clearing came first)."""
+    out.mkdir(parents=True, exist_ok=True)
+    if not resuming(out):
+        clear_previous_run(out, log)
+    atomic_write(out / "src.spm.model", data.src_model)
+    atomic_write(out / "tgt.spm.model", data.tgt_model)
     atomic_write(out / "config.json", json.dumps(
         {"model": model_cfg.to_dict(), "train": dataclasses.asdict(cfg)}, indent=2) + "\n")
+
+
+def prepare_model(cfg: TrainConfig, data: TrainingData, strategy, log):
+    """Build the model (from `--init-from`'s weights if set)."""
+    model_cfg = model_config(cfg, data.src_sp.get_piece_size(), data.tgt_sp.get_piece_size())
     with strategy.scope():
         model = build_model(cfg, model_cfg)
     if cfg.init_from:
@@ -737,12 +746,12 @@ def run(cfg: TrainConfig) -> dict:
     # ops, which TensorFlow allows only at program startup.
     strategy = distribution_strategy(cfg.strategy)
     out = worker_folder(strategy, Path(cfg.out))
-    out.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(cfg.seed)
     keras.mixed_precision.set_global_policy(cfg.precision)
     log = print if cfg.verbose else (lambda *a, **k: None)
     data = prepare_data(cfg, out, log)
-    model = prepare_model(cfg, data, out, strategy, log)
+    model = prepare_model(cfg, data, strategy, log)
+    start_writing(cfg, data, model.config, out, log)
     history, train_seconds = fit_model(cfg, model, data, out, log)
     plot_history(out / "history.csv", out / "training_curve.png")
     averaged = None

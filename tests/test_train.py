@@ -25,6 +25,7 @@ from pipelines.train import (
     model_config,
     prepare_data,
     run,
+    start_writing,
     validation_measure,
 )
 
@@ -505,19 +506,37 @@ def test_multi30k_smoke_run_and_onnx_parity(multi30k_dir, tmp_path, capsys):
                                           inference.translate_ids(source, 40, beam, 0.6)["ids"].numpy())
 
 
-def test_a_new_run_replaces_the_previous_runs_results_once_its_data_loads(tmp_path):
+def test_a_new_run_replaces_the_previous_runs_results_only_when_it_starts_writing(tmp_path):
     """A new (not resumed) run in a used folder deletes the old checkpoint, history and
-    epoch weights (they would mix with its own), after its corpora load, not before."""
+    epoch weights (they would mix with its own), when it writes its own tokenizers and
+    config.json; reading and checking its data writes nothing."""
     out = tmp_path / "run"
     (out / "epochs").mkdir(parents=True)
     stale = [out / "model.keras", out / "history.csv", out / "metrics.json", out / "epochs" / "epoch_001.weights.h5"]
     for path in stale:
         path.write_text("from the previous run")
     lines = []
-    data = prepare_data(TrainConfig(out=str(out), dates_train_size=200, verbose=0), out, lines.append)
-    assert not any(path.exists() for path in stale) and len(data.train) > 0
-    assert (out / "src.spm.model").is_file() and (out / "tgt.spm.model").is_file()
+    cfg = TrainConfig(out=str(out), dates_train_size=200, verbose=0)
+    data = prepare_data(cfg, out, lines.append)
+    assert all(path.exists() for path in stale) and sorted(p.name for p in out.iterdir()) == [
+        "epochs", "history.csv", "metrics.json", "model.keras"]
+    model_cfg = model_config(cfg, data.src_sp.get_piece_size(), data.tgt_sp.get_piece_size())
+    start_writing(cfg, data, model_cfg, out, lines.append)
+    assert not any(path.exists() for path in stale)
+    assert (out / "src.spm.model").read_bytes() == data.src_model and (out / "tgt.spm.model").read_bytes() == data.tgt_model
+    assert json.loads((out / "config.json").read_text())["model"] == model_cfg.to_dict()
     assert any("holds a previous run" in line and "model.keras" in line for line in lines)
+
+
+def test_an_init_from_of_another_architecture_leaves_the_previous_run(dates_run, tmp_path, capsys):
+    previous = tmp_path / "run"
+    previous.mkdir()
+    for name in ("model.keras", "history.csv", "metrics.json"):
+        (previous / name).write_text(name)
+    status = cli.main(["train", "--init-from", str(dates_run[0]), "--dates-train-size", "200", "--embedding-dim", "8",
+                       "--out", str(previous)])
+    assert status == 2 and "differs from this run's" in capsys.readouterr().err
+    assert sorted(p.name for p in previous.iterdir()) == ["history.csv", "metrics.json", "model.keras"]
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -557,6 +576,8 @@ def test_cli_errors_are_one_line_with_status_2(tmp_path, capsys, argv, message):
     assert status == 2
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert sorted(p.name for p in previous.iterdir()) == ["history.csv", "metrics.json", "model.keras"]
+    assert cli.main([a.format(d=tmp_path) for a in argv] + ["--out", str(tmp_path / "new")]) == 2
+    assert not (tmp_path / "new").exists()  # and a new folder is not created
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -102,7 +102,7 @@ def tokenizers(cfg: TrainConfig, train, out: Path) -> tuple[bytes, bytes]:
     if src_path.is_file() and tgt_path.is_file() and resuming(out):
         return src_path.read_bytes(), tgt_path.read_bytes()
     if cfg.init_from:
-        return (Path(cfg.init_from) / "src.spm.model").read_bytes(), (Path(cfg.init_from) / "tgt.spm.model").read_bytes()
+        return tuple((Path(cfg.init_from) / f"{side}.spm.model").read_bytes() for side in ("src", "tgt"))
     (src_size, tgt_size), (src_flag, tgt_flag) = vocab_sizes(cfg), vocab_flags(cfg)
     return (train_sentencepiece(train.sources, src_size, setting=f"{src_flag} {src_size}"),
             train_sentencepiece(train.targets, tgt_size, setting=f"{tgt_flag} {tgt_size}"))

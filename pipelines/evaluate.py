@@ -80,9 +80,10 @@ def evaluate(bundle, src, ref, beam=1, runtime="onnx", int8=False, train_dir=Non
     bundle's (`config.json`). Source lines longer than the bundle's source limit are
     translated from their first pieces, named on stderr and listed in the report
     (`truncated_lines`, from 1)."""
+    from keras_attn.runtime.translator import read_bundle_config
     from pipelines.translate import collecting_truncations, report_truncation
 
-    config = json.loads((Path(bundle) / "config.json").read_text(encoding="utf-8"))
+    config = read_bundle_config(Path(bundle))
     check_runtime_options(bundle, config, runtime, int8, train_dir)
     sources, references = read_test_set(src, ref)
     alpha = config["alpha"] if alpha is None else alpha

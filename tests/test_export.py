@@ -452,6 +452,23 @@ def test_a_bundle_of_another_format_or_a_bad_config_is_refused(dates_bundle, tmp
         Translator.load(bundle)
 
 
+@pytest.mark.parametrize("edit,message", [
+    (lambda c: [c], "expected a JSON object, got list"),
+    (lambda c: {k: v for k, v in c.items() if k != "tokenizers"}, "tokenizers must be an object, got None"),
+    (lambda c: {**c, "max_src_len": "sixty"}, "max_src_len must be an integer, got 'sixty'"),
+    (lambda c: {**c, "alpha": None}, "alpha must be a number, got None"),
+])
+def test_a_damaged_config_is_a_bundle_error_naming_the_key(dates_bundle, tmp_path, capsys, edit, message):
+    bundle = copy_bundle(dates_bundle, tmp_path)
+    config = json.loads((bundle / "config.json").read_text())
+    (bundle / "config.json").write_text(json.dumps(edit(config)))
+    with pytest.raises(BundleError, match=f"config.json: {message}"):
+        Translator.load(bundle)
+    assert cli.main(["evaluate", str(bundle), "--src", str(bundle / "config.json"),
+                     "--ref", str(bundle / "config.json")]) == 2  # evaluate reads it the same way
+    assert f"config.json: {message}" in capsys.readouterr().err
+
+
 def test_truncated_graph_without_checksum_still_fails_at_load(dates_bundle, tmp_path):
     bundle = copy_bundle(dates_bundle, tmp_path)
     config = json.loads((bundle / "config.json").read_text())

@@ -20,6 +20,9 @@ import numpy as np
 BUNDLE_FORMAT = 2  # 2: the graphs take one output cap per sentence
 REQUIRED_FILES = ("config.json", "model.onnx", "model_beam.onnx", "src.spm.model", "tgt.spm.model")
 N_BEST_OUTPUTS = ["n_best_ids", "n_best_log_probs"]  # the beam graph's, since 2026-11-27
+# The config.json entries the runtime reads, with their types.
+CONFIG_KEYS = [(key, int, "an integer") for key in ("max_src_len", "max_tgt_len", "pad_id", "eos_id")] + [
+    ("alpha", (int, float), "a number"), ("graphs", dict, "an object"), ("tokenizers", dict, "an object")]
 INT32_MAX = 2**31 - 1  # the largest beam_size or max_len the graphs' int32 inputs hold
 
 
@@ -60,9 +63,16 @@ def read_bundle_config(bundle: Path) -> dict:
         config = json.loads((bundle / "config.json").read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise BundleError(f"{bundle / 'config.json'}: not valid JSON ({error})") from None
+    if not isinstance(config, dict):
+        raise BundleError(f"{bundle / 'config.json'}: expected a JSON object, got {type(config).__name__}")
     if config.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{bundle / 'config.json'}: bundle format {config.get('format')!r}, "
                           f"this runtime reads format {BUNDLE_FORMAT} (re-export it with `keras-attn export`)")
+    for key, kinds, kind in CONFIG_KEYS:  # a hand edit gave a KeyError, or int()'s message without the file
+        value = config.get(key)
+        if not isinstance(value, kinds) or isinstance(value, bool):
+            raise BundleError(f"{bundle / 'config.json'}: {key} must be {kind}, got {value!r} "
+                              "(file damaged or edited; re-export the bundle)")
     return config
 
 

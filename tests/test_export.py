@@ -456,7 +456,8 @@ def test_a_bundle_of_another_format_or_a_bad_config_is_refused(dates_bundle, tmp
     (lambda c: [c], "expected a JSON object, got list"),
     (lambda c: {k: v for k, v in c.items() if k != "tokenizers"}, "tokenizers must be an object, got None"),
     (lambda c: {**c, "max_src_len": "sixty"}, "max_src_len must be an integer, got 'sixty'"),
-    (lambda c: {**c, "alpha": None}, "alpha must be a number, got None"),
+    (lambda c: {**c, "alpha": None}, "alpha must be a number >= 0, got None"),
+    (lambda c: {**c, "alpha": float("nan")}, "alpha must be a number >= 0, got nan"),
 ])
 def test_a_damaged_config_is_a_bundle_error_naming_the_key(dates_bundle, tmp_path, capsys, edit, message):
     bundle = copy_bundle(dates_bundle, tmp_path)

@@ -20,9 +20,6 @@ import numpy as np
 BUNDLE_FORMAT = 2  # 2: the graphs take one output cap per sentence
 REQUIRED_FILES = ("config.json", "model.onnx", "model_beam.onnx", "src.spm.model", "tgt.spm.model")
 N_BEST_OUTPUTS = ["n_best_ids", "n_best_log_probs"]  # the beam graph's, since 2026-11-27
-# The config.json entries the runtime reads, with their types.
-CONFIG_KEYS = [(key, int, "an integer") for key in ("max_src_len", "max_tgt_len", "pad_id", "eos_id")] + [
-    ("alpha", (int, float), "a number"), ("graphs", dict, "an object"), ("tokenizers", dict, "an object")]
 INT32_MAX = 2**31 - 1  # the largest beam_size or max_len the graphs' int32 inputs hold
 
 
@@ -68,12 +65,25 @@ def read_bundle_config(bundle: Path) -> dict:
     if config.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{bundle / 'config.json'}: bundle format {config.get('format')!r}, "
                           f"this runtime reads format {BUNDLE_FORMAT} (re-export it with `keras-attn export`)")
-    for key, kinds, kind in CONFIG_KEYS:  # a hand edit gave a KeyError, or int()'s message without the file
-        value = config.get(key)
-        if not isinstance(value, kinds) or isinstance(value, bool):
-            raise BundleError(f"{bundle / 'config.json'}: {key} must be {kind}, got {value!r} "
-                              "(file damaged or edited; re-export the bundle)")
+    problem = bad_config_entry(config)
+    if problem:  # a hand edit gave a KeyError, or int()'s message without the file
+        raise BundleError(f"{bundle / 'config.json'}: {problem} (file damaged or edited; re-export the bundle)")
     return config
+
+
+def bad_config_entry(config: dict) -> str | None:
+    """What is wrong with the first config.json entry the runtime reads that is missing
+    or of the wrong kind; None if they are all right."""
+    def is_int(value):
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    checks = [(key, is_int, "an integer") for key in ("max_src_len", "max_tgt_len", "pad_id", "eos_id")] + [
+        ("alpha", is_length_penalty, "a number >= 0"),
+        *((key, lambda value: isinstance(value, dict), "an object") for key in ("graphs", "tokenizers"))]
+    for key, check, kind in checks:
+        if not check(config.get(key)):
+            return f"{key} must be {kind}, got {config.get(key)!r}"
+    return None
 
 
 def load_tokenizers(bundle: Path, config: dict) -> tuple:
@@ -270,7 +280,7 @@ class Translator:
             raise ValueError(f"beam must be a positive integer up to {INT32_MAX}, got {beam!r}")
         if max_len is not None and not is_graph_count(max_len):
             raise ValueError(f"max_len must be a positive integer up to {INT32_MAX}, got {max_len!r}")
-        if alpha is not None and not (isinstance(alpha, numbers.Real) and 0 <= alpha < float("inf")):
+        if alpha is not None and not is_length_penalty(alpha):
             raise ValueError(f"alpha must be a number >= 0, got {alpha!r}")
 
     def translate(self, sentences: list[str], beam: int = 1, max_len: int | None = None,
@@ -374,6 +384,12 @@ def encode_sources(sentences: list[str], src_sp, limit: int, stacklevel: int = 2
 def is_positive_int(value) -> bool:
     """`value` is an int >= 1 (a bool is not: `beam=True` is a mistake, not beam 1)."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def is_length_penalty(value) -> bool:
+    """`value` can be the beam's length penalty alpha: a finite number >= 0 (NaN, which
+    numpy makes of a JSON null, would rank the hypotheses by NaN scores)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 <= value < float("inf")
 
 
 def is_graph_count(value) -> bool:

@@ -74,9 +74,6 @@ def read_bundle_config(bundle: Path) -> dict:
 def bad_config_entry(config: dict) -> str | None:
     """What is wrong with the first config.json entry the runtime reads that is missing
     or of the wrong kind; None if they are all right."""
-    def is_int(value):
-        return isinstance(value, int) and not isinstance(value, bool)
-
     checks = [(key, is_int, "an integer") for key in ("max_src_len", "max_tgt_len", "pad_id", "eos_id")] + [
         ("alpha", is_length_penalty, "a number >= 0"),
         *((key, lambda value: isinstance(value, dict), "an object") for key in ("graphs", "tokenizers"))]
@@ -381,9 +378,14 @@ def encode_sources(sentences: list[str], src_sp, limit: int, stacklevel: int = 2
     return [e[:limit] for e in encoded]
 
 
+def is_int(value) -> bool:
+    """`value` is an int and not a bool (`beam=True` is a mistake, not beam 1)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def is_positive_int(value) -> bool:
-    """`value` is an int >= 1 (a bool is not: `beam=True` is a mistake, not beam 1)."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    """`value` is an int >= 1, not a bool."""
+    return is_int(value) and value >= 1
 
 
 def is_length_penalty(value) -> bool:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from keras_attn.config import is_int  # a plain-Python module: no TensorFlow import
+
 BUNDLE_FORMAT = 2  # 2: the graphs take one output cap per sentence
 REQUIRED_FILES = ("config.json", "model.onnx", "model_beam.onnx", "src.spm.model", "tgt.spm.model")
 N_BEST_OUTPUTS = ["n_best_ids", "n_best_log_probs"]  # the beam graph's, since 2026-11-27
@@ -378,13 +380,8 @@ def encode_sources(sentences: list[str], src_sp, limit: int, stacklevel: int = 2
     return [e[:limit] for e in encoded]
 
 
-def is_int(value) -> bool:
-    """`value` is an int and not a bool (`beam=True` is a mistake, not beam 1)."""
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def is_positive_int(value) -> bool:
-    """`value` is an int >= 1, not a bool."""
+    """`value` is an int >= 1, not a bool (`beam=True` is a mistake, not beam 1)."""
     return is_int(value) and value >= 1
 
 

@@ -103,25 +103,27 @@ def tokenizers(cfg: TrainConfig, train, out: Path) -> tuple[bytes, bytes]:
         return src_path.read_bytes(), tgt_path.read_bytes()
     if cfg.init_from:
         return tuple((Path(cfg.init_from) / f"{side}.spm.model").read_bytes() for side in ("src", "tgt"))
-    (src_size, tgt_size), (src_flag, tgt_flag) = vocab_sizes(cfg), vocab_flags(cfg)
+    (src_size, src_flag), (tgt_size, tgt_flag) = vocab_settings(cfg)
     return (train_sentencepiece(train.sources, src_size, setting=f"{src_flag} {src_size}"),
             train_sentencepiece(train.targets, tgt_size, setting=f"{tgt_flag} {tgt_size}"))
 
 
-def vocab_flags(cfg: TrainConfig) -> tuple[str, str]:
-    """The flags that set `vocab_sizes`: per side, else --vocab-size, else the corpus default."""
-    shared = "--vocab-size" if cfg.vocab_size else f"the {cfg.corpus} default"
-    return ("--src-vocab-size" if cfg.src_vocab_size else shared,
-            "--tgt-vocab-size" if cfg.tgt_vocab_size else shared)
+def vocab_settings(cfg: TrainConfig) -> tuple[tuple[int, str], tuple[int, str]]:
+    """Source and target `(vocabulary size, what set it)`: the side's own flag, else
+    `--vocab-size`, else the corpus default (dates: 400 subwords in, characters out;
+    otherwise 8000)."""
+    defaults = (400, 16) if cfg.corpus == "dates" else (8000, 8000)
+    shared = [(size, f"the {cfg.corpus} default") for size in defaults]
+    if cfg.vocab_size:
+        shared = [(cfg.vocab_size, "--vocab-size")] * 2
+    return ((cfg.src_vocab_size, "--src-vocab-size") if cfg.src_vocab_size else shared[0],
+            (cfg.tgt_vocab_size, "--tgt-vocab-size") if cfg.tgt_vocab_size else shared[1])
 
 
 def vocab_sizes(cfg: TrainConfig) -> tuple[int, int]:
-    """Source and target vocabulary sizes: explicit per side, else `vocab_size`, else
-    the corpus default (dates: 400 subwords in, characters out; otherwise 8000)."""
-    default = (400, 16) if cfg.corpus == "dates" else (8000, 8000)
-    if cfg.vocab_size:
-        default = (cfg.vocab_size, cfg.vocab_size)
-    return cfg.src_vocab_size or default[0], cfg.tgt_vocab_size or default[1]
+    """Source and target vocabulary sizes (`vocab_settings`)."""
+    (src_size, _), (tgt_size, _) = vocab_settings(cfg)
+    return src_size, tgt_size
 
 
 # ----------------------------------------------------------------------- model

@@ -170,7 +170,7 @@ class TrainConfig:
         existing = next(folder for folder in (out, *out.parents) if folder.exists())
         if not existing.is_dir():  # mkdir failed with FileExistsError or NotADirectoryError, a traceback
             raise ValueError(f"--out {self.out}: {existing} is a file, not a folder")
-        if self.init_from is not None and Path(self.init_from).resolve() == Path(self.out).resolve():
+        if self.init_from is not None and Path(self.init_from).resolve() == out.resolve():
             raise ValueError(f"--init-from and --out are the same folder ({self.out}); write the new run elsewhere")
         if self.init_from is not None:
             for name in ("model.keras", "src.spm.model", "tgt.spm.model"):

@@ -148,7 +148,7 @@ class InferenceModel(tf.Module):
         cfg, decoder = self.config, self.seq2seq.decoder
         batch, k = tf.shape(memory)[0], beam_size
         beam = BeamStep(decoder, cfg, memory, mask, decoder.step_weights(self.fold_embeddings),
-                        beam_size, alpha, longest=tf.reduce_max(max_len))
+                        beam_size, alpha)
         states = self.seq2seq.encoder.bridge(final_h, final_c)
         states = tf.nest.map_structure(lambda s: tf.repeat(s, k, axis=0), states)
         # |states| = (batch * k, units): hypothesis j of sentence b is state row b * k + j; the memory is
@@ -160,29 +160,33 @@ class InferenceModel(tf.Module):
         search = {"alive": tf.range(tf.cast(batch, tf.int64)), "y_prev": tf.fill([batch, k], cfg.bos_id),
                   "state": decoder.initial_state(states, batch * k), "finished": tf.zeros([batch, k], tf.bool),
                   "scores": tf.tile(first[None], [batch, 1]), "lengths": tf.zeros([batch, k], tf.int32),
-                  "max_len": max_len, "ids": tf.zeros([batch, k, beam.longest], tf.int32),
-                  "attention": tf.zeros([batch, k, beam.longest, beam.src_len], tf.float32)}
-        # |scores| = (n, k): summed log-probs; |ids| = (n, k, longest)
+                  "max_len": max_len, "ids": tf.zeros([batch, k, 0], tf.int32),
+                  "attention": tf.zeros([batch, k, 0, beam.src_len], tf.float32)}
+        # |scores| = (n, k): summed log-probs; |ids| = (n, k, t) after t steps
         # Each sentence's k final hypotheses, best first, and the best one's attention,
-        # written when it leaves the search.
-        best_of = {"ids": tf.zeros([batch, k, beam.longest], tf.int32), "log_probs": tf.zeros([batch, k]),
-                   "attention": tf.zeros([batch, beam.longest, beam.src_len])}
+        # written when it leaves the search (zeros after its last step).
+        best_of = {"ids": tf.zeros([batch, k, 0], tf.int32), "log_probs": tf.zeros([batch, k]),
+                   "attention": tf.zeros([batch, 0, beam.src_len])}
+        # The histories grow by one step per step rather than being allocated at max_len:
+        # memory and each step's copies follow the steps taken, so a large max_len costs
+        # nothing until it is used (allocated ahead, max_len 10**8 took all 24 GiB).
 
         def body(t, search, best_of):
-            search = beam.expand(t, search)
+            search = beam.expand(search)
             done = tf.logical_or(tf.reduce_all(search["finished"], axis=1), t + 1 >= search["max_len"])
-            search, best_of = beam.leave(search, best_of, done)
+            search, best_of = beam.leave(search, beam.one_step_longer(best_of), done)
             return t + 1, search, best_of
 
         def running(t, search, best_of):
             return tf.size(search["alive"]) > 0
 
-        steps, _, best_of = tf.while_loop(running, body, (tf.constant(0), search, best_of))
-        n_best_ids = best_of["ids"][:, :, :steps]
-        # |n_best_ids| = (batch, k, steps), |best_of["log_probs"]| = (batch, k)
-        return {"ids": n_best_ids[:, 0], "attention": best_of["attention"][:, :steps],
+        loop_vars = (tf.constant(0), search, best_of)
+        any_shape = tf.nest.map_structure(lambda v: tf.TensorShape([None] * v.shape.rank), loop_vars)
+        _, _, best_of = tf.while_loop(running, body, loop_vars, shape_invariants=any_shape)
+        # |best_of["ids"]| = (batch, k, steps), |best_of["log_probs"]| = (batch, k)
+        return {"ids": best_of["ids"][:, 0], "attention": best_of["attention"],
                 "log_probs": best_of["log_probs"][:, 0],
-                "n_best_ids": n_best_ids, "n_best_log_probs": best_of["log_probs"]}
+                "n_best_ids": best_of["ids"], "n_best_log_probs": best_of["log_probs"]}
 
     def translate_ids(self, source_ids, max_len, beam_size=1, alpha=0.6):
         """Convenience eager entry point: greedy for beam 1, else beam search;
@@ -205,19 +209,18 @@ class BeamStep:
     hypotheses.
     """
 
-    def __init__(self, decoder, config, memory, mask, step_weights, beam_size, alpha, longest):
+    def __init__(self, decoder, config, memory, mask, step_weights, beam_size, alpha):
         self.decoder, self.memory, self.mask, self.step_weights = decoder, memory, mask, step_weights
         self.keys = decoder.attention.memory_keys(memory)
         self.k, self.vocab, self.alpha, self.eos_id = beam_size, config.tgt_vocab_size, alpha, config.eos_id
         self.k64 = tf.cast(beam_size, tf.int64)  # cast here, once, not in every step of the loop
-        self.longest = longest  # the output buffers' length
         self.src_len = tf.shape(memory)[1]
         self.finished_row = tf.where(tf.equal(tf.range(self.vocab), config.pad_id), 0.0, -1e9)
         # |finished_row| = (vocab,): a finished beam can only emit pad, at no cost
 
-    def expand(self, t, search):
+    def expand(self, search):
         """One step of every hypothesis, the k best expansions kept per sentence."""
-        k, vocab, longest = self.k, self.vocab, self.longest
+        k, vocab = self.k, self.vocab
         n = tf.shape(search["alive"])[0]
         logits, weights, state = float32_step(self.decoder, tf.reshape(search["y_prev"], [-1]), search["state"],
                                               self.keys, self.memory, self.mask, self.step_weights, search["alive"])
@@ -234,18 +237,22 @@ class BeamStep:
         # |parent| = |token| = (n, k)
         rows = tf.reshape(parent + tf.range(n)[:, None] * k, [-1])
         weights = tf.reshape(tf.gather(weights, rows), [n, k, 1, self.src_len])
-        step = tf.cast(tf.equal(tf.range(longest), t), tf.int32)
         parent_finished = tf.gather(finished, parent, batch_dims=1)
-        # histories reordered by parent, then step t set; a length depends on the parent only
+        # histories reordered by parent, then this step appended; a length depends on the parent only
         return {"alive": search["alive"], "max_len": search["max_len"], "y_prev": token,
                 "state": tf.nest.map_structure(lambda s: tf.gather(s, rows), state),
                 "finished": tf.logical_or(parent_finished, tf.equal(token, self.eos_id)),
                 "scores": tf.gather(tf.reshape(total, [n, -1]), flat, batch_dims=1),
                 "lengths": (tf.gather(search["lengths"], parent, batch_dims=1)
                             + tf.cast(tf.logical_not(parent_finished), tf.int32)),
-                "ids": tf.gather(search["ids"], parent, batch_dims=1) + token[:, :, None] * step,
-                "attention": (tf.gather(search["attention"], parent, batch_dims=1)
-                              + weights * tf.cast(step, tf.float32)[:, None])}
+                "ids": tf.concat([tf.gather(search["ids"], parent, batch_dims=1), token[:, :, None]], axis=2),
+                "attention": tf.concat([tf.gather(search["attention"], parent, batch_dims=1), weights], axis=2)}
+
+    @staticmethod
+    def one_step_longer(best_of):
+        """`best_of` with room for one more step (a zero column), the step `expand` just took."""
+        return {"ids": tf.pad(best_of["ids"], [[0, 0], [0, 0], [0, 1]]), "log_probs": best_of["log_probs"],
+                "attention": tf.pad(best_of["attention"], [[0, 0], [0, 1], [0, 0]])}
 
     def leave(self, search, best_of, done):
         """Write the hypotheses of each `done` sentence (ranked: the first is its best)

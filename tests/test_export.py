@@ -10,7 +10,14 @@ import pytest
 import sentencepiece as spm
 
 from keras_attn.runtime import BundleError, Translator, TruncationWarning
-from keras_attn.runtime.translator import BUNDLE_FORMAT, N_BEST_OUTPUTS, pre_pad, sha256, strip_special
+from keras_attn.runtime.translator import (
+    BUNDLE_FORMAT,
+    INT32_MAX,
+    N_BEST_OUTPUTS,
+    pre_pad,
+    sha256,
+    strip_special,
+)
 from keras_attn.saving import load_model
 from keras_attn.search import InferenceModel
 from pipelines import cli
@@ -185,6 +192,23 @@ def test_beam_one_equals_greedy_and_beam_is_never_worse(tf_side, held_out):
     np.testing.assert_array_equal(greedy["ids"].numpy(), beam1["ids"].numpy())
     beam4 = inference.translate_ids(source, 20, beam_size=4, alpha=0.0)
     assert np.all(beam4["log_probs"].numpy() >= greedy["log_probs"].numpy() - 1e-4)
+
+
+def test_a_beam_search_holds_the_steps_it_takes_not_its_max_len(tf_side, held_out):
+    """The beam histories grow with the steps taken: a cap of 2**31 - 1 gives what a
+    cap of 20 gives when every output ends before 20 (histories allocated at the cap,
+    onnxruntime failed to allocate 40 GiB; a cap of 10**8 filled all 24 GiB of RAM)."""
+    _, inference, translator = tf_side
+    source = pre_pad(translator.encode(held_out.sources[:8]))
+    want = translator.decode_ids(source, 3, 20, 0.6, n_best=True)
+    assert all(translator.eos_id in row for row in want["ids"])  # no output reached the cap of 20
+    got = translator.decode_ids(source, 3, INT32_MAX, 0.6, n_best=True)
+    for name in ("ids", "n_best_ids"):
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    for name in ("attention", "log_probs", "n_best_log_probs"):
+        np.testing.assert_allclose(got[name], want[name], atol=1e-6, err_msg=name)
+    tf_got = inference.translate_ids(source, INT32_MAX, 3, 0.6)
+    np.testing.assert_array_equal(tf_got["n_best_ids"].numpy(), want["n_best_ids"])
 
 
 @pytest.mark.parametrize("beam", [1, 3])

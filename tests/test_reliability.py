@@ -62,6 +62,26 @@ def test_bad_beam_or_max_len_raise_value_errors(translator, beam, max_len):
         translator.translate(["25 June 2009"], beam=beam, max_len=max_len)
 
 
+@pytest.mark.parametrize("source_ids,problem", [
+    (np.zeros((0, 4), np.int32), "2-D integer array"),  # crashed the process (segmentation fault)
+    (np.zeros((2, 0), np.int32), "2-D integer array"),  # onnxruntime: a Mod node failed
+    (np.array([5, 6], np.int32), "2-D integer array"),  # numpy's AxisError
+    (np.array([[5.7, 6.2]]), "2-D integer array"),  # cut to [[5, 6]] silently
+    (np.array([[5, -1]]), "ids from 0 to"),  # read as the vocabulary's last id, silently
+    (np.array([[5, 10**6]]), "ids from 0 to"),  # onnxruntime: a Gather node failed
+])
+def test_decode_ids_refuses_a_batch_the_graphs_cannot_take(translator, source_ids, problem):
+    with pytest.raises(ValueError, match=f"source_ids must be .*{problem}"):
+        translator.decode_ids(source_ids)
+
+
+@pytest.mark.parametrize("beam,max_len", [(0, None), (2**31, None), (1, 0), (1, 2**32 + 3)])
+def test_decode_ids_checks_beam_and_max_len(translator, beam, max_len):
+    source_ids = np.array(translator.encode(["25 June 2009"]))
+    with pytest.raises(ValueError, match="must be a positive integer"):
+        translator.decode_ids(source_ids, beam=beam, max_len=max_len)
+
+
 def test_largest_max_len_is_accepted(translator):
     sources = ["25 June 2009", "Donnerstag, 25. Juni 2009"]
     assert translator.translate(sources, max_len=2**31 - 1) == translator.translate(sources, max_len=50)

@@ -262,9 +262,11 @@ class Translator:
         default the all-cores ones). Each sentence's output is capped by `max_len`,
         default `decode_limit` of its own length (not the batch's width). `n_best`
         (beam > 1): also the whole final beam, `n_best_ids` and `n_best_log_probs`."""
+        self._check(beam, max_len, alpha)
+        source_ids = check_source_ids(source_ids, self.src_sp.get_piece_size())
         sessions = sessions or self.sessions
         lengths = np.count_nonzero(source_ids != self.pad_id, axis=1)
-        feeds = {"source_ids": source_ids.astype(np.int32),
+        feeds = {"source_ids": source_ids,
                  "max_len": decode_limit(lengths, self.max_tgt_len, max_len)}
         session = sessions["greedy"]
         if beam > 1:
@@ -378,6 +380,22 @@ def encode_sources(sentences: list[str], src_sp, limit: int, stacklevel: int = 2
                    f"(positions {shown} in the list, from 0)")
         warnings.warn(TruncationWarning(message, long), stacklevel=stacklevel)
     return [e[:limit] for e in encoded]
+
+
+def check_source_ids(source_ids, vocab_size: int) -> np.ndarray:
+    """`source_ids` as int32, once it is a batch the graphs can take: 2-D
+    `(batch, src_len)`, neither size 0, integer ids in `[0, vocab_size)`. Unchecked,
+    onnxruntime crashed the process on an empty batch (a segmentation fault), failed
+    in a `Mod` node on zero width, and read -1 as the vocabulary's last id."""
+    array = np.asarray(source_ids)
+    if array.ndim != 2 or 0 in array.shape or not np.issubdtype(array.dtype, np.integer):
+        raise ValueError("source_ids must be a 2-D integer array (batch, src_len) with at least one row "
+                         f"and one column, got {array.dtype} of shape {array.shape}")
+    low, high = int(array.min()), int(array.max())
+    if low < 0 or high >= vocab_size:
+        raise ValueError(f"source_ids must be ids from 0 to {vocab_size - 1} (the source vocabulary), "
+                         f"got ids from {low} to {high}")
+    return array.astype(np.int32)
 
 
 def is_positive_int(value) -> bool:

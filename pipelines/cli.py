@@ -61,8 +61,17 @@ def check_output_file(path: str | None, flag: str) -> None:
         return
     if Path(path).is_dir():
         raise IsADirectoryError(f"{flag} {path}: is a folder, not a file")
+    if Path(path).parent.is_file():  # was "folder ... does not exist"
+        raise NotADirectoryError(f"{flag} {path}: {Path(path).parent} is a file, not a folder")
     if not Path(path).resolve().parent.is_dir():
         raise FileNotFoundError(f"{flag} {path}: folder {Path(path).parent} does not exist")
+
+
+def note_ignored_alpha(args, beam: int) -> None:
+    """`--alpha` is the beam's length penalty: say so when greedy decoding ignores it."""
+    if args.alpha is not None and beam == 1:
+        print(f"keras-attn {args.command}: note: --alpha has no effect with greedy decoding (--beam 1)",
+              file=sys.stderr)
 
 
 # ------------------------------------------------------------------- train
@@ -156,6 +165,7 @@ def cmd_translate(args):
     if args.n_best and beam < args.n_best:
         raise ValueError(f"--n-best {args.n_best} needs --beam {args.n_best} or more, got --beam {beam}")
     check_output_file(args.output, "--output")
+    note_ignored_alpha(args, beam)
     translate_stream(args.bundle, args.input, args.output, beam=beam, max_len=args.max_len,
                      int8=args.int8, batch_size=args.batch_size, alpha=args.alpha, n_best=args.n_best or 0)
 
@@ -198,6 +208,7 @@ def cmd_evaluate(args):
     from pipelines.evaluate import evaluate_command
 
     check_output_file(args.json, "--json")
+    note_ignored_alpha(args, args.beam)
     evaluate_command(args)
 
 
@@ -290,7 +301,8 @@ def main(argv=None):
     try:
         args.handler(args)
     # Bad input of any kind (CorpusError and BundleError are ValueErrors): one line, status 2.
-    except (CorpusError, ValueError, FileNotFoundError, PermissionError, IsADirectoryError) as error:
+    except (CorpusError, ValueError, FileNotFoundError, PermissionError, IsADirectoryError,
+            NotADirectoryError) as error:
         print(f"keras-attn {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except ModuleNotFoundError as error:

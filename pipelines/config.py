@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 
 from keras_attn.config import SCORES  # no TensorFlow: keras_attn imports its layers lazily
+from pipelines.files import input_file_problem
 
 
 def setting(default, help: str, *, choices: tuple = (), minimum: int = 1):
@@ -106,8 +107,9 @@ class TrainConfig:
         import yaml
 
         path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"{path}: config file not found")
+        problem = input_file_problem(path)
+        if problem:
+            raise ValueError(f"{path}: {problem} (the --config file)")
         try:
             text = path.read_text(encoding="utf-8")
             node = yaml.compose(text)

@@ -16,6 +16,10 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
+from pipelines.files import input_file_problem
+
+GZIP_MAGIC = b"\x1f\x8b"  # the first two bytes of every gzip file
+
 
 class CorpusError(ValueError):
     """Bad corpus input; the message names the file and line."""
@@ -62,16 +66,19 @@ def line_chunks(path: str | Path | None, size: int):
     the file read)` (the fraction is None for stdin). Lines are split as `decode_lines`
     splits them; `CorpusError` names the file for a missing or unreadable file, and the
     file and line for invalid UTF-8."""
-    if path is not None and not Path(path).is_file():
-        raise CorpusError(f"{path}: no such file")
+    problem = None if path is None else input_file_problem(path)
+    if problem:
+        raise CorpusError(f"{path}: {problem}")
     name = "<stdin>" if path is None else str(path)
     with contextlib.ExitStack() as stack:
         if path is None:
             stream, raw_file, total = sys.stdin.buffer, None, None
         else:
             raw_file = stack.enter_context(open(path, "rb"))
-            stream = stack.enter_context(gzip.open(raw_file)) if Path(path).suffix == ".gz" else raw_file
-            total = max(1, Path(path).stat().st_size)
+            gzipped = Path(path).suffix == ".gz" or raw_file.peek(2)[:2] == GZIP_MAGIC  # a pipe has no name
+            stream = stack.enter_context(gzip.open(raw_file)) if gzipped else raw_file
+            # a pipe has no size, and cannot tell its place
+            total = max(1, Path(path).stat().st_size) if Path(path).is_file() else None
         number = 1
         while True:
             try:
@@ -81,7 +88,7 @@ def line_chunks(path: str | Path | None, size: int):
             if not raw:
                 return
             yield number, decode_lines(b"".join(raw), name, first_line=number), \
-                None if raw_file is None else raw_file.tell() / total
+                None if total is None else raw_file.tell() / total
             number += len(raw)
 
 

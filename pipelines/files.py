@@ -23,6 +23,16 @@ def atomic_output(path: str | Path, mode: str = "w"):
         tmp.unlink(missing_ok=True)
 
 
+def input_file_problem(path: str | Path) -> str | None:
+    """Why `path` cannot be read as an input file, or None when it can. Anything that
+    exists and is not a folder can: a file, a pipe (`--src <(zcat f.gz)`, which an
+    `is_file` test refused as "no such file") or a device such as /dev/stdin."""
+    path = Path(path)
+    if path.is_dir():
+        return "is a folder, not a file"
+    return None if path.exists() else "no such file"
+
+
 def atomic_write(path: str | Path, data: bytes | str):
     """Write `data` (str as UTF-8) to `path` by `atomic_output`."""
     with atomic_output(path, "wb") as handle:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import contextlib
 import sys
 import warnings
-from pathlib import Path
 
 from keras_attn.runtime import Translator, TruncationWarning
 from pipelines.corpus import decode_lines, line_chunks
-from pipelines.files import atomic_output, save_figure
+from pipelines.files import atomic_output, input_file_problem, save_figure
 
 
 def translate_stream(bundle, input_path=None, output_path=None, beam=1, max_len=None, int8=False,
@@ -20,8 +19,9 @@ def translate_stream(bundle, input_path=None, output_path=None, beam=1, max_len=
     with the input and a pipe gets its first lines early; `output_path` appears only
     complete. When stdin is a terminal (and there is no `output_path`) each line is
     answered as it is typed. `alpha`: the beam length penalty (default: the bundle's)."""
-    if input_path is not None and not Path(input_path).is_file():
-        raise FileNotFoundError(f"{input_path}: no such input file")
+    problem = None if input_path is None else input_file_problem(input_path)
+    if problem:  # before loading the bundle
+        raise FileNotFoundError(f"{input_path}: {problem}")
     translator = Translator.load(bundle, int8=int8)
     options = dict(beam=beam, max_len=max_len, batch_size=batch_size, alpha=alpha, n_best=n_best)
     if input_path is None and output_path is None and sys.stdin.isatty():

@@ -3,6 +3,7 @@ import datetime
 import functools
 import gzip
 import http.server
+import os
 import threading
 import urllib.request
 
@@ -11,6 +12,7 @@ import pytest
 from pipelines.corpus import (
     CorpusError,
     download_multi30k,
+    line_chunks,
     load_multi30k,
     read_lines,
     read_parallel,
@@ -62,6 +64,29 @@ def test_invalid_utf8_names_file_and_line(tmp_path):
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(CorpusError, match=r"nope\.txt: no such file"):
         read_lines(tmp_path / "nope.txt")
+
+
+def test_a_folder_is_named_as_a_folder(tmp_path):
+    (tmp_path / "data").mkdir()
+    with pytest.raises(CorpusError, match=r"data: is a folder, not a file"):  # was "no such file"
+        read_lines(tmp_path / "data")
+
+
+@pytest.mark.parametrize("gzipped", [False, True])
+def test_a_pipe_is_read_gzipped_or_not(tmp_path, gzipped):
+    """`--src <(zcat f.gz)` (a pipe, no name to tell gzip by, no size): refused as "no
+    such file" before; gzip is now told by its first bytes, and no fraction is given."""
+    text = "eins\nzwei\n" * 3000
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_bytes(
+        gzip.compress(text.encode()) if gzipped else text.encode()), daemon=True)  # never blocks the exit
+    writer.start()
+    chunks = list(line_chunks(fifo, 1000))
+    writer.join()
+    assert [line for _, lines, _ in chunks for line in lines] == text.splitlines()
+    assert [first for first, _, _ in chunks] == list(range(1, 6001, 1000))
+    assert {fraction for _, _, fraction in chunks} == {None}
 
 
 def test_tsv_reader_and_its_errors(tmp_path):

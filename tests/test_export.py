@@ -317,6 +317,19 @@ def test_translate_command_n_best(dates_bundle, held_out, tmp_path, capsys):
     assert "--n-best 3 needs --beam 3 or more" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["translate", "evaluate"])
+def test_alpha_with_greedy_decoding_is_noted(dates_bundle, tmp_path, capsys, command):
+    """`--alpha` without `--beam` was ignored silently."""
+    src = tmp_path / "in.txt"
+    src.write_text("25 June 2009\n", encoding="utf-8")
+    files = ["--input", str(src)] if command == "translate" else ["--src", str(src), "--ref", str(src)]
+    note = f"keras-attn {command}: note: --alpha has no effect with greedy decoding (--beam 1)"
+    assert cli.main([command, str(dates_bundle), *files, "--alpha", "0.8"]) == 0
+    assert note in capsys.readouterr().err
+    assert cli.main([command, str(dates_bundle), *files, "--alpha", "0.8", "--beam", "2"]) == 0
+    assert "note:" not in capsys.readouterr().err
+
+
 def test_batches_on_parallel_single_thread_sessions_equal_one_session(dates_bundle, held_out):
     sources = held_out.sources[:200]
     one_core = Translator.load(dates_bundle, threads=1)
@@ -551,7 +564,7 @@ def test_translate_and_attention_commands(dates_bundle, tmp_path, capsys, monkey
     assert cli.main(["attention", str(dates_bundle), "25 June 2009", "--png", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert cli.main(["translate", str(dates_bundle), "--input", str(tmp_path / "missing.txt")]) == 2
-    assert "missing.txt: no such input file" in capsys.readouterr().err
+    assert "missing.txt: no such file" in capsys.readouterr().err
 
 
 def test_translate_from_a_terminal_answers_each_line_as_it_is_typed(dates_bundle, monkeypatch, capsys):

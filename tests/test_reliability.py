@@ -134,6 +134,9 @@ def test_non_string_input_is_a_type_error(translator):
     (["translate", "{b}", "--input", "{d}/in.txt", "--output", "{d}/nowhere/o.txt"],
      "--output {d}/nowhere/o.txt: folder {d}/nowhere does not exist"),
     (["translate", "{b}", "--input", "{d}/in.txt", "--output", "{d}"], "--output {d}: is a folder, not a file"),
+    (["translate", "{b}", "--input", "{d}"], "{d}: is a folder, not a file"),  # was "no such input file"
+    (["evaluate", "{b}", "--src", "{d}/in.txt", "--ref", "{d}/in.txt", "--json", "{d}/in.txt/r.json"],
+     "--json {d}/in.txt/r.json: {d}/in.txt is a file, not a folder"),  # was "folder ... does not exist"
     (["attention", "{b}", "25 June 2009", "--png", "{d}/nowhere/a.png"], "--png {d}/nowhere/a.png: folder"),
     (["evaluate", "{b}", "--src", "{d}/in.txt", "--ref", "{d}/in.txt", "--json", "{d}/nowhere/r.json"],
      "--json {d}/nowhere/r.json: folder"),

@@ -558,7 +558,7 @@ def test_an_init_from_of_another_architecture_leaves_the_previous_run(dates_run,
     (["train", "--lr-schedule", "linear"], "--lr-schedule: expected one of plateau, cosine, got 'linear'"),
     (["train", "--lr-factor", "2"], "--lr-factor must be in (0, 1), got 2.0"),
     (["train", "--train-src", "{d}/a.txt", "--train-tgt", "{d}/b.txt"], "--train-src is for --corpus files"),
-    (["train", "--config", "{d}/nope.yaml"], "nope.yaml: config file not found"),
+    (["train", "--config", "{d}/nope.yaml"], "nope.yaml: no such file (the --config file)"),
 ])
 def test_cli_errors_are_one_line_with_status_2(tmp_path, capsys, argv, message):
     (tmp_path / "a.txt").write_text("eins\nzwei\ndrei\n")

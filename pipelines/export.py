@@ -206,6 +206,8 @@ def export(train_dir, out, beam: int = 5, alpha: float = 0.6, quantize: str | No
 
     start = time.perf_counter()
     out = Path(out)
+    if out.is_symlink():  # replace the linked folder and keep the link, as files are written
+        out = out.resolve()  # (the rename replaced the link and left `.name.old-PID` linking to the old)
     check_output_folder(out)  # before the conversion's minutes, not at the final rename
     model, run_config, src_model, tgt_model = load_training_run(train_dir)
     inference = InferenceModel(model, fold_embeddings=True)

@@ -12,11 +12,22 @@ from pathlib import Path
 @contextlib.contextmanager
 def atomic_output(path: str | Path, mode: str = "w"):
     """A file object (`mode` "w" for UTF-8 text, "wb" for bytes) on `.<name>.tmp`, renamed
-    to `path` when the block ends without an exception and removed when it fails."""
+    to `path` when the block ends without an exception and removed when it fails.
+
+    A symbolic link is followed: its target is replaced and the link kept. A pipe or a
+    device (`--output /dev/stdout`, a FIFO) cannot be replaced, so it is written
+    directly. (The rename replaced the link, or the FIFO, with a regular file.)
+    """
+    encoding = {"encoding": "utf-8"} if "b" not in mode else {}
     path = Path(path)
+    if path.exists() and not path.is_file():  # a pipe or a device; check_output_file refuses folders
+        with open(path, mode, **encoding) as handle:
+            yield handle
+        return
+    path = path.resolve()  # the link's target, not the link
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        with open(tmp, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as handle:
+        with open(tmp, mode, **encoding) as handle:
             yield handle
         tmp.replace(path)
     finally:

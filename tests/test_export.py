@@ -554,6 +554,19 @@ def test_export_replaces_only_an_empty_folder_or_an_earlier_bundle(dates_run, tm
         export(dates_run[0], tmp_path / "empty", log=lambda *a: None)).translate(["25 June 2009"])
 
 
+def test_export_to_a_link_replaces_the_linked_bundle_and_keeps_the_link(dates_run, tmp_path):
+    """`--out current` with `current -> v1`: the rename replaced the link with a folder
+    and left `.current.old-PID` linking to v1."""
+    earlier = tmp_path / "v1"
+    earlier.mkdir()
+    (earlier / "config.json").write_text('{"format": 1}')
+    (tmp_path / "current").symlink_to("v1")
+    export(dates_run[0], tmp_path / "current", log=lambda *a: None)
+    assert (tmp_path / "current").is_symlink() and (tmp_path / "current").resolve() == earlier.resolve()
+    assert json.loads((earlier / "config.json").read_text())["format"] == BUNDLE_FORMAT
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["current", "v1"]
+
+
 def test_translate_and_attention_commands(dates_bundle, tmp_path, capsys, monkeypatch):
     src = tmp_path / "in.txt"
     src.write_text("25 June 2009\n\n2009년 6월 25일\n", encoding="utf-8")

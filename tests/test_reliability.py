@@ -1,6 +1,7 @@
 """Dirty input, fuzzing, concurrency, distribution and safe loading."""
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -151,6 +152,27 @@ def test_cli_bad_values_exit_2(dates_bundle, tmp_path, capsys, argv, message):
         status = exit_info.code
     err = capsys.readouterr().err
     assert status == 2 and message in err and "Traceback" not in err
+
+
+def test_translate_output_to_a_link_or_a_pipe(dates_bundle, translator, tmp_path):
+    """The output was written to a temporary file renamed over the path: a symbolic
+    link became a regular file (its target untouched), and so did a FIFO (its reader
+    got nothing)."""
+    source = tmp_path / "in.txt"
+    source.write_text("25 June 2009\n")
+    want = translator.translate(["25 June 2009"])[0] + "\n"
+    target, link = tmp_path / "target.txt", tmp_path / "link.txt"
+    target.write_text("old\n")
+    link.symlink_to(target)
+    assert cli.main(["translate", str(dates_bundle), "--input", str(source), "--output", str(link)]) == 0
+    assert link.is_symlink() and target.read_text() == want
+    fifo, read = tmp_path / "fifo", []
+    os.mkfifo(fifo)
+    reader = threading.Thread(target=lambda: read.append(fifo.read_text()), daemon=True)
+    reader.start()
+    assert cli.main(["translate", str(dates_bundle), "--input", str(source), "--output", str(fifo)]) == 0
+    reader.join(timeout=30)
+    assert read == [want] and fifo.is_fifo()
 
 
 def test_cli_invalid_utf8_input_names_the_line(dates_bundle, tmp_path, capsys):

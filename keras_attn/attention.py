@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from keras_attn.config import check_sizes
 from keras_attn.rnn import compute_weight, dense_3d
 
 
@@ -63,6 +64,8 @@ class LuongAttention(keras.layers.Layer):
         super().__init__(**kwargs)
         if score not in ("general", "dot", "concat"):
             raise ValueError(f"LuongAttention: score must be 'general', 'dot' or 'concat', got {score!r}")
+        if units is not None:
+            check_sizes("LuongAttention", units=units)
         self.score = score
         self.units = units  # width of the concat score's hidden layer; default m_dim
         # `mask` is the memory's mask, consumed here; the outputs carry none.

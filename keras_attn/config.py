@@ -39,19 +39,14 @@ class Seq2SeqConfig:
     eos_id: int = 3
 
     def __post_init__(self):
-        for name in ("src_vocab_size", "tgt_vocab_size", "embedding_dim", "encoder_units",
-                     "encoder_layers", "decoder_units", "decoder_layers"):
-            value = getattr(self, name)
-            if not is_int(value) or value < 1:
-                raise ValueError(f"Seq2SeqConfig.{name} must be a positive int, got {value!r}")
+        values = self.to_dict()
+        check_sizes("Seq2SeqConfig", **{name: values[name] for name in (
+            "src_vocab_size", "tgt_vocab_size", "embedding_dim", "encoder_units", "encoder_layers",
+            "decoder_units", "decoder_layers")})
         if self.attention not in SCORES:
             raise ValueError(f"Seq2SeqConfig.attention must be one of {SCORES}, got {self.attention!r}")
-        if not isinstance(self.bidirectional, bool):  # a config file's "false" (a string) is truthy
-            raise ValueError(f"Seq2SeqConfig.bidirectional must be true or false, got {self.bidirectional!r}")
-        for name in ("dropout", "word_dropout"):
-            value = getattr(self, name)
-            if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and 0.0 <= value < 1.0):
-                raise ValueError(f"Seq2SeqConfig.{name} must be in [0, 1), got {value!r}")
+        check_flags("Seq2SeqConfig", bidirectional=self.bidirectional)
+        check_rates("Seq2SeqConfig", dropout=self.dropout, word_dropout=self.word_dropout)
         self._check_special_ids()
 
     def _check_special_ids(self):
@@ -100,3 +95,24 @@ class Seq2SeqConfig:
 def is_int(value) -> bool:
     """An int that is not a bool (`True` is an int to Python, not a size)."""
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_sizes(owner: str, **sizes) -> None:
+    """Each of `sizes` is a positive int, else a ValueError naming `owner.name`."""
+    for name, value in sizes.items():
+        if not is_int(value) or value < 1:
+            raise ValueError(f"{owner}.{name} must be a positive int, got {value!r}")
+
+
+def check_rates(owner: str, **rates) -> None:
+    """Each of `rates` (a dropout or label smoothing) is a real number in [0, 1)."""
+    for name, value in rates.items():
+        if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and 0.0 <= value < 1.0):
+            raise ValueError(f"{owner}.{name} must be in [0, 1), got {value!r}")
+
+
+def check_flags(owner: str, **flags) -> None:
+    """Each of `flags` is a bool (a config file's "false", a string, is truthy)."""
+    for name, value in flags.items():
+        if not isinstance(value, bool):
+            raise ValueError(f"{owner}.{name} must be true or false, got {value!r}")

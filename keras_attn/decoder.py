@@ -6,6 +6,7 @@ import keras
 import tensorflow as tf
 
 from keras_attn.attention import LuongAttention
+from keras_attn.config import check_rates, check_sizes
 from keras_attn.rnn import compute_weight, dense_3d, drop_tokens, lstm_update, unit_forget_bias, unstack
 from keras_attn.teacher_forcing import teacher_forced_loop
 
@@ -29,6 +30,7 @@ class Generator(keras.layers.Layer):
 
     def __init__(self, vocab_size, **kwargs):
         super().__init__(**kwargs)
+        check_sizes("Generator", vocab_size=vocab_size)
         self.vocab_size = vocab_size
 
     def build(self, input_shape):
@@ -71,6 +73,9 @@ class InputFeedingDecoder(keras.layers.Layer):
     def __init__(self, vocab_size, embedding_dim=256, units=512, num_layers=1,
                  attention="general", dropout=0.0, word_dropout=0.0, **kwargs):
         super().__init__(**kwargs)
+        check_sizes("InputFeedingDecoder", vocab_size=vocab_size, embedding_dim=embedding_dim, units=units,
+                    num_layers=num_layers)
+        check_rates("InputFeedingDecoder", dropout=dropout, word_dropout=word_dropout)
         self.vocab_size = vocab_size
         self.embedding_dim = embedding_dim
         self.units = units

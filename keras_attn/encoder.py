@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from keras_attn.config import check_flags, check_rates, check_sizes
 from keras_attn.rnn import MaskedLSTM, drop_tokens
 
 
@@ -33,6 +34,10 @@ class Encoder(keras.layers.Layer):
                  bidirectional=True, decoder_units=512, decoder_layers=1, dropout=0.0,
                  pad_id=0, word_dropout=0.0, **kwargs):
         super().__init__(**kwargs)
+        check_sizes("Encoder", vocab_size=vocab_size, embedding_dim=embedding_dim, units=units,
+                    num_layers=num_layers, decoder_units=decoder_units, decoder_layers=decoder_layers)
+        check_flags("Encoder", bidirectional=bidirectional)
+        check_rates("Encoder", dropout=dropout, word_dropout=word_dropout)
         self.vocab_size = vocab_size
         self.embedding_dim = embedding_dim
         self.units = units

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from keras_attn.config import Seq2SeqConfig
+from keras_attn.config import Seq2SeqConfig, check_rates
 from keras_attn.decoder import InputFeedingDecoder
 from keras_attn.encoder import Encoder
 from keras_attn.optimizer import FusedAdam
@@ -150,6 +150,7 @@ class MaskedSparseCrossEntropy(keras.losses.Loss):
 
     def __init__(self, pad_id=0, label_smoothing=0.0, name="masked_sparse_cross_entropy", **kwargs):
         super().__init__(name=name, **kwargs)
+        check_rates("MaskedSparseCrossEntropy", label_smoothing=label_smoothing)
         self.pad_id = pad_id
         self.label_smoothing = label_smoothing
 

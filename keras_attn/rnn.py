@@ -15,6 +15,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from keras_attn.config import check_flags, check_sizes
+
 
 def lstm_update(gates, c):
     """LSTM cell update from pre-activation gates `[i, f, g, o]` (Keras's order)."""
@@ -118,6 +120,8 @@ class MaskedLSTM(keras.layers.Layer):
 
     def __init__(self, units, bidirectional=True, **kwargs):
         super().__init__(**kwargs)
+        check_sizes("MaskedLSTM", units=units)
+        check_flags("MaskedLSTM", bidirectional=bidirectional)
         self.units = units
         self.bidirectional = bidirectional
         self.directions = 2 if bidirectional else 1

@@ -28,6 +28,24 @@ def test_config_rejects_bad_values(bad):
         tiny_config(**bad)
 
 
+@pytest.mark.parametrize("layer,arguments,message", [
+    ("Encoder", {"vocab_size": 10, "units": -3}, "Encoder.units must be a positive int, got -3"),
+    ("Encoder", {"vocab_size": 10, "num_layers": 0}, "Encoder.num_layers must be a positive int, got 0"),
+    ("Encoder", {"vocab_size": 10, "bidirectional": "false"}, "Encoder.bidirectional must be true or false"),
+    ("Encoder", {"vocab_size": 10, "dropout": 1.0}, r"Encoder.dropout must be in \[0, 1\), got 1.0"),
+    ("InputFeedingDecoder", {"vocab_size": 10, "units": 0}, "InputFeedingDecoder.units must be a positive int"),
+    ("InputFeedingDecoder", {"vocab_size": 10, "word_dropout": -0.1}, "InputFeedingDecoder.word_dropout"),
+    ("Generator", {"vocab_size": 0}, "Generator.vocab_size must be a positive int, got 0"),
+    ("LuongAttention", {"score": "concat", "units": 0}, "LuongAttention.units must be a positive int, got 0"),
+    ("MaskedSparseCrossEntropy", {"label_smoothing": 1.5}, r"MaskedSparseCrossEntropy.label_smoothing must be in"),
+    ("MaskedSparseCrossEntropy", {"label_smoothing": -1}, r"MaskedSparseCrossEntropy.label_smoothing must be in"),
+])
+def test_layers_refuse_bad_sizes_and_rates_when_made(layer, arguments, message):
+    """As Keras's own layers do; each of these was accepted, to fail (or not) later."""
+    with pytest.raises(ValueError, match=message):
+        getattr(keras_attn, layer)(**arguments)
+
+
 def test_config_rejects_unknown_keys():
     with pytest.raises(ValueError, match="unknown Seq2SeqConfig keys"):
         Seq2SeqConfig.from_dict({**tiny_config().to_dict(), "hidden": 3})

@@ -152,7 +152,10 @@ def distribution_strategy(name: str):
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
     if name == "multiworker":  # hosts and roles come from the TF_CONFIG variable
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        try:
+            strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        except ValueError as error:  # TensorFlow's message names neither the variable nor the strategy
+            raise ValueError(f"--strategy multiworker: the TF_CONFIG variable: {error}") from None
         stop_on_sigterm()
         return strategy
     return tf.distribute.get_strategy()

@@ -351,6 +351,22 @@ def workers_agree(out: Path) -> list[tuple[str, str]]:
     return histories[0]
 
 
+@pytest.mark.parametrize("tf_config,message", [
+    ("not json", "Expecting value"),
+    ('{"cluster": {"worker": ["localhost:1"]}, "task": {"type": "worker", "index": 5}}', "The `task_id` 5 exceeds"),
+])
+def test_a_bad_tf_config_is_named(tmp_path, tf_config, message):
+    """TensorFlow's own message named neither TF_CONFIG nor the strategy."""
+    import os
+
+    result = subprocess.run(train_on_two_workers(tmp_path / "run", pairs=300, epochs=1), capture_output=True,
+                            text=True, timeout=300, cwd=Path(__file__).resolve().parents[1],
+                            env={**os.environ, "TF_CONFIG": tf_config})
+    assert result.returncode == 2
+    assert f"--strategy multiworker: the TF_CONFIG variable: {message}" in result.stderr.splitlines()[-1]
+    assert not (tmp_path / "run").exists()
+
+
 def test_the_train_command_runs_on_two_workers(tmp_path):
     """`keras-attn train --strategy multiworker` (the strategy made before any other
     TensorFlow op), both hosts given the same `--out`: the chief writes there, the

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 EXIT_USAGE = 2
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a Unix tool killed by a closed pipe exits with
 # The modules of the `train` extra (pyproject.toml). A deployment installs keras-attn
 # without it: `translate` works, the other commands say what to install.
 TRAINING_MODULES = ("tensorflow", "keras", "tensorflow_text", "tf2onnx", "onnx", "sacrebleu", "babel",
@@ -314,6 +315,10 @@ def main(argv=None):
     except KeyboardInterrupt:
         print(f"keras-attn {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader left (`| head`): stop quietly, as Unix tools do
+        # stdout's unwritten rest goes nowhere, or the flush at exit would fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     return 0
 
 

@@ -175,6 +175,19 @@ def test_translate_output_to_a_link_or_a_pipe(dates_bundle, translator, tmp_path
     assert read == [want] and fifo.is_fifo()
 
 
+def test_translate_into_a_pipe_closed_early_stops_quietly(dates_bundle, tmp_path):
+    """`keras-attn translate ... | head -1` printed a BrokenPipeError traceback."""
+    source = tmp_path / "in.txt"
+    source.write_text("25 June 2009\n" * 3000)  # six chunks of 512 lines: writes go on after the close
+    process = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "translate", str(dates_bundle), "--input",
+                                str(source)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               cwd=Path(__file__).resolve().parents[1])
+    first = process.stdout.readline()
+    process.stdout.close()
+    err = process.stderr.read()
+    assert process.wait(timeout=120) == 141 and first.strip() and err == ""
+
+
 def test_cli_invalid_utf8_input_names_the_line(dates_bundle, tmp_path, capsys):
     bad = tmp_path / "in.txt"
     bad.write_bytes(b"25 June 2009\n\xff\xfe\n")

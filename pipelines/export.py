@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from keras_attn.config import is_int
 from keras_attn.runtime.translator import (
     BUNDLE_FORMAT,
     N_BEST_OUTPUTS,
@@ -23,10 +24,24 @@ from keras_attn.runtime.translator import (
 )
 
 VALIDATION_SENTENCES = 16
+# The decode loops write with TensorScatterAdd, which is ONNX ScatterND with a reduction
+# from opset 16 (at 13-15 the conversion failed in the ONNX checker, as a traceback).
+MIN_OPSET = 16
 
 
 class ExportError(RuntimeError):
     """The export could not produce a bundle that matches the TensorFlow model."""
+
+
+def check_opset(opset) -> None:
+    """Refuse an opset the graphs cannot be written in, before any conversion: from
+    `MIN_OPSET` to the newest that the installed tf2onnx converts."""
+    from tf2onnx import constants, version
+
+    newest = max(constants.OPSET_TO_IR_VERSION)
+    if not (is_int(opset) and MIN_OPSET <= opset <= newest):
+        raise ValueError(f"opset {opset}: the graphs need an ONNX opset from {MIN_OPSET} to {newest} "
+                         f"(the newest tf2onnx {version.version} converts)")
 
 
 def load_training_run(train_dir: str | Path):
@@ -208,6 +223,7 @@ def export(train_dir, out, beam: int = 5, alpha: float = 0.6, quantize: str | No
     out = Path(out)
     if out.is_symlink():  # replace the linked folder and keep the link, as files are written
         out = out.resolve()  # (the rename replaced the link and left `.name.old-PID` linking to the old)
+    check_opset(opset)
     check_output_folder(out)  # before the conversion's minutes, not at the final rename
     model, run_config, src_model, tgt_model = load_training_run(train_dir)
     inference = InferenceModel(model, fold_embeddings=True)

@@ -554,6 +554,20 @@ def test_export_replaces_only_an_empty_folder_or_an_earlier_bundle(dates_run, tm
         export(dates_run[0], tmp_path / "empty", log=lambda *a: None)).translate(["25 June 2009"])
 
 
+@pytest.mark.parametrize("opset", [13, 15, None])  # None: one past the newest tf2onnx converts
+def test_export_refuses_an_opset_it_cannot_write_before_converting(dates_run, tmp_path, capsys, opset):
+    """13-15 failed in the ONNX checker after a conversion (TensorScatterAdd needs 16),
+    as a traceback; one past tf2onnx's newest (18 in 1.17) failed inside tf2onnx."""
+    from tf2onnx import constants
+
+    newest = max(constants.OPSET_TO_IR_VERSION)
+    opset = opset or newest + 1
+    assert cli.main(["export", str(dates_run[0]), "--out", str(tmp_path / "b"), "--opset", str(opset)]) == 2
+    out, err = capsys.readouterr()
+    assert f"opset {opset}: the graphs need an ONNX opset from 16 to {newest}" in err
+    assert "[export] converting" not in out and not (tmp_path / "b").exists()
+
+
 def test_export_to_a_link_replaces_the_linked_bundle_and_keeps_the_link(dates_run, tmp_path):
     """`--out current` with `current -> v1`: the rename replaced the link with a folder
     and left `.current.old-PID` linking to v1."""

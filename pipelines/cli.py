@@ -126,7 +126,8 @@ def add_export(sub):
                         "(default %(default)s; `tune-alpha` picks one)")
     p.add_argument("--quantize", choices=["int8"], help="also write int8 dynamically quantized graphs")
     p.add_argument("--opset", type=positive_int, default=17,
-                   help="ONNX opset of the graphs (default %(default)s)")
+                   help="ONNX opset of the graphs: 16 up to the newest tf2onnx converts (18 in tf2onnx 1.17; "
+                        "default %(default)s)")
     p.add_argument("--max-len", type=positive_int, help="max source/target tokens (default: training max_len)")
     p.set_defaults(handler=cmd_export)
 

@@ -662,13 +662,40 @@ def prepare_data(cfg: TrainConfig, out: Path, log) -> TrainingData:
                         target_tokens)
 
 
-def start_writing(cfg: TrainConfig, data: TrainingData, model_cfg, out: Path, log) -> None:
-    """Create `out`, clear the previous run in it (a new run) and write this run's
-    tokenizers and config.json. `run` calls it once the data and the model have passed
-    every check (files, vocabulary, lengths, `--init-from`): a run stopped by one of them
-    leaves `out` as it was, or not created (a mistyped corpus path deleted the previous
-    run's model.keras when the clearing came first)."""
+@contextlib.contextmanager
+def sole_writer(out: Path):
+    """Create `out` and hold `out/.train.lock` while this process writes there: a second
+    `train` into the same folder (the same command started twice) is refused, instead
+    of writing the same checkpoints, backup and history as this one. The lock is the
+    operating system's (`flock`), released when the process ends however it ends;
+    where there is none (Windows, some network file systems) runs are not guarded."""
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:
+        fcntl = None
+    with open(out / ".train.lock", "a+", encoding="utf-8") as handle:
+        try:
+            if fcntl:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            raise ValueError(f"{out}: another keras-attn train (process {handle.read().strip() or '?'}) is "
+                             "writing there; wait for it to end, or choose another --out") from None
+        except OSError:  # a file system without locks
+            pass
+        handle.truncate(0)
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield
+
+
+def start_writing(cfg: TrainConfig, data: TrainingData, model_cfg, out: Path, log) -> None:
+    """Clear the previous run in `out` (a new run) and write this run's tokenizers and
+    config.json. `run` calls it, and creates `out` (`sole_writer`), once the data and
+    the model have passed every check (files, vocabulary, lengths, `--init-from`): a run
+    stopped by one of them leaves `out` as it was, or not created (a mistyped corpus
+    path deleted the previous run's model.keras when the clearing came first)."""
     if not resuming(out):
         clear_previous_run(out, log)
     atomic_write(out / "src.spm.model", data.src_model)
@@ -756,11 +783,12 @@ def run(cfg: TrainConfig) -> dict:
     log = print if cfg.verbose else (lambda *a, **k: None)
     data = prepare_data(cfg, out, log)
     model = prepare_model(cfg, data, strategy, log)
-    start_writing(cfg, data, model.config, out, log)
-    history, train_seconds = fit_model(cfg, model, data, out, log)
-    plot_history(out / "history.csv", out / "training_curve.png")
-    averaged = None
-    if cfg.average_last > 1:
-        measure = validation_measure(cfg, data.valid_ds, data.valid, data.src_sp, data.tgt_sp)
-        averaged = average_into_checkpoint(model, out, measure, cfg.monitor, log)
-    return report(cfg, out, data, history, train_seconds, averaged, log)
+    with sole_writer(out):
+        start_writing(cfg, data, model.config, out, log)
+        history, train_seconds = fit_model(cfg, model, data, out, log)
+        plot_history(out / "history.csv", out / "training_curve.png")
+        averaged = None
+        if cfg.average_last > 1:
+            measure = validation_measure(cfg, data.valid_ds, data.valid, data.src_sp, data.tgt_sp)
+            averaged = average_into_checkpoint(model, out, measure, cfg.monitor, log)
+        return report(cfg, out, data, history, train_seconds, averaged, log)

@@ -25,6 +25,7 @@ from pipelines.train import (
     model_config,
     prepare_data,
     run,
+    sole_writer,
     start_writing,
     validation_measure,
 )
@@ -504,6 +505,24 @@ def test_multi30k_smoke_run_and_onnx_parity(multi30k_dir, tmp_path, capsys):
         for beam in (1, 4):
             np.testing.assert_array_equal(translator.decode_ids(source, beam, 40)["ids"],
                                           inference.translate_ids(source, 40, beam, 0.6)["ids"].numpy())
+
+
+def test_a_second_train_into_a_folder_being_written_is_refused(tmp_path, capsys):
+    """The same command started twice wrote one folder's checkpoints, backup and history
+    from two processes. (`flock` locks belong to each open file, so a holder in this
+    process stands for another process.)"""
+    import os
+
+    from pipelines import cli
+
+    out = tmp_path / "run"
+    with sole_writer(out):
+        status = cli.main(["train", "--dates-train-size", "200", "--epochs", "1", "--verbose", "0", "--out", str(out)])
+    assert status == 2
+    assert f"{out}: another keras-attn train (process {os.getpid()}) is writing there" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == [".train.lock"]  # the refused run wrote nothing
+    with sole_writer(out):  # released when its holder ended
+        pass
 
 
 def test_a_new_run_replaces_the_previous_runs_results_only_when_it_starts_writing(tmp_path):

@@ -268,10 +268,16 @@ DEMO_DATES = ["25 June 2009", "Donnerstag, 25. Juni 2009", "2009년 6월 25일",
 def cmd_demo(args):
     from keras_attn.runtime import Translator
     from pipelines.config import TrainConfig
-    from pipelines.export import export
+    from pipelines.export import check_output_folder, export
     from pipelines.train import run
     from pipelines.translate import attention_heatmap
 
+    # The export replaces --bundle whole: refuse a folder it cannot have before the training, not after it.
+    bundle, out = Path(args.bundle).resolve(), Path(args.out).resolve()
+    if bundle == out or bundle in out.parents:
+        raise ValueError(f"--bundle {args.bundle}: holds the training folder --out {args.out}, and the export "
+                         "replaces the whole bundle folder; give them separate folders")
+    check_output_folder(Path(args.bundle))
     metrics = run(TrainConfig(out=args.out, epochs=args.epochs))
     export(args.out, args.bundle, quantize="int8")
     translator = Translator.load(args.bundle)

@@ -136,6 +136,10 @@ def test_non_string_input_is_a_type_error(translator):
      "--output {d}/nowhere/o.txt: folder {d}/nowhere does not exist"),
     (["translate", "{b}", "--input", "{d}/in.txt", "--output", "{d}"], "--output {d}: is a folder, not a file"),
     (["translate", "{b}", "--input", "{d}"], "{d}: is a folder, not a file"),  # was "no such input file"
+    # the demo's export replaces --bundle whole: refused before the training, not after it
+    (["demo", "--out", "{d}/x", "--bundle", "{d}/x"], "--bundle {d}/x: holds the training folder --out {d}/x,"),
+    (["demo", "--out", "{d}/x/run", "--bundle", "{d}/x"], "--bundle {d}/x: holds the training folder --out"),
+    (["demo", "--out", "{d}-run", "--bundle", "{d}"], "{d}: holds files and is not an export bundle"),
     (["evaluate", "{b}", "--src", "{d}/in.txt", "--ref", "{d}/in.txt", "--json", "{d}/in.txt/r.json"],
      "--json {d}/in.txt/r.json: {d}/in.txt is a file, not a folder"),  # was "folder ... does not exist"
     (["attention", "{b}", "25 June 2009", "--png", "{d}/nowhere/a.png"], "--png {d}/nowhere/a.png: folder"),

@@ -8,13 +8,17 @@ needs only the deployment packages (onnxruntime, sentencepiece, numpy).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 EXIT_USAGE = 2
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a Unix tool killed by a closed pipe exits with
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 # The modules of the `train` extra (pyproject.toml). A deployment installs keras-attn
 # without it: `translate` works, the other commands say what to install.
 TRAINING_MODULES = ("tensorflow", "keras", "tensorflow_text", "tf2onnx", "onnx", "sacrebleu", "babel",
@@ -301,9 +305,38 @@ def parser():
     return p
 
 
+class Terminated(BaseException):
+    """SIGTERM (`kill`, `timeout`, a scheduler's stop), raised where the command is so
+    that its clean-ups run as they do for Ctrl-C: the default action ended the process
+    at once and left an output's temporary file or an export's staging folder behind."""
+
+
+@contextlib.contextmanager
+def sigterm_raises():
+    """SIGTERM raises `Terminated` inside the block (the main thread only has signals)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = parser().parse_args(argv)
+    with sigterm_raises():
+        return run_command(args)
+
+
+def run_command(args) -> int:
+    """`args.handler(args)`; the exit status, with one line on stderr for what stopped it."""
     from pipelines.corpus import CorpusError
 
     try:
@@ -322,6 +355,9 @@ def main(argv=None):
     except KeyboardInterrupt:
         print(f"keras-attn {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"keras-attn {args.command}: terminated", file=sys.stderr)
+        return EXIT_TERMINATED
     except BrokenPipeError:  # the reader left (`| head`): stop quietly, as Unix tools do
         # stdout's unwritten rest goes nowhere, or the flush at exit would fail again
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

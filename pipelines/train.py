@@ -162,7 +162,7 @@ def distribution_strategy(name: str):
 
 
 def stop_on_sigterm():
-    """Let SIGTERM end the process again, as it does a single-process run.
+    """Let SIGTERM end the process again (the CLI's `Terminated` in a single process).
 
     With a multi-worker cluster TensorFlow's coordination service installs a C handler
     for SIGTERM that only records a preemption notice for `PreemptionCheckpointHandler`,

@@ -192,6 +192,27 @@ def test_translate_into_a_pipe_closed_early_stops_quietly(dates_bundle, tmp_path
     assert process.wait(timeout=120) == 141 and first.strip() and err == ""
 
 
+def test_sigterm_stops_a_command_with_its_clean_ups(dates_bundle, tmp_path):
+    """`kill` (SIGTERM) ended the process at once: a translation's temporary output
+    (and an export's staging folder) stayed behind. Now it is raised as Ctrl-C is."""
+    import signal
+    import time
+
+    source, output = tmp_path / "in.txt", tmp_path / "out.txt"
+    source.write_text("25 June 2009\n" * 300_000)
+    process = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "translate", str(dates_bundle), "--input",
+                                str(source), "--output", str(output)], stderr=subprocess.PIPE, text=True,
+                               cwd=Path(__file__).resolve().parents[1])
+    deadline = time.monotonic() + 120
+    while not (tmp_path / ".out.txt.tmp").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (tmp_path / ".out.txt.tmp").exists()  # the translation is under way
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 143
+    assert process.stderr.read().strip().endswith("keras-attn translate: terminated")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]
+
+
 def test_cli_invalid_utf8_input_names_the_line(dates_bundle, tmp_path, capsys):
     bad = tmp_path / "in.txt"
     bad.write_bytes(b"25 June 2009\n\xff\xfe\n")

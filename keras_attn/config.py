@@ -39,8 +39,7 @@ class Seq2SeqConfig:
     eos_id: int = 3
 
     def __post_init__(self):
-        values = self.to_dict()
-        check_sizes("Seq2SeqConfig", **{name: values[name] for name in (
+        check_sizes("Seq2SeqConfig", **{name: getattr(self, name) for name in (
             "src_vocab_size", "tgt_vocab_size", "embedding_dim", "encoder_units", "encoder_layers",
             "decoder_units", "decoder_layers")})
         if self.attention not in SCORES:

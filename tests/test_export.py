@@ -346,6 +346,26 @@ def test_batches_on_parallel_single_thread_sessions_equal_one_session(dates_bund
         assert a.log_prob == pytest.approx(b.log_prob, abs=1e-4)
 
 
+def test_a_bundle_exported_over_a_loaded_one_leaves_its_translations_as_loaded(dates_run, dates_bundle,
+                                                                              held_out, tmp_path):
+    """The worker sessions (2 threads, several batches) open on first use, from the
+    bundle's files: after a re-export into its folder they opened the new model, run
+    with the tokenizers loaded before, so one `Translator` translated by another model
+    depending on the batching. Now the batches run on the loaded sessions, with a warning."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(dates_bundle, bundle)
+    translator = Translator.load(bundle, threads=2)
+    sources = held_out.sources[:100]
+    loaded = translator.translate(sources, batch_size=len(sources))  # one batch: the loaded sessions
+    export(dates_run[0], bundle, log=lambda *a: None)
+    with pytest.warns(UserWarning, match="the bundle changed on disk since it was loaded") as caught:
+        assert translator.translate(sources, batch_size=16) == loaded  # 7 batches
+    assert len(caught) == 1 and caught[0].filename == __file__ and translator._worker_sessions is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once
+        assert translator.translate(sources, batch_size=16) == loaded
+
+
 def test_translator_caps_each_sentence_by_its_own_length(dates_bundle):
     """The graphs stop each sentence at its own cap (the search test above); the
     Translator must give each sentence the cap of its own length, not of the batch's

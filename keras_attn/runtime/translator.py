@@ -139,6 +139,19 @@ def check_checksum(path: Path, expected: str | None) -> None:
         raise BundleError(f"{path}: checksum does not match config.json (file damaged or replaced)")
 
 
+def file_identities(paths) -> list:
+    """What changes when a file is replaced or rewritten: device, inode, size and
+    modification time of each of `paths` (None for one that is gone)."""
+    def identity(path):
+        try:
+            info = path.stat()
+        except OSError:
+            return None
+        return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
+
+    return [identity(path) for path in paths]
+
+
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -237,6 +250,10 @@ class Translator:
         self.src_sp, self.tgt_sp = src_sp, tgt_sp
         self.sessions, self.graphs, self.threads = sessions, graphs, threads
         self._worker_sessions, self._lock = None, threading.Lock()
+        # The files the sessions were opened from, as they were: the worker sessions open
+        # later, and must not open a bundle exported over this one in the meantime.
+        self._session_files = [*graphs.values(), *sorted(bundle.glob("weights*.bin"))]
+        self._loaded_files, self._bundle_changed = file_identities(self._session_files), False
         self.max_src_len = int(config["max_src_len"])
         self.max_tgt_len = int(config["max_tgt_len"])
         self.eos_id, self.pad_id = int(config["eos_id"]), int(config["pad_id"])
@@ -332,8 +349,8 @@ class Translator:
             width = out["attention"].shape[-1]
             return [(i, self._result(out, row, rows[row], width, attention)) for row, i in enumerate(batch)]
 
-        if len(batches) > 1 and self.threads > 1:
-            sessions = self._single_thread_sessions()
+        sessions = self._single_thread_sessions() if len(batches) > 1 and self.threads > 1 else None
+        if sessions:
             with ThreadPoolExecutor(min(self.threads, len(batches))) as pool:
                 done = list(pool.map(lambda batch: run(batch, sessions), batches))
         else:
@@ -343,11 +360,21 @@ class Translator:
                 results[i] = translation
         return results
 
-    def _single_thread_sessions(self) -> dict:
-        """Sessions with one intra-op thread, opened on first use, shared by the workers."""
+    def _single_thread_sessions(self) -> dict | None:
+        """Sessions with one intra-op thread, opened on first use, shared by the workers;
+        None (with one warning) when the bundle's files changed on disk since `load`
+        (a re-export into its folder): the worker sessions would run another model than
+        the one loaded, with this one's tokenizers, so the batches run on the loaded
+        sessions one after another instead."""
         with self._lock:
-            if self._worker_sessions is None:
-                self._worker_sessions = {kind: open_session(path, 1) for kind, path in self.graphs.items()}
+            if self._worker_sessions is None and not self._bundle_changed:
+                if file_identities(self._session_files) == self._loaded_files:
+                    self._worker_sessions = {kind: open_session(path, 1) for kind, path in self.graphs.items()}
+                else:
+                    self._bundle_changed = True  # warned once
+                    warnings.warn(f"{self.bundle}: the bundle changed on disk since it was loaded; translating "
+                                  "with the loaded model, one batch at a time (load the bundle again to use "
+                                  "the new one)", UserWarning, stacklevel=4)
         return self._worker_sessions
 
     def _text(self, ids) -> str:

@@ -161,6 +161,10 @@ def add_translate(sub):
     p.add_argument("--batch-size", type=positive_int, default=64,
                    help="sentences per onnxruntime call (default %(default)s)")
     p.add_argument("--alpha", type=length_penalty, help="beam length penalty (default: the bundle's)")
+    p.add_argument("--line-buffered", action="store_true",
+                   help="answer each stdin line on stdout as it arrives, for a program that writes a line and "
+                        "waits for its translation (a terminal gets this anyway; otherwise lines are read "
+                        "8 x --batch-size at a time)")
     p.set_defaults(handler=cmd_translate)
 
 
@@ -170,10 +174,13 @@ def cmd_translate(args):
     beam = args.beam or args.n_best or 1
     if args.n_best and beam < args.n_best:
         raise ValueError(f"--n-best {args.n_best} needs --beam {args.n_best} or more, got --beam {beam}")
+    if args.line_buffered and (args.input or args.output):
+        raise ValueError("--line-buffered answers stdin on stdout; it takes no --input or --output")
     check_output_file(args.output, "--output")
     note_ignored_alpha(args, beam)
     translate_stream(args.bundle, args.input, args.output, beam=beam, max_len=args.max_len,
-                     int8=args.int8, batch_size=args.batch_size, alpha=args.alpha, n_best=args.n_best or 0)
+                     int8=args.int8, batch_size=args.batch_size, alpha=args.alpha, n_best=args.n_best or 0,
+                     line_buffered=args.line_buffered)
 
 
 def add_attention(sub):

@@ -12,20 +12,21 @@ from pipelines.files import atomic_output, input_file_problem, save_figure
 
 
 def translate_stream(bundle, input_path=None, output_path=None, beam=1, max_len=None, int8=False,
-                     batch_size=64, alpha=None, n_best=0):
+                     batch_size=64, alpha=None, n_best=0, line_buffered=False):
     """Translate a file (or stdin) line by line; the output has one line per input line,
     or with `n_best` N lines per input line (`output_lines`). The input is read and
     the output written in chunks of `8 * batch_size` lines, so memory does not grow
     with the input and a pipe gets its first lines early; `output_path` appears only
-    complete. When stdin is a terminal (and there is no `output_path`) each line is
-    answered as it is typed. `alpha`: the beam length penalty (default: the bundle's)."""
+    complete. When stdin is a terminal, or with `line_buffered` (a program that writes
+    a line and waits for its translation), each stdin line is answered on stdout as it
+    arrives. `alpha`: the beam length penalty (default: the bundle's)."""
     problem = None if input_path is None else input_file_problem(input_path)
     if problem:  # before loading the bundle
         raise FileNotFoundError(f"{input_path}: {problem}")
     translator = Translator.load(bundle, int8=int8)
     options = dict(beam=beam, max_len=max_len, batch_size=batch_size, alpha=alpha, n_best=n_best)
-    if input_path is None and output_path is None and sys.stdin.isatty():
-        return translate_interactively(translator, **options)
+    if input_path is None and output_path is None and (line_buffered or sys.stdin.isatty()):
+        return answer_each_line(translator, **options)
     options["source"] = "<stdin>" if input_path is None else str(input_path)
     show_progress = input_path is not None and sys.stderr.isatty()
     output = contextlib.nullcontext(sys.stdout) if output_path is None else atomic_output(output_path)
@@ -90,8 +91,9 @@ def collecting_truncations():
                 warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
 
 
-def translate_interactively(translator, **options):
-    """stdin is a terminal: answer each line as it is typed, until end of input (Ctrl-D)."""
+def answer_each_line(translator, **options):
+    """Answer each stdin line on stdout as it arrives (typed at a terminal, or written by
+    a program that waits for the answer), until end of input (Ctrl-D)."""
     for number, raw in enumerate(iter(sys.stdin.buffer.readline, b""), start=1):
         answer = output_lines(translator, decode_lines(raw, "<stdin>", first_line=number), number,
                               source="<stdin>", **options)

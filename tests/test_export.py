@@ -614,6 +614,26 @@ def test_translate_and_attention_commands(dates_bundle, tmp_path, capsys, monkey
     assert "missing.txt: no such file" in capsys.readouterr().err
 
 
+def test_translate_line_buffered_answers_a_program_that_waits(dates_bundle, capsys):
+    """A program that writes a line into a pipe and waits for its translation waited
+    forever: lines not from a terminal were read 8 x --batch-size at a time."""
+    import select
+
+    process = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "translate", str(dates_bundle),
+                                "--line-buffered"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                               cwd=Path(__file__).resolve().parents[1])
+    answers = []
+    for line in ["25 June 2009", "Sat 1 Jan 2000"]:
+        process.stdin.write(line + "\n")
+        process.stdin.flush()  # and the pipe stays open
+        ready, _, _ = select.select([process.stdout], [], [], 60)
+        answers.append(process.stdout.readline() if ready else None)
+    process.stdin.close()
+    assert process.wait(timeout=60) == 0 and answers == ["2009-06-25\n", "2000-01-01\n"]
+    assert cli.main(["translate", str(dates_bundle), "--line-buffered", "--output", "o.txt"]) == 2
+    assert "--line-buffered answers stdin on stdout; it takes no --input or --output" in capsys.readouterr().err
+
+
 def test_translate_from_a_terminal_answers_each_line_as_it_is_typed(dates_bundle, monkeypatch, capsys):
     import io
 

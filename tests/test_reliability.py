@@ -83,6 +83,19 @@ def test_decode_ids_checks_beam_and_max_len(translator, beam, max_len):
         translator.decode_ids(source_ids, beam=beam, max_len=max_len)
 
 
+@pytest.mark.parametrize("int8", [False, True])
+def test_a_translator_pickles_as_its_bundle_and_settings(dates_bundle, int8):
+    """For `multiprocessing` workers started by spawn; onnxruntime sessions cannot be
+    pickled (a TypeError before)."""
+    import pickle
+
+    sources = ["25 June 2009", "Donnerstag, 25. Juni 2009"]
+    original = Translator.load(dates_bundle, int8=int8, threads=1)
+    copy = pickle.loads(pickle.dumps(original))
+    assert (copy.bundle, copy.graphs, copy.threads) == (original.bundle, original.graphs, 1)
+    assert copy.translate(sources, beam=2) == original.translate(sources, beam=2)
+
+
 def test_largest_max_len_is_accepted(translator):
     sources = ["25 June 2009", "Donnerstag, 25. Juni 2009"]
     assert translator.translate(sources, max_len=2**31 - 1) == translator.translate(sources, max_len=50)

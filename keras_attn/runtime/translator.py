@@ -267,6 +267,13 @@ class Translator:
         sessions, paths = open_graphs(bundle, config, int8, threads)
         return cls(bundle, config, src_sp, tgt_sp, sessions, paths, threads)
 
+    def __reduce__(self):
+        """Pickled as `load`'s arguments, since onnxruntime sessions cannot be pickled: a
+        process that unpickles it loads the bundle again (`multiprocessing` workers
+        started by spawn, `pool.map(translator.translate, chunks)`)."""
+        int8 = self.graphs["greedy"].name.endswith(".int8.onnx")
+        return type(self).load, (self.bundle, int8, self.threads)
+
     # ------------------------------------------------------------ translating
     def encode(self, sentences: list[str], stacklevel: int = 2) -> list[list[int]]:
         """Source ids, truncated to the model's max source length (one `TruncationWarning`,

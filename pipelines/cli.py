@@ -233,7 +233,7 @@ def add_tune_alpha(sub):
     p.add_argument("--src", required=True,
                    help="validation sources, one per line (.gz ok); never the test set")
     p.add_argument("--ref", required=True, help="their reference translations")
-    p.add_argument("--beam", type=positive_int, default=5, help="beam size (default %(default)s)")
+    p.add_argument("--beam", type=positive_int, default=5, help="beam size, 2 or more (default %(default)s)")
     p.add_argument("--alphas", type=length_penalty, nargs="+", default=list(ALPHAS),
                    metavar="A", help="length penalties to try (default %(default)s)")
     p.add_argument("--int8", action="store_true", help="use the int8 graph")
@@ -246,6 +246,9 @@ def add_tune_alpha(sub):
 def cmd_tune_alpha(args):
     from pipelines.evaluate import tune_alpha_command
 
+    if args.beam == 1:  # every alpha gave the same greedy output, and --write kept the first
+        raise ValueError("--beam 1: the length penalty ranks a beam's hypotheses and greedy decoding has none; "
+                         "give --beam 2 or more")
     check_output_file(args.json, "--json")
     tune_alpha_command(args)
 

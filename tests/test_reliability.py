@@ -149,6 +149,9 @@ def test_non_string_input_is_a_type_error(translator):
      "--output {d}/nowhere/o.txt: folder {d}/nowhere does not exist"),
     (["translate", "{b}", "--input", "{d}/in.txt", "--output", "{d}"], "--output {d}: is a folder, not a file"),
     (["translate", "{b}", "--input", "{d}"], "{d}: is a folder, not a file"),  # was "no such input file"
+    # every alpha gave the greedy output, and --write made the first one the bundle's
+    (["tune-alpha", "{b}", "--src", "{d}/in.txt", "--ref", "{d}/in.txt", "--beam", "1", "--write"],
+     "--beam 1: the length penalty ranks a beam's hypotheses and greedy decoding has none"),
     # the demo's export replaces --bundle whole: refused before the training, not after it
     (["demo", "--out", "{d}/x", "--bundle", "{d}/x"], "--bundle {d}/x: holds the training folder --out {d}/x,"),
     (["demo", "--out", "{d}/x/run", "--bundle", "{d}/x"], "--bundle {d}/x: holds the training folder --out"),

@@ -66,9 +66,7 @@ def line_chunks(path: str | Path | None, size: int):
     the file read)` (the fraction is None for stdin). Lines are split as `decode_lines`
     splits them; `CorpusError` names the file for a missing or unreadable file, and the
     file and line for invalid UTF-8."""
-    problem = None if path is None else input_file_problem(path)
-    if problem:
-        raise CorpusError(f"{path}: {problem}")
+    check_input_file(path)
     name = "<stdin>" if path is None else str(path)
     with contextlib.ExitStack() as stack:
         if path is None:
@@ -90,6 +88,13 @@ def line_chunks(path: str | Path | None, size: int):
             yield number, decode_lines(b"".join(raw), name, first_line=number), \
                 None if total is None else raw_file.tell() / total
             number += len(raw)
+
+
+def check_input_file(path: str | Path | None) -> None:
+    """`CorpusError` naming `path` when it cannot be read as input (`None`, stdin, can)."""
+    problem = None if path is None else input_file_problem(path)
+    if problem:
+        raise CorpusError(f"{path}: {problem}")
 
 
 def decode_lines(data: bytes, name: str, first_line: int = 1) -> list[str]:

@@ -7,8 +7,8 @@ import sys
 import warnings
 
 from keras_attn.runtime import Translator, TruncationWarning
-from pipelines.corpus import decode_lines, line_chunks
-from pipelines.files import atomic_output, input_file_problem, save_figure
+from pipelines.corpus import check_input_file, decode_lines, line_chunks
+from pipelines.files import atomic_output, save_figure
 
 
 def translate_stream(bundle, input_path=None, output_path=None, beam=1, max_len=None, int8=False,
@@ -20,9 +20,7 @@ def translate_stream(bundle, input_path=None, output_path=None, beam=1, max_len=
     complete. When stdin is a terminal, or with `line_buffered` (a program that writes
     a line and waits for its translation), each stdin line is answered on stdout as it
     arrives. `alpha`: the beam length penalty (default: the bundle's)."""
-    problem = None if input_path is None else input_file_problem(input_path)
-    if problem:  # before loading the bundle
-        raise FileNotFoundError(f"{input_path}: {problem}")
+    check_input_file(input_path)  # before loading the bundle
     translator = Translator.load(bundle, int8=int8)
     options = dict(beam=beam, max_len=max_len, batch_size=batch_size, alpha=alpha, n_best=n_best)
     if input_path is None and output_path is None and (line_buffered or sys.stdin.isatty()):

@@ -198,7 +198,8 @@ def test_translate_output_to_a_link_or_a_pipe(dates_bundle, translator, tmp_path
 def test_translate_into_a_pipe_closed_early_stops_quietly(dates_bundle, tmp_path):
     """`keras-attn translate ... | head -1` printed a BrokenPipeError traceback."""
     source = tmp_path / "in.txt"
-    source.write_text("25 June 2009\n" * 3000)  # six chunks of 512 lines: writes go on after the close
+    # 330 KB of output, more than a pipe holds (64 KB): writes are still to come when it is closed
+    source.write_text("25 June 2009\n" * 30_000)
     process = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "translate", str(dates_bundle), "--input",
                                 str(source)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                cwd=Path(__file__).resolve().parents[1])

@@ -17,6 +17,7 @@ import threading
 from pathlib import Path
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT (Ctrl-C)
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a Unix tool killed by a closed pipe exits with
 EXIT_TERMINATED = 143  # 128 + SIGTERM
 # The modules of the `train` extra (pyproject.toml). A deployment installs keras-attn
@@ -364,7 +365,7 @@ def run_command(args) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"keras-attn {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except Terminated:
         print(f"keras-attn {args.command}: terminated", file=sys.stderr)
         return EXIT_TERMINATED

@@ -61,9 +61,10 @@ def read_lines(path: str | Path) -> list[str]:
 
 
 def line_chunks(path: str | Path | None, size: int):
-    """A UTF-8 text file (`.gz` read transparently), or stdin for `None`, read `size`
-    lines at a time as they are needed: yields `(first line number, lines, fraction of
-    the file read)` (the fraction is None for stdin). Lines are split as `decode_lines`
+    """A UTF-8 text file, pipe or device (gzip read transparently), or stdin for `None`,
+    read `size` lines at a time as they are needed: yields `(first line number, lines,
+    fraction of the file read)` (the fraction is None for stdin and pipes, which have
+    no size). Lines are split as `decode_lines`
     splits them; `CorpusError` names the file for a missing or unreadable file, and the
     file and line for invalid UTF-8."""
     check_input_file(path)

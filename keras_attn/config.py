@@ -11,6 +11,8 @@ import json
 import numbers
 from pathlib import Path
 
+from keras_attn.files import atomic_write
+
 SCORES = ("general", "dot", "concat")
 
 
@@ -84,7 +86,9 @@ class Seq2SeqConfig:
         return cls.from_dict(json.loads(text))
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_json() + "\n", encoding="utf-8")
+        """Write the JSON whole or not at all (`atomic_write`): a failed or interrupted
+        save leaves the file it replaces as it was."""
+        atomic_write(path, self.to_json() + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> Seq2SeqConfig:

@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 
 from keras_attn.config import SCORES  # no TensorFlow: keras_attn imports its layers lazily
-from pipelines.files import input_file_problem
+from keras_attn.files import input_file_problem
 
 
 def setting(default, help: str, *, choices: tuple = (), minimum: int = 1):

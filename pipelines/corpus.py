@@ -16,7 +16,7 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-from pipelines.files import input_file_problem
+from keras_attn.files import input_file_problem
 
 GZIP_MAGIC = b"\x1f\x8b"  # the first two bytes of every gzip file
 

@@ -6,8 +6,8 @@ import json
 import time
 from pathlib import Path
 
+from keras_attn.files import atomic_write
 from pipelines.corpus import CorpusError, read_aligned
-from pipelines.files import atomic_write
 
 
 def score(hypotheses: list[str], references: list[str]) -> dict:

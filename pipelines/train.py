@@ -13,8 +13,8 @@ import time
 import warnings
 from pathlib import Path
 
+from keras_attn.files import atomic_write, save_figure
 from pipelines.config import TrainConfig
-from pipelines.files import atomic_write, save_figure
 
 
 # --------------------------------------------------------------------- corpora

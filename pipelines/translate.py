@@ -6,9 +6,9 @@ import contextlib
 import sys
 import warnings
 
+from keras_attn.files import atomic_output, save_figure
 from keras_attn.runtime import Translator, TruncationWarning
 from pipelines.corpus import check_input_file, decode_lines, line_chunks
-from pipelines.files import atomic_output, save_figure
 
 
 def translate_stream(bundle, input_path=None, output_path=None, beam=1, max_len=None, int8=False,

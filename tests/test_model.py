@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -18,6 +19,23 @@ def test_config_round_trips_through_json(tmp_path):
     cfg.save(tmp_path / "c.json")
     assert Seq2SeqConfig.load(tmp_path / "c.json") == cfg
     assert json.loads(cfg.to_json())["attention"] == "concat"
+
+
+def test_config_save_replaces_its_file_whole_or_not_at_all(tmp_path, monkeypatch):
+    """An interrupted save leaves the previous file as it was, and no temporary file
+    (it wrote in place: the file was truncated before the new text went in)."""
+    path = tmp_path / "c.json"
+    tiny_config().save(path)
+    before = path.read_text(encoding="utf-8")
+
+    def interrupted(self, target):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tiny_config(attention="dot").save(path)
+    assert path.read_text(encoding="utf-8") == before
+    assert [p.name for p in tmp_path.iterdir()] == ["c.json"]
 
 
 @pytest.mark.parametrize("bad", [{"attention": "bilinear"}, {"dropout": 1.0}, {"word_dropout": -0.1},

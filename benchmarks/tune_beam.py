@@ -17,7 +17,15 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import DEFAULT_DATA, write_results  # noqa: E402
 
-from pipelines.evaluate import ALPHAS, best_row, read_test_set, score, tune_alpha, write_bundle_alpha  # noqa: E402
+from pipelines.evaluate import (  # noqa: E402
+    ALPHAS,
+    best_row,
+    check_tuning_beam,
+    read_test_set,
+    score,
+    tune_alpha,
+    write_bundle_alpha,
+)
 
 
 def main():
@@ -29,14 +37,18 @@ def main():
     parser.add_argument("--name", default="tune_beam", help="results file name (results/NAME.json, .md)")
     parser.add_argument("--write", action="store_true", help="make the chosen alpha the bundle's default")
     args = parser.parse_args()
+    try:
+        check_tuning_beam(args.beam)
+    except ValueError as error:
+        parser.error(str(error))
 
     from keras_attn.runtime import Translator
 
     val_src = os.path.join(args.data_dir, "val.de.gz")
     sources, refs = read_test_set(val_src, os.path.join(args.data_dir, "val.en.gz"))
     translator = Translator.load(args.bundle)
-    greedy = {"search": "greedy", "alpha": "-", "val BLEU": score(translator.translate(sources), refs)["bleu"]}
     beams = tune_alpha(translator, sources, refs, args.beam, args.alphas, progress=lambda row: print(row, flush=True))
+    greedy = {"search": "greedy", "alpha": "-", "val BLEU": score(translator.translate(sources), refs)["bleu"]}
     rows = [greedy] + [{"search": f"beam {args.beam}", "alpha": row["alpha"], "val BLEU": row["bleu"]} for row in beams]
     best = best_row(beams)
     write_results(args.name, rows, {"chosen alpha": best["alpha"], "set": f"Multi30k val ({len(sources):,} sentences)"})

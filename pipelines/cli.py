@@ -247,9 +247,6 @@ def add_tune_alpha(sub):
 def cmd_tune_alpha(args):
     from pipelines.evaluate import tune_alpha_command
 
-    if args.beam == 1:  # every alpha gave the same greedy output, and --write kept the first
-        raise ValueError("--beam 1: the length penalty ranks a beam's hypotheses and greedy decoding has none; "
-                         "give --beam 2 or more")
     check_output_file(args.json, "--json")
     tune_alpha_command(args)
 

@@ -141,6 +141,7 @@ def tune_alpha(translator, sources: list[str], references: list[str], beam: int 
                progress=None) -> list[dict]:
     """Beam-search BLEU and chrF of `sources` at each length penalty in `alphas`, in
     their order; `progress(row)` after each. Choose on a validation set, never the test set."""
+    check_tuning_beam(beam)
     rows = []
     for alpha in alphas:
         scores = score(translator.translate(sources, beam=beam, alpha=alpha), references)
@@ -148,6 +149,14 @@ def tune_alpha(translator, sources: list[str], references: list[str], beam: int 
         if progress:
             progress(rows[-1])
     return rows
+
+
+def check_tuning_beam(beam: int) -> None:
+    """A beam of 1 is refused: every alpha gave the same greedy output, and `--write`
+    made the first listed the bundle's default."""
+    if beam == 1:
+        raise ValueError("--beam 1: the length penalty ranks a beam's hypotheses and greedy decoding has none; "
+                         "give --beam 2 or more")
 
 
 def best_row(rows: list[dict]) -> dict:
@@ -171,6 +180,7 @@ def tune_alpha_command(args):
     from keras_attn.runtime import Translator
     from pipelines.translate import collecting_truncations, report_truncation
 
+    check_tuning_beam(args.beam)  # before the table's header
     sources, references = read_test_set(args.src, args.ref)
     translator = Translator.load(args.bundle, int8=args.int8)
     print(f"beam {args.beam} on {args.src} ({len(sources):,} sentences), bundle's alpha {translator.config['alpha']}:")

@@ -103,6 +103,18 @@ def test_bundle_scripts_run(script, args, dates_bundle, dates_as_multi30k, tmp_p
     assert result["rows"]
 
 
+def test_tune_beam_refuses_beam_1_before_translating(dates_bundle, dates_as_multi30k, tmp_path):
+    """Every alpha gave the greedy output and `--write` made the first the bundle's
+    default; the refusal comes before any translation, and nothing is written."""
+    before = (dates_bundle / "config.json").read_bytes()
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "tune_beam.py"), "--bundle", str(dates_bundle),
+                           "--data-dir", str(dates_as_multi30k), "--beam", "1", "--write"], capture_output=True,
+                          text=True, env={**os.environ, "KERAS_ATTN_RESULTS": str(tmp_path)}, timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    assert "--beam 1: the length penalty ranks a beam's hypotheses and greedy decoding has none" in done.stderr
+    assert list(tmp_path.iterdir()) == [] and (dates_bundle / "config.json").read_bytes() == before
+
+
 def test_significance_compares_translated_and_saved_outputs(dates_bundle, dates_as_multi30k, tmp_path):
     """Two systems translated, then the same comparison from their saved outputs."""
     from pipelines.evaluate import evaluate

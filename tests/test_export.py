@@ -22,7 +22,7 @@ from keras_attn.saving import load_model
 from keras_attn.search import InferenceModel
 from pipelines import cli
 from pipelines.dates import date_corpus
-from pipelines.evaluate import evaluate
+from pipelines.evaluate import evaluate, tune_alpha
 from pipelines.export import ExportError, export
 
 
@@ -827,6 +827,14 @@ def test_tune_alpha_scores_each_alpha_and_writes_the_best_into_the_bundle(dates_
         with pytest.raises(SystemExit):
             cli.main(["tune-alpha", str(bundle), "--src", str(src), "--ref", str(ref), *bad])
         assert "expected" in capsys.readouterr().err
+
+
+def test_tune_alpha_refuses_beam_1_before_translating(dates_bundle, held_out):
+    rows = []
+    with pytest.raises(ValueError, match="--beam 1: the length penalty"):
+        tune_alpha(Translator.load(dates_bundle), held_out.sources[:3], held_out.targets[:3], beam=1,
+                   progress=rows.append)
+    assert rows == []
 
 
 def test_tune_alpha_names_the_lines_it_cuts_once(dates_bundle, held_out, tmp_path, capsys):

@@ -170,8 +170,9 @@ def test_cli_bad_values_exit_2(dates_bundle, tmp_path, capsys, argv, message):
         status = cli.main(argv)
     except SystemExit as exit_info:  # argparse rejects before our handler runs
         status = exit_info.code
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert status == 2 and message in err and "Traceback" not in err
+    assert out == ""  # refused before any work: tune-alpha --beam 1 printed its table's header first
 
 
 def test_translate_output_to_a_link_or_a_pipe(dates_bundle, translator, tmp_path):

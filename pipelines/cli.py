@@ -180,8 +180,8 @@ def cmd_translate(args):
     check_output_file(args.output, "--output")
     note_ignored_alpha(args, beam)
     translate_stream(args.bundle, args.input, args.output, beam=beam, max_len=args.max_len,
-                     int8=args.int8, batch_size=args.batch_size, alpha=args.alpha, n_best=args.n_best or 0,
-                     line_buffered=args.line_buffered)
+                     int8=args.int8, batch_size=args.batch_size, alpha=args.alpha if beam > 1 else None,
+                     n_best=args.n_best or 0, line_buffered=args.line_buffered)
 
 
 def add_attention(sub):

@@ -31,7 +31,7 @@ def translate_with(runtime: str, bundle: str, config: dict, sources: list[str], 
         from keras_attn.runtime import Translator
 
         translator = Translator.load(bundle, int8=int8)
-        return lambda: translator.translate(sources, beam=beam, alpha=alpha)
+        return lambda: translator.translate(sources, beam=beam, alpha=alpha if beam > 1 else None)
     from keras_attn.search import InferenceModel
     from pipelines.decode import translate_tf
     from pipelines.export import load_training_run

@@ -324,10 +324,28 @@ def test_alpha_with_greedy_decoding_is_noted(dates_bundle, tmp_path, capsys, com
     src.write_text("25 June 2009\n", encoding="utf-8")
     files = ["--input", str(src)] if command == "translate" else ["--src", str(src), "--ref", str(src)]
     note = f"keras-attn {command}: note: --alpha has no effect with greedy decoding (--beam 1)"
-    assert cli.main([command, str(dates_bundle), *files, "--alpha", "0.8"]) == 0
-    assert note in capsys.readouterr().err
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert cli.main([command, str(dates_bundle), *files, "--alpha", "0.8"]) == 0
+    assert capsys.readouterr().err.count(note) == 1
+    assert not [w for w in caught if "no effect" in str(w.message)]  # the note, not the API's warning too
     assert cli.main([command, str(dates_bundle), *files, "--alpha", "0.8", "--beam", "2"]) == 0
     assert "note:" not in capsys.readouterr().err
+
+
+def test_alpha_with_greedy_decoding_warns_in_the_python_api(dates_bundle):
+    """`translate(..., alpha=0.8)` without a beam was ignored silently; the warning
+    points at the caller's line."""
+    translator = Translator.load(dates_bundle)
+    for call in (lambda: translator.translate(["25 June 2009"], alpha=0.8),
+                 lambda: translator.translate_n_best(["25 June 2009"], 1, alpha=0.8)):
+        with pytest.warns(UserWarning, match=r"has no effect with greedy decoding \(beam=1\)") as caught:
+            call()
+        assert [Path(w.filename).name for w in caught] == ["test_export.py"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # neither the bundle's alpha at beam 1 nor a given one at beam 2
+        translator.translate(["25 June 2009"])
+        translator.translate(["25 June 2009"], beam=2, alpha=0.8)
 
 
 def test_batches_on_parallel_single_thread_sessions_equal_one_session(dates_bundle, held_out):

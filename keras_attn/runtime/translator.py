@@ -312,7 +312,8 @@ class Translator:
                   batch_size: int = 64, alpha: float | None = None) -> list[str]:
         """Translations in input order; an empty (or whitespace) line gives "".
 
-        `alpha` is the beam length penalty (default: the bundle's `config.json`).
+        `alpha` is the beam length penalty (default: the bundle's `config.json`); with
+        `beam=1` (greedy) it has no effect, and a `UserWarning` says so.
         """
         return [t.text for t in self._translate(sentences, beam, max_len, batch_size, False, alpha)]
 
@@ -342,6 +343,9 @@ class Translator:
 
     def _translate(self, sentences, beam, max_len, batch_size, attention, alpha=None, n_best=False):
         self._check(beam, max_len, alpha)
+        if alpha is not None and beam == 1:  # the caller of translate*: 3 frames up
+            warnings.warn("alpha, the beam's length penalty, has no effect with greedy decoding (beam=1)",
+                          stacklevel=3)
         if isinstance(sentences, str):
             raise TypeError("translate takes a list of sentences, not a single string")
         encoded = self.encode(list(sentences), stacklevel=4)  # the caller of translate*

@@ -670,24 +670,37 @@ def sole_writer(out: Path):
     operating system's (`flock`), released when the process ends however it ends;
     where there is none (Windows, some network file systems) runs are not guarded."""
     out.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:
-        fcntl = None
     with open(out / ".train.lock", "a+", encoding="utf-8") as handle:
-        try:
-            if fcntl:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            raise ValueError(f"{out}: another keras-attn train (process {handle.read().strip() or '?'}) is "
-                             "writing there; wait for it to end, or choose another --out") from None
-        except OSError:  # a file system without locks
-            pass
+        lock_or_refuse(handle, out)
         handle.truncate(0)
         handle.write(f"{os.getpid()}\n")
         handle.flush()
         yield
+
+
+def refuse_if_being_written(out: Path) -> None:
+    """`sole_writer`'s refusal, made before the data's preparation (a refused run spent
+    it first) when `out` has a lock file: nothing is created or written, and the lock
+    is released at once (`sole_writer` takes it when the writing starts)."""
+    if (out / ".train.lock").is_file():
+        with open(out / ".train.lock", encoding="utf-8") as handle:
+            lock_or_refuse(handle, out)
+
+
+def lock_or_refuse(handle, out: Path) -> None:
+    """An exclusive `flock` on `handle`, or a ValueError naming the process holding it."""
+    try:
+        import fcntl
+    except ImportError:
+        return
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        raise ValueError(f"{out}: another keras-attn train (process {handle.read().strip() or '?'}) is "
+                         "writing there; wait for it to end, or choose another --out") from None
+    except OSError:  # a file system without locks
+        pass
 
 
 def start_writing(cfg: TrainConfig, data: TrainingData, model_cfg, out: Path, log) -> None:
@@ -781,6 +794,7 @@ def run(cfg: TrainConfig) -> dict:
     keras.utils.set_random_seed(cfg.seed)
     keras.mixed_precision.set_global_policy(cfg.precision)
     log = print if cfg.verbose else (lambda *a, **k: None)
+    refuse_if_being_written(out)
     data = prepare_data(cfg, out, log)
     model = prepare_model(cfg, data, strategy, log)
     with sole_writer(out):

@@ -517,9 +517,11 @@ def test_a_second_train_into_a_folder_being_written_is_refused(tmp_path, capsys)
 
     out = tmp_path / "run"
     with sole_writer(out):
-        status = cli.main(["train", "--dates-train-size", "200", "--epochs", "1", "--verbose", "0", "--out", str(out)])
+        status = cli.main(["train", "--dates-train-size", "200", "--epochs", "1", "--out", str(out)])
     assert status == 2
-    assert f"{out}: another keras-attn train (process {os.getpid()}) is writing there" in capsys.readouterr().err
+    printed = capsys.readouterr()
+    assert f"{out}: another keras-attn train (process {os.getpid()}) is writing there" in printed.err
+    assert "[data]" not in printed.out  # refused before preparing the data, not after
     assert [p.name for p in out.iterdir()] == [".train.lock"]  # the refused run wrote nothing
     with sole_writer(out):  # released when its holder ended
         pass

@@ -16,6 +16,8 @@ import sys
 import threading
 from pathlib import Path
 
+import keras_attn  # light: its layers load lazily
+
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT (Ctrl-C)
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a Unix tool killed by a closed pipe exits with
@@ -306,6 +308,7 @@ def parser():
     p = argparse.ArgumentParser(
         prog="keras-attn",
         description="Luong-attention seq2seq: train with Keras, export to ONNX, translate with onnxruntime.")
+    p.add_argument("--version", action="version", version=f"keras-attn {keras_attn.__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (add_demo, add_train, add_export, add_translate, add_attention, add_evaluate, add_tune_alpha,
                 add_download):

@@ -140,6 +140,15 @@ def test_non_string_input_is_a_type_error(translator):
         translator.translate([b"bytes"])
 
 
+def test_version_is_the_installed_packages(capsys):
+    import importlib.metadata
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == f"keras-attn {importlib.metadata.version('keras-attn')}\n"
+
+
 @pytest.mark.parametrize("argv,message", [
     (["translate", "{b}", "--beam", "0"], "expected a positive integer"),
     (["translate", "{b}", "--max-len", "-3"], "expected a positive integer"),

@@ -45,8 +45,9 @@ class TrainConfig:
     limit_train: int | None = setting(None, "use only the first N training pairs (smoke runs)")
     dates_train_size: int = setting(20000, "dates: number of generated training pairs")
     # tokenization
-    vocab_size: int | None = setting(None, "SentencePiece pieces per side (default 8000; 400 source / 16 "
-                                           "target for the dates demo)")
+    vocab_size: int | None = setting(None, "SentencePiece pieces per side, at most (default 8000; 400 "
+                                           "source / 16 target for the dates demo); a text that gives fewer is "
+                                           "trained with fewer, and the log says so")
     src_vocab_size: int | None = setting(None, "source pieces (overrides --vocab-size)")
     tgt_vocab_size: int | None = setting(None, "target pieces (overrides --vocab-size)")
     max_len: int = setting(100, "longest pair kept for training, in tokens per side (longer ones are skipped)")

@@ -126,6 +126,18 @@ def vocab_sizes(cfg: TrainConfig) -> tuple[int, int]:
     return src_size, tgt_size
 
 
+def vocab_report(cfg: TrainConfig, src_size: int, tgt_size: int) -> str:
+    """"source N, target M", each with a note when the text gave fewer pieces than a
+    vocabulary flag asked for (SentencePiece then stops below it rather than fail)."""
+    sides = []
+    for side, size, (asked, setting) in zip(("source", "target"), (src_size, tgt_size), vocab_settings(cfg),
+                                            strict=True):
+        short = size < asked and setting.startswith("--") and not cfg.init_from
+        sides.append(f"{side} {size}" + (f" (below {setting} {asked}: all the pieces this text gives)"
+                                         if short else ""))
+    return ", ".join(sides)
+
+
 # ----------------------------------------------------------------------- model
 def model_config(cfg: TrainConfig, src_vocab_size: int, tgt_vocab_size: int):
     """The model settings of `cfg` for tokenizers of these vocabulary sizes."""
@@ -653,7 +665,7 @@ def prepare_data(cfg: TrainConfig, out: Path, log) -> TrainingData:
             log(f"[data] {corpus.describe()}")
     src_model, tgt_model = tokenizers(cfg, train, out)
     src_sp, tgt_sp = load_processor(src_model), load_processor(tgt_model)
-    log(f"[tokenizer] sentencepiece vocab: source {src_sp.get_piece_size()}, target {tgt_sp.get_piece_size()}")
+    log(f"[tokenizer] sentencepiece vocab: {vocab_report(cfg, src_sp.get_piece_size(), tgt_sp.get_piece_size())}")
     batching = batching_config(cfg)
     target_tokens = training_target_tokens(cfg, train, valid, src_model, tgt_model, log)
     train_ds = make_dataset(train, src_model, tgt_model, batching, training=True, seed=cfg.seed)

@@ -31,6 +31,23 @@ from pipelines.train import (
 )
 
 
+@pytest.mark.parametrize("flags, expected", [
+    ({"vocab_size": 100_000}, "source {s} (below --vocab-size 100000: all the pieces this text gives), "
+                              "target {t} (below --vocab-size 100000: all the pieces this text gives)"),
+    ({"src_vocab_size": 80, "tgt_vocab_size": 10_000}, "source 80, target {t} (below --tgt-vocab-size 10000"),
+    ({}, "source {s}, target {t}"),  # the defaults' sizes are upper bounds, not asked for: no note
+])
+def test_the_tokenizer_log_says_when_the_text_gave_fewer_pieces_than_asked(tmp_path, flags, expected):
+    """SentencePiece stops below a size it cannot reach: --vocab-size 100000 trained 329
+    pieces, and the log gave the 329 without saying it was not the size asked for."""
+    logged = []
+    data = prepare_data(TrainConfig(out=str(tmp_path), dates_train_size=300, **flags), tmp_path, logged.append)
+    (line,) = [entry for entry in logged if entry.startswith("[tokenizer]")]
+    sizes = {"s": data.src_sp.get_piece_size(), "t": data.tgt_sp.get_piece_size()}
+    assert expected.format(**sizes) in line and sizes["t"] < 10_000
+    assert line.count("below") == expected.count("below")
+
+
 def test_dates_run_writes_every_artifact_and_learns(dates_run):
     out, metrics = dates_run
     for name in ("model.keras", "src.spm.model", "tgt.spm.model", "config.json", "history.csv",

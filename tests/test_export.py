@@ -533,6 +533,16 @@ def test_a_bundle_of_another_format_or_a_bad_config_is_refused(dates_bundle, tmp
     (lambda c: {**c, "max_src_len": "sixty"}, "max_src_len must be an integer, got 'sixty'"),
     (lambda c: {**c, "alpha": None}, "alpha must be a number >= 0, got None"),
     (lambda c: {**c, "alpha": float("nan")}, "alpha must be a number >= 0, got nan"),
+    # each was an AttributeError or a TypeError, without the file (found by fuzzing config.json)
+    (lambda c: {**c, "weights": None}, "weights must be an object, got None"),
+    (lambda c: {**c, "tokenizers": {**c["tokenizers"], "src": 5}},
+     "tokenizers.src must be an object with a sha256 string and an integer vocab_size, got 5"),
+    (lambda c: {**c, "tokenizers": {**c["tokenizers"], "tgt": {**c["tokenizers"]["tgt"], "vocab_size": "16"}}},
+     "tokenizers.tgt must be an object with a sha256 string and an integer vocab_size, got {"),
+    (lambda c: {**c, "graphs": {**c["graphs"], "model.onnx": None}},
+     "graphs.model.onnx must be an object whose sha256 is a string, got None"),
+    (lambda c: {**c, "weights": {**c["weights"], "weights.bin": {"sha256": 7}}},
+     "weights.weights.bin must be an object whose sha256 is a string, got {'sha256': 7}"),
 ])
 def test_a_damaged_config_is_a_bundle_error_naming_the_key(dates_bundle, tmp_path, capsys, edit, message):
     bundle = copy_bundle(dates_bundle, tmp_path)

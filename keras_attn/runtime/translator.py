@@ -82,6 +82,25 @@ def bad_config_entry(config: dict) -> str | None:
     for key, check, kind in checks:
         if not check(config.get(key)):
             return f"{key} must be {kind}, got {config.get(key)!r}"
+    return bad_file_entry(config)
+
+
+def bad_file_entry(config: dict) -> str | None:
+    """What is wrong with the first entry describing a file; None if they are all right.
+    `tokenizers.src` and `.tgt`: objects with a `sha256` string and an integer
+    `vocab_size`. `graphs.NAME` and `weights.NAME`: objects whose `sha256`, when listed,
+    is a string (a file listed without one is not checked). `weights` may be absent
+    (bundles exported before it)."""
+    if not isinstance(config.get("weights", {}), dict):
+        return f"weights must be an object, got {config['weights']!r}"
+    for side in ("src", "tgt"):
+        entry = config["tokenizers"].get(side)
+        if not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and is_int(entry.get("vocab_size"))):
+            return f"tokenizers.{side} must be an object with a sha256 string and an integer vocab_size, got {entry!r}"
+    for key in ("graphs", "weights"):
+        for name, entry in config.get(key, {}).items():
+            if not (isinstance(entry, dict) and isinstance(entry.get("sha256", ""), str)):
+                return f"{key}.{name} must be an object whose sha256 is a string, got {entry!r}"
     return None
 
 

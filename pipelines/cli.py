@@ -51,6 +51,16 @@ def positive_int(text, minimum=1):
     return value
 
 
+def beam_width(text):
+    """A beam size: a positive integer up to `MAX_BEAM` (wider beams ran out of memory)."""
+    from keras_attn.config import MAX_BEAM
+
+    value = positive_int(text)
+    if value > MAX_BEAM:
+        raise argparse.ArgumentTypeError(f"expected at most {MAX_BEAM}, got {value}")
+    return value
+
+
 def non_negative_int(text):
     return positive_int(text, minimum=0)
 
@@ -125,7 +135,7 @@ def add_export(sub):
     p = sub.add_parser("export", help="export a trained model to an ONNX bundle")
     p.add_argument("train_dir", help="folder written by `keras-attn train`")
     p.add_argument("--out", help="bundle folder (default exported/<train_dir name>)")
-    p.add_argument("--beam", type=positive_int, default=5,
+    p.add_argument("--beam", type=beam_width, default=5,
                    help="beam size the export checks against TensorFlow and records in config.json "
                         "(translate, evaluate and Translator default to greedy; default %(default)s)")
     p.add_argument("--alpha", type=length_penalty, default=0.6,
@@ -151,8 +161,8 @@ def cmd_export(args):
 def add_translate(sub):
     p = sub.add_parser("translate", help="translate lines with an exported bundle (onnxruntime, no TensorFlow)")
     p.add_argument("bundle", help="export folder")
-    p.add_argument("--beam", type=positive_int, help="beam size (default 1 = greedy; with --n-best N, N)")
-    p.add_argument("--n-best", type=positive_int, metavar="N",
+    p.add_argument("--beam", type=beam_width, help="beam size (default 1 = greedy; with --n-best N, N)")
+    p.add_argument("--n-best", type=beam_width, metavar="N",
                    help="the N best translations of each line, best first, one per output line as "
                         "LINE<TAB>LOG-PROB<TAB>TRANSLATION (LINE = input line number); needs --beam >= N")
     p.add_argument("--max-len", type=positive_int,
@@ -191,7 +201,7 @@ def add_attention(sub):
     p.add_argument("bundle", help="export folder")
     p.add_argument("sentence", help="the source sentence")
     p.add_argument("--png", required=True, help="where to write the heatmap")
-    p.add_argument("--beam", type=positive_int, default=1, help="beam size (1 = greedy)")
+    p.add_argument("--beam", type=beam_width, default=1, help="beam size (1 = greedy)")
     p.set_defaults(handler=cmd_attention)
 
 
@@ -210,7 +220,7 @@ def add_evaluate(sub):
     p.add_argument("bundle", help="export folder")
     p.add_argument("--src", required=True, help="source sentences, one per line (.gz ok)")
     p.add_argument("--ref", required=True, help="reference translations, aligned with --src")
-    p.add_argument("--beam", type=positive_int, default=1, help="beam size (default 1 = greedy)")
+    p.add_argument("--beam", type=beam_width, default=1, help="beam size (default 1 = greedy)")
     p.add_argument("--runtime", choices=["onnx", "tf"], default="onnx",
                    help="onnx (default): the bundle's graphs; tf: the trained Keras model's search")
     p.add_argument("--alpha", type=length_penalty, help="beam length penalty (default: the bundle's)")
@@ -236,7 +246,7 @@ def add_tune_alpha(sub):
     p.add_argument("--src", required=True,
                    help="validation sources, one per line (.gz ok); never the test set")
     p.add_argument("--ref", required=True, help="their reference translations")
-    p.add_argument("--beam", type=positive_int, default=5, help="beam size, 2 or more (default %(default)s)")
+    p.add_argument("--beam", type=beam_width, default=5, help="beam size, 2 or more (default %(default)s)")
     p.add_argument("--alphas", type=length_penalty, nargs="+", default=list(ALPHAS),
                    metavar="A", help="length penalties to try (default %(default)s)")
     p.add_argument("--int8", action="store_true", help="use the int8 graph")

@@ -22,7 +22,7 @@ def translate_tf(inference, sources: list[str], src_sp, tgt_sp, max_len: int = 1
     a `TruncationWarning` pointing at the caller names the ones cut)."""
     encoded = encode_sources(sources, src_sp, max_len, stacklevel=3)
     outputs = [""] * len(sources)
-    for batch in length_sorted_batches([len(e) for e in encoded], batch_size):
+    for batch in length_sorted_batches([len(e) for e in encoded], batch_size, beam_size):
         rows = [encoded[i] for i in batch]
         limit = decode_limit([len(r) for r in rows], max_len)  # one cap per sentence, as the runtime
         result = inference.translate_ids(pre_pad(rows), limit, beam_size, alpha)

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_attn.config import is_int  # a plain-Python module: no TensorFlow import
+from keras_attn.config import MAX_BEAM, is_int  # a plain-Python module: no TensorFlow import
 
 BUNDLE_FORMAT = 2  # 2: the graphs take one output cap per sentence
 REQUIRED_FILES = ("config.json", "model.onnx", "model_beam.onnx", "src.spm.model", "tgt.spm.model")
 N_BEST_OUTPUTS = ["n_best_ids", "n_best_log_probs"]  # the beam graph's, since 2026-11-27
-INT32_MAX = 2**31 - 1  # the largest beam_size or max_len the graphs' int32 inputs hold
+INT32_MAX = 2**31 - 1  # the largest max_len the graphs' int32 input holds
 
 
 class BundleError(ValueError):
@@ -197,12 +197,15 @@ def strip_special(ids, eos_id=3, pad_id=0) -> list[int]:
     return out
 
 
-def length_sorted_batches(lengths: list[int], batch_size: int) -> list[np.ndarray]:
-    """Index batches of similar length (less padding); callers restore the order."""
+def length_sorted_batches(lengths: list[int], batch_size: int, beam: int = 1) -> list[np.ndarray]:
+    """Index batches of similar length (less padding), each of at most `batch_size`
+    sentences and, for a beam search, at most `MAX_BEAM` hypotheses (sentences x `beam`);
+    callers restore the order."""
     if not is_positive_int(batch_size):  # a negative step would give no batches, so no outputs
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    rows = max(1, min(batch_size, MAX_BEAM // beam))
     order = np.argsort(lengths, kind="stable")
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    return [order[i:i + rows] for i in range(0, len(order), rows)]
 
 
 def decode_limit(src_lens, max_len: int, fixed: int | None = None) -> np.ndarray:
@@ -320,8 +323,8 @@ class Translator:
         return dict(zip(names, session.run(names, feeds), strict=True))
 
     def _check(self, beam, max_len, alpha=None):
-        if not is_graph_count(beam):
-            raise ValueError(f"beam must be a positive integer up to {INT32_MAX}, got {beam!r}")
+        if not (is_positive_int(beam) and beam <= MAX_BEAM):
+            raise ValueError(f"beam must be a positive integer up to {MAX_BEAM}, got {beam!r}")
         if max_len is not None and not is_graph_count(max_len):
             raise ValueError(f"max_len must be a positive integer up to {INT32_MAX}, got {max_len!r}")
         if alpha is not None and not is_length_penalty(alpha):
@@ -371,7 +374,7 @@ class Translator:
         results = [Translation("", [], [], np.zeros((0, 0), np.float32), 0.0) for _ in encoded]
         todo = [i for i, ids in enumerate(encoded) if ids]  # empty inputs keep the empty result
         batches = [[todo[j] for j in batch]
-                   for batch in length_sorted_batches([len(encoded[i]) for i in todo], batch_size)]
+                   for batch in length_sorted_batches([len(encoded[i]) for i in todo], batch_size, beam)]
 
         def run(batch, sessions):
             rows = [encoded[i] for i in batch]
@@ -467,8 +470,8 @@ def is_length_penalty(value) -> bool:
 
 
 def is_graph_count(value) -> bool:
-    """`value` can be the graphs' `beam_size` or a `max_len`: an int from 1 to `INT32_MAX`.
-    Both are int32 inputs, so a larger one would wrap (`max_len` 2**32 + 3 gave 3 tokens)."""
+    """`value` can be the graphs' `max_len`: an int from 1 to `INT32_MAX`. It is an int32
+    input, so a larger one would wrap (`max_len` 2**32 + 3 gave 3 tokens)."""
     return is_positive_int(value) and value <= INT32_MAX
 
 

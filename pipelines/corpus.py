@@ -45,7 +45,7 @@ class ParallelCorpus:
         return ParallelCorpus(self.sources[:n], self.targets[:n], self.name, self.dropped_empty)
 
     def describe(self) -> str:
-        text = f"{self.name}: {len(self):,} pairs"
+        text = f"{self.name}: {len(self):,} pair" + ("" if len(self) == 1 else "s")
         if self.dropped_empty:
             text += f" ({self.dropped_empty:,} empty or whitespace-only pairs dropped)"
         return text

@@ -37,19 +37,30 @@ def load_corpora(cfg: TrainConfig):
             valid = corpora.read_tsv(cfg.valid_tsv)
         elif cfg.valid_src and cfg.valid_tgt:
             valid = corpora.read_parallel(cfg.valid_src, cfg.valid_tgt)
-        else:  # hold out the last 5 % (at most 2,000 pairs)
-            n = max(1, min(2000, len(train) // 20))
-            valid = corpora.ParallelCorpus(train.sources[-n:], train.targets[-n:], "held-out")
-            train = corpora.ParallelCorpus(train.sources[:-n], train.targets[:-n], train.name,
-                                           train.dropped_empty)
+        else:
+            train, valid = hold_out(train)
         test = None
     if cfg.limit_train:
         train = train.head(cfg.limit_train)
     if len(train) == 0:
-        raise ValueError(f"{train.name}: no training pairs left")
+        raise ValueError(f"{train.describe()}: no training pairs left")
     if len(valid) == 0:  # an empty --valid-tsv reached a TypeError inside the tokenizer op
         raise ValueError(f"{valid.name}: no validation pairs (no line has both sides)")
     return train, valid, test
+
+
+def hold_out(train):
+    """`(train, valid)`: the last 5 % of `train` (at most 2,000 pairs, at least 1) held out
+    for validation. A corpus of a single pair is refused by name (all of it went to
+    validation, and the error said only "no training pairs left")."""
+    from pipelines.corpus import ParallelCorpus
+
+    n = max(1, min(2000, len(train) // 20))
+    if len(train) == n:
+        raise ValueError(f"{train.describe()}: too few to hold out a validation pair and train on the rest; "
+                         "give --valid-src and --valid-tgt (or --valid-tsv), or more pairs")
+    return (ParallelCorpus(train.sources[:-n], train.targets[:-n], train.name, train.dropped_empty),
+            ParallelCorpus(train.sources[-n:], train.targets[-n:], "held-out"))
 
 
 def resuming(out: Path) -> bool:

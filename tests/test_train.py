@@ -592,6 +592,11 @@ def test_an_init_from_of_another_architecture_leaves_the_previous_run(dates_run,
      "long.txt: every pair has a side longer than --max-len 2 tokens, so none is left"),
     (["train", "--corpus", "files", "--train-src", "{d}/short.txt", "--train-tgt", "{d}/short.txt", "--max-len", "4",
       "--valid-src", "{d}/long.txt", "--valid-tgt", "{d}/long.txt"], "long.txt: every pair has a side longer"),
+    # all of a one-pair corpus went to validation, and the message said only "no training pairs left"
+    (["train", "--corpus", "files", "--train-tsv", "{d}/one.tsv"],
+     "one.tsv: 1 pair (2 empty or whitespace-only pairs dropped): too few to hold out a validation pair"),
+    (["train", "--corpus", "files", "--train-tsv", "{d}/none.tsv"],
+     "none.tsv: 0 pairs (2 empty or whitespace-only pairs dropped): no training pairs left"),
     (["train", "--corpus", "nothing"], "--corpus: expected one of dates, multi30k, files, got 'nothing'"),
     (["train", "--lr-schedule", "linear"], "--lr-schedule: expected one of plateau, cosine, got 'linear'"),
     (["train", "--lr-factor", "2"], "--lr-factor must be in (0, 1), got 2.0"),
@@ -605,6 +610,8 @@ def test_cli_errors_are_one_line_with_status_2(tmp_path, capsys, argv, message):
     (tmp_path / "empty.txt").write_text("")
     (tmp_path / "long.txt").write_text("eins zwei drei vier\n" * 3)
     (tmp_path / "short.txt").write_text("x y\n" * 3)
+    (tmp_path / "one.tsv").write_text("eins\tone\n\t\nzwei\t \n")
+    (tmp_path / "none.tsv").write_text("\t\nzwei\t \n")
     previous = tmp_path / "run"  # a finished run's files, which a failed new run must not delete
     previous.mkdir()
     for name in ("model.keras", "history.csv", "metrics.json"):

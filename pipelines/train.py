@@ -68,6 +68,20 @@ def resuming(out: Path) -> bool:
     return (out / "backup").is_dir()
 
 
+def check_resumable(out: Path, model_cfg) -> None:
+    """An interrupted run in `out` resumes only with its own model settings: others
+    failed inside Keras's restore, in a multi-line message about variables that "could
+    not be loaded". Names each setting that differs from `out/config.json`'s."""
+    if not resuming(out) or not (out / "config.json").is_file():
+        return
+    before = json.loads((out / "config.json").read_text(encoding="utf-8")).get("model", {})
+    changed = [f"{key} {before.get(key)!r} there, {value!r} now" for key, value in model_cfg.to_dict().items()
+               if before.get(key) != value]
+    if changed:
+        raise ValueError(f"{out} holds an interrupted run of another model ({'; '.join(changed)}): run its own "
+                         "command to resume it, choose another --out, or delete the folder to start afresh")
+
+
 def finished_epochs(out: Path) -> int:
     """How many epochs an interrupted run in `out` finished: the epoch
     `BackupAndRestore` resumes at (its metadata; without it, as for a new run, 0)."""
@@ -820,6 +834,7 @@ def run(cfg: TrainConfig) -> dict:
     refuse_if_being_written(out)
     data = prepare_data(cfg, out, log)
     model = prepare_model(cfg, data, strategy, log)
+    check_resumable(out, model.config)
     with sole_writer(out):
         start_writing(cfg, data, model.config, out, log)
         history, train_seconds = fit_model(cfg, model, data, out, log)

@@ -524,6 +524,25 @@ def test_multi30k_smoke_run_and_onnx_parity(multi30k_dir, tmp_path, capsys):
                                           inference.translate_ids(source, 40, beam, 0.6)["ids"].numpy())
 
 
+def test_an_interrupted_run_resumes_only_with_its_own_model_settings(dates_run, tmp_path, capsys):
+    """Other model settings failed inside Keras's restore with a multi-line message about
+    variables that could not be loaded, after rewriting config.json with the new settings."""
+    import shutil
+
+    out = tmp_path / "run"
+    out.mkdir()
+    for name in ("config.json", "src.spm.model", "tgt.spm.model"):
+        shutil.copy(dates_run[0] / name, out / name)
+    (out / "backup").mkdir()  # what a killed run leaves: `resuming` sees it
+    before = (out / "config.json").read_bytes()
+    status = cli.main(["train", "--dates-train-size", "6000", "--epochs", "4", "--embedding-dim", "16",
+                       "--encoder-units", "32", "--decoder-units", "64", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert status == 2 and len(err.strip().splitlines()) == 1
+    assert f"{out} holds an interrupted run of another model (embedding_dim 32 there, 16 now)" in err
+    assert (out / "config.json").read_bytes() == before
+
+
 def test_a_second_train_into_a_folder_being_written_is_refused(tmp_path, capsys):
     """The same command started twice wrote one folder's checkpoints, backup and history
     from two processes. (`flock` locks belong to each open file, so a holder in this

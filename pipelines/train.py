@@ -118,19 +118,21 @@ def clear_previous_run(out: Path, log) -> None:
         path.unlink()
 
 
-def tokenizers(cfg: TrainConfig, train, out: Path) -> tuple[bytes, bytes]:
-    """The two SentencePiece models: trained, or reused when resuming a run or starting
-    from another run's weights (`init_from`). `start_writing` writes them into `out`."""
+def tokenizers(cfg: TrainConfig, train, out: Path) -> tuple[bytes, bytes, str | None]:
+    """The two SentencePiece models and whose they are: trained now (None), or reused
+    when resuming a run ("the interrupted run") or starting from another run's weights
+    (`init_from`). `start_writing` writes them into `out`."""
     from pipelines.tokenizer import train_sentencepiece
 
     src_path, tgt_path = out / "src.spm.model", out / "tgt.spm.model"
     if src_path.is_file() and tgt_path.is_file() and resuming(out):
-        return src_path.read_bytes(), tgt_path.read_bytes()
+        return src_path.read_bytes(), tgt_path.read_bytes(), "the interrupted run"
     if cfg.init_from:
-        return tuple((Path(cfg.init_from) / f"{side}.spm.model").read_bytes() for side in ("src", "tgt"))
+        src, tgt = ((Path(cfg.init_from) / f"{side}.spm.model").read_bytes() for side in ("src", "tgt"))
+        return src, tgt, cfg.init_from
     (src_size, src_flag), (tgt_size, tgt_flag) = vocab_settings(cfg)
     return (train_sentencepiece(train.sources, src_size, setting=f"{src_flag} {src_size}"),
-            train_sentencepiece(train.targets, tgt_size, setting=f"{tgt_flag} {tgt_size}"))
+            train_sentencepiece(train.targets, tgt_size, setting=f"{tgt_flag} {tgt_size}"), None)
 
 
 def vocab_settings(cfg: TrainConfig) -> tuple[tuple[int, str], tuple[int, str]]:
@@ -151,13 +153,16 @@ def vocab_sizes(cfg: TrainConfig) -> tuple[int, int]:
     return src_size, tgt_size
 
 
-def vocab_report(cfg: TrainConfig, src_size: int, tgt_size: int) -> str:
-    """"source N, target M", each with a note when the text gave fewer pieces than a
-    vocabulary flag asked for (SentencePiece then stops below it rather than fail)."""
+def vocab_report(cfg: TrainConfig, src_size: int, tgt_size: int, reused_from: str | None = None) -> str:
+    """"source N, target M": for tokenizers trained now, each with a note when the text
+    gave fewer pieces than a vocabulary flag asked for (SentencePiece then stops below
+    it rather than fail); for reused ones, whose they are (the flags did not make them)."""
+    if reused_from:
+        return f"source {src_size}, target {tgt_size} ({reused_from}'s tokenizers; the vocabulary flags do not apply)"
     sides = []
     for side, size, (asked, setting) in zip(("source", "target"), (src_size, tgt_size), vocab_settings(cfg),
                                             strict=True):
-        short = size < asked and setting.startswith("--") and not cfg.init_from
+        short = size < asked and setting.startswith("--")
         sides.append(f"{side} {size}" + (f" (below {setting} {asked}: all the pieces this text gives)"
                                          if short else ""))
     return ", ".join(sides)
@@ -688,9 +693,10 @@ def prepare_data(cfg: TrainConfig, out: Path, log) -> TrainingData:
     for corpus in (train, valid, test):
         if corpus is not None:
             log(f"[data] {corpus.describe()}")
-    src_model, tgt_model = tokenizers(cfg, train, out)
+    src_model, tgt_model, reused_from = tokenizers(cfg, train, out)
     src_sp, tgt_sp = load_processor(src_model), load_processor(tgt_model)
-    log(f"[tokenizer] sentencepiece vocab: {vocab_report(cfg, src_sp.get_piece_size(), tgt_sp.get_piece_size())}")
+    sizes = src_sp.get_piece_size(), tgt_sp.get_piece_size()
+    log(f"[tokenizer] sentencepiece vocab: {vocab_report(cfg, *sizes, reused_from)}")
     batching = batching_config(cfg)
     target_tokens = training_target_tokens(cfg, train, valid, src_model, tgt_model, log)
     train_ds = make_dataset(train, src_model, tgt_model, batching, training=True, seed=cfg.seed)

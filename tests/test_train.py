@@ -48,6 +48,24 @@ def test_the_tokenizer_log_says_when_the_text_gave_fewer_pieces_than_asked(tmp_p
     assert line.count("below") == expected.count("below")
 
 
+def test_the_tokenizer_log_says_whose_reused_tokenizers_are(dates_run, tmp_path):
+    """A resumed run and an --init-from run reuse tokenizers the vocabulary flags did not
+    make: the log said nothing, and a flag's note would have been about other tokenizers."""
+    import shutil
+
+    resumed = tmp_path / "resumed"
+    (resumed / "backup").mkdir(parents=True)
+    for name in ("src.spm.model", "tgt.spm.model"):
+        shutil.copy(dates_run[0] / name, resumed / name)
+    for out, init_from, whose in ((resumed, None, "the interrupted run's"),
+                                  (tmp_path / "new", str(dates_run[0]), f"{dates_run[0]}'s")):
+        logged = []
+        prepare_data(TrainConfig(out=str(out), dates_train_size=300, vocab_size=100_000, init_from=init_from),
+                     out, logged.append)
+        (line,) = [entry for entry in logged if entry.startswith("[tokenizer]")]
+        assert f"({whose} tokenizers; the vocabulary flags do not apply)" in line and "below" not in line
+
+
 def test_dates_run_writes_every_artifact_and_learns(dates_run):
     out, metrics = dates_run
     for name in ("model.keras", "src.spm.model", "tgt.spm.model", "config.json", "history.csv",

@@ -1,4 +1,5 @@
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -563,6 +564,19 @@ def test_truncated_graph_without_checksum_still_fails_at_load(dates_bundle, tmp_
     (bundle / "model.onnx").write_bytes(b"\x08\x07garbage")
     with pytest.raises(BundleError, match="onnxruntime cannot load it"):
         Translator.load(bundle)
+
+
+def test_the_commands_do_not_print_tensorflows_c_log_errors_that_are_none(dates_run, tmp_path):
+    """Without a GPU, `export` printed "E0000 ... failed call to cuInit: ... CUDA error" and
+    "E0000 ... oneDNN supports DT_BOOL only on platforms with AVX-512" (on a CPU with
+    AVX-512): TensorFlow's C++ log at the level the commands set, which they now set to
+    fatal errors only. (The tests set it for themselves: the command runs without.)"""
+    env = {name: value for name, value in os.environ.items() if name != "TF_CPP_MIN_LOG_LEVEL"}
+    done = subprocess.run([sys.executable, "-m", "pipelines.cli", "export", str(dates_run[0]), "--out",
+                           str(tmp_path / "bundle")], capture_output=True, text=True, env=env, timeout=300,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert not [line for line in done.stderr.splitlines() if line.startswith("E0000")]
 
 
 def test_failed_export_leaves_nothing_behind(dates_run, tmp_path, monkeypatch):

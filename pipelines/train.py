@@ -75,8 +75,8 @@ def check_resumable(out: Path, model_cfg) -> None:
     if not resuming(out) or not (out / "config.json").is_file():
         return
     before = json.loads((out / "config.json").read_text(encoding="utf-8")).get("model", {})
-    changed = [f"{key} {before.get(key)!r} there, {value!r} now" for key, value in model_cfg.to_dict().items()
-               if before.get(key) != value]
+    changed = [f"{key} {before[key]!r} there, {value!r} now" for key, value in model_cfg.to_dict().items()
+               if key in before and before[key] != value]  # a key it lacks: a setting newer than the run
     if changed:
         raise ValueError(f"{out} holds an interrupted run of another model ({'; '.join(changed)}): run its own "
                          "command to resume it, choose another --out, or delete the folder to start afresh")

@@ -18,7 +18,7 @@ SCORES = ("general", "dot", "concat")
 # The widest beam search the runtime and the pipelines run, and the most hypotheses a
 # batch holds (its sentences x the beam). With the Multi30k recipe's model one sentence
 # at beam 4,096 took 5 s and 0.7 GB, and 64 of them in one batch failed in onnxruntime's
-# allocator at 17.3 GB; a beam of 10**6 failed in onnxruntime even for the dates demo's
+# allocator at 17.3 GB (under a 20 GB limit); a beam of 10**6 failed in onnxruntime even for the dates demo's
 # model, and a fuzzing run of wide beams with it was killed for memory.
 MAX_BEAM = 4096
 

@@ -252,6 +252,9 @@ def check_output_folder(out: Path) -> None:
     """Refuse an `out` whose replacement would lose something. The export replaces the
     folder whole (`replace_dir`), so it must be new, empty, or an export bundle (a
     re-export): `--out` a folder of other files, or the training folder, lost what it held."""
+    existing = next(folder for folder in (out, *out.parents) if folder.exists())
+    if existing != out and not existing.is_dir():  # mkdir failed with FileExistsError, a traceback
+        raise ValueError(f"{out}: {existing} is a file, not a folder")
     if not out.exists():
         return
     if not out.is_dir():
@@ -273,8 +276,11 @@ def is_export_bundle(folder: Path) -> bool:
 def staging_dir(out: Path) -> Path:
     """An empty folder next to `out` (same file system, so the final rename is atomic),
     with the permissions a shared folder gets under the current umask."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as error:  # named the hidden staging folder, as a traceback
+        raise ValueError(f"{out}: cannot write in {out.parent} ({error.strerror})") from None
     umask = os.umask(0)
     os.umask(umask)
     staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; a bundle is for sharing

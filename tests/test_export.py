@@ -605,6 +605,9 @@ def test_export_replaces_only_an_empty_folder_or_an_earlier_bundle(dates_run, tm
         assert cli.main(["export", str(dates_run[0]), "--out", str(out)]) == 2
         assert f"{out}: {message}" in capsys.readouterr().err
         assert before == (sorted(p.name for p in out.iterdir()) if out.is_dir() else out.read_text())
+    # under a file: FileExistsError from the staging folder's mkdir, a traceback with status 1
+    assert cli.main(["export", str(dates_run[0]), "--out", str(tmp_path / "file" / "sub")]) == 2
+    assert f"{tmp_path / 'file' / 'sub'}: {tmp_path / 'file'} is a file, not a folder" in capsys.readouterr().err
     earlier = tmp_path / "bundle"
     earlier.mkdir()
     (earlier / "config.json").write_text('{"format": 1}')

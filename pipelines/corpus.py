@@ -186,6 +186,9 @@ def download_multi30k(dest: str | Path, langs=("de", "en"), base_url: str = MULT
     an interrupted download never leaves a truncated corpus behind.
     """
     dest = Path(dest)
+    existing = next(folder for folder in (dest, *dest.parents) if folder.exists())
+    if not existing.is_dir():  # mkdir failed with FileExistsError, a traceback
+        raise CorpusError(f"{dest}: {existing} is a file, not a folder")
     dest.mkdir(parents=True, exist_ok=True)
     written = []
     for split in MULTI30K_SPLITS:

@@ -149,6 +149,15 @@ def test_interrupted_download_leaves_no_partial_file(tmp_path, monkeypatch):
     assert list(dest.iterdir()) == []
 
 
+@pytest.mark.parametrize("dest", ["file", "file/multi30k"])
+def test_a_download_into_a_file_is_refused_by_name(tmp_path, dest):
+    """A FileExistsError traceback from mkdir, with status 1 from the command."""
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(CorpusError, match=f"{tmp_path / dest}: {tmp_path / 'file'} is a file, not a folder"):
+        download_multi30k(tmp_path / dest, base_url="http://127.0.0.1:9", timeout=5)
+    assert (tmp_path / "file").read_text() == "mine"
+
+
 def test_date_corpus_is_deterministic_multilingual_and_unambiguous():
     a, b = date_corpus(3000, seed=7), date_corpus(3000, seed=7)
     assert a.sources == b.sources and a.targets == b.targets

@@ -44,6 +44,15 @@ def input_file_problem(path: str | Path) -> str | None:
     return None if path.exists() else "no such file"
 
 
+def folder_problem(folder: str | Path) -> str | None:
+    """Why `folder` cannot be made or written into, or None: a file stands where it or a
+    folder above it would be (mkdir then failed with FileExistsError or NotADirectoryError,
+    a traceback)."""
+    folder = Path(folder)
+    existing = next(path for path in (folder, *folder.parents) if path.exists())
+    return None if existing.is_dir() else f"{existing} is a file, not a folder"
+
+
 def atomic_write(path: str | Path, data: bytes | str):
     """Write `data` (str as UTF-8) to `path` by `atomic_output`."""
     with atomic_output(path, "wb") as handle:

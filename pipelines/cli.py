@@ -17,6 +17,7 @@ import threading
 from pathlib import Path
 
 import keras_attn  # light: its layers load lazily
+from keras_attn.files import folder_problem
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT (Ctrl-C)
@@ -79,8 +80,8 @@ def check_output_file(path: str | None, flag: str) -> None:
         return
     if Path(path).is_dir():
         raise IsADirectoryError(f"{flag} {path}: is a folder, not a file")
-    if Path(path).parent.is_file():  # was "folder ... does not exist"
-        raise NotADirectoryError(f"{flag} {path}: {Path(path).parent} is a file, not a folder")
+    if folder_problem(Path(path).parent):  # was "folder ... does not exist"
+        raise NotADirectoryError(f"{flag} {path}: {folder_problem(Path(path).parent)}")
     if not Path(path).resolve().parent.is_dir():
         raise FileNotFoundError(f"{flag} {path}: folder {Path(path).parent} does not exist")
 

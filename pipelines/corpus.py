@@ -16,7 +16,7 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-from keras_attn.files import input_file_problem
+from keras_attn.files import folder_problem, input_file_problem
 
 GZIP_MAGIC = b"\x1f\x8b"  # the first two bytes of every gzip file
 
@@ -186,9 +186,8 @@ def download_multi30k(dest: str | Path, langs=("de", "en"), base_url: str = MULT
     an interrupted download never leaves a truncated corpus behind.
     """
     dest = Path(dest)
-    existing = next(folder for folder in (dest, *dest.parents) if folder.exists())
-    if not existing.is_dir():  # mkdir failed with FileExistsError, a traceback
-        raise CorpusError(f"{dest}: {existing} is a file, not a folder")
+    if folder_problem(dest):
+        raise CorpusError(f"{dest}: {folder_problem(dest)}")
     dest.mkdir(parents=True, exist_ok=True)
     written = []
     for split in MULTI30K_SPLITS:

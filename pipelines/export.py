@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from keras_attn.config import is_int
+from keras_attn.files import folder_problem
 from keras_attn.runtime.translator import (
     BUNDLE_FORMAT,
     N_BEST_OUTPUTS,
@@ -252,9 +253,8 @@ def check_output_folder(out: Path) -> None:
     """Refuse an `out` whose replacement would lose something. The export replaces the
     folder whole (`replace_dir`), so it must be new, empty, or an export bundle (a
     re-export): `--out` a folder of other files, or the training folder, lost what it held."""
-    existing = next(folder for folder in (out, *out.parents) if folder.exists())
-    if existing != out and not existing.is_dir():  # mkdir failed with FileExistsError, a traceback
-        raise ValueError(f"{out}: {existing} is a file, not a folder")
+    if folder_problem(out.parent):
+        raise ValueError(f"{out}: {folder_problem(out.parent)}")
     if not out.exists():
         return
     if not out.is_dir():

@@ -19,6 +19,7 @@ from keras_attn.runtime.translator import (
     N_BEST_OUTPUTS,
     Translator,
     TruncationWarning,
+    check_beam,
     decode_limit,
     pre_pad,
     sha256,
@@ -225,6 +226,7 @@ def export(train_dir, out, beam: int = 5, alpha: float = 0.6, quantize: str | No
     if out.is_symlink():  # replace the linked folder and keep the link, as files are written
         out = out.resolve()  # (the rename replaced the link and left `.name.old-PID` linking to the old)
     check_opset(opset)
+    check_beam(beam)  # the parity check's beam: refused now, not after the conversion
     check_output_folder(out)  # before the conversion's minutes, not at the final rename
     model, run_config, src_model, tgt_model = load_training_run(train_dir)
     inference = InferenceModel(model, fold_embeddings=True)

@@ -633,6 +633,15 @@ def test_export_refuses_an_opset_it_cannot_write_before_converting(dates_run, tm
     assert "[export] converting" not in out and not (tmp_path / "b").exists()
 
 
+@pytest.mark.parametrize("beam", [0, 4097])
+def test_export_refuses_a_beam_it_cannot_check_before_converting(dates_run, tmp_path, beam):
+    """The Python API's `beam` was refused by the parity check, after both conversions."""
+    logged = []
+    with pytest.raises(ValueError, match=f"beam must be a positive integer up to 4096, got {beam}"):
+        export(dates_run[0], tmp_path / "b", beam=beam, log=logged.append)
+    assert logged == [] and not (tmp_path / "b").exists()
+
+
 def test_export_to_a_link_replaces_the_linked_bundle_and_keeps_the_link(dates_run, tmp_path):
     """`--out current` with `current -> v1`: the rename replaced the link with a folder
     and left `.current.old-PID` linking to v1."""

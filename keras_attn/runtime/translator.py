@@ -323,8 +323,7 @@ class Translator:
         return dict(zip(names, session.run(names, feeds), strict=True))
 
     def _check(self, beam, max_len, alpha=None):
-        if not (is_positive_int(beam) and beam <= MAX_BEAM):
-            raise ValueError(f"beam must be a positive integer up to {MAX_BEAM}, got {beam!r}")
+        check_beam(beam)
         if max_len is not None and not is_graph_count(max_len):
             raise ValueError(f"max_len must be a positive integer up to {INT32_MAX}, got {max_len!r}")
         if alpha is not None and not is_length_penalty(alpha):
@@ -467,6 +466,12 @@ def is_length_penalty(value) -> bool:
     """`value` can be the beam's length penalty alpha: a finite number >= 0 (NaN, which
     numpy makes of a JSON null, would rank the hypotheses by NaN scores)."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 <= value < float("inf")
+
+
+def check_beam(beam) -> None:
+    """A ValueError unless `beam` is a positive int up to `MAX_BEAM`."""
+    if not (is_positive_int(beam) and beam <= MAX_BEAM):
+        raise ValueError(f"beam must be a positive integer up to {MAX_BEAM}, got {beam!r}")
 
 
 def is_graph_count(value) -> bool:

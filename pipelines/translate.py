@@ -105,7 +105,12 @@ def attention_heatmap(bundle, sentence: str, png, beam: int = 1) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    result = Translator.load(bundle).translate_with_attention([sentence], beam=beam)[0]
+    translator = Translator.load(bundle)
+    with collecting_truncations() as cut:  # a raw TruncationWarning showed this file's line
+        result = translator.translate_with_attention([sentence], beam=beam)[0]
+    if cut:
+        print(f"the sentence is longer than {translator.max_src_len} source tokens: translated and plotted "
+              f"from its first {translator.max_src_len}", file=sys.stderr)
     if not result.source_tokens:
         raise ValueError("the sentence is empty after tokenization; nothing to plot")
     height = max(3.0, 0.35 * len(result.target_tokens) + 1.5)

@@ -668,6 +668,17 @@ def test_translate_and_attention_commands(dates_bundle, tmp_path, capsys, monkey
     assert "missing.txt: no such file" in capsys.readouterr().err
 
 
+def test_the_attention_command_says_in_one_line_when_it_cut_the_sentence(dates_bundle, tmp_path, capsys):
+    """It showed a raw TruncationWarning: the path and line of translate.py, and the code."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert cli.main(["attention", str(dates_bundle), "25 June 2009 " * 80, "--png", str(tmp_path / "a.png")]) == 0
+    assert not [w for w in caught if issubclass(w.category, TruncationWarning)]
+    limit = Translator.load(dates_bundle).max_src_len
+    assert (f"the sentence is longer than {limit} source tokens: translated and plotted from its first {limit}"
+            in capsys.readouterr().err)
+
+
 def test_translate_line_buffered_answers_a_program_that_waits(dates_bundle, capsys):
     """A program that writes a line into a pipe and waits for its translation waited
     forever: lines not from a terminal were read 8 x --batch-size at a time."""

@@ -80,8 +80,8 @@ def check_output_file(path: str | None, flag: str) -> None:
         return
     if Path(path).is_dir():
         raise IsADirectoryError(f"{flag} {path}: is a folder, not a file")
-    if folder_problem(Path(path).parent):  # was "folder ... does not exist"
-        raise NotADirectoryError(f"{flag} {path}: {folder_problem(Path(path).parent)}")
+    if problem := folder_problem(Path(path).parent):  # was "folder ... does not exist"
+        raise NotADirectoryError(f"{flag} {path}: {problem}")
     if not Path(path).resolve().parent.is_dir():
         raise FileNotFoundError(f"{flag} {path}: folder {Path(path).parent} does not exist")
 

@@ -170,8 +170,8 @@ class TrainConfig:
         if self.monitor == "val_bleu" and not self.val_bleu:
             raise ValueError("--monitor val_bleu needs --val-bleu true")
         out = Path(self.out)
-        if folder_problem(out):
-            raise ValueError(f"--out {self.out}: {folder_problem(out)}")
+        if problem := folder_problem(out):
+            raise ValueError(f"--out {self.out}: {problem}")
         if self.init_from is not None and Path(self.init_from).resolve() == out.resolve():
             raise ValueError(f"--init-from and --out are the same folder ({self.out}); write the new run elsewhere")
         if self.init_from is not None:

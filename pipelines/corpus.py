@@ -186,8 +186,8 @@ def download_multi30k(dest: str | Path, langs=("de", "en"), base_url: str = MULT
     an interrupted download never leaves a truncated corpus behind.
     """
     dest = Path(dest)
-    if folder_problem(dest):
-        raise CorpusError(f"{dest}: {folder_problem(dest)}")
+    if problem := folder_problem(dest):
+        raise CorpusError(f"{dest}: {problem}")
     dest.mkdir(parents=True, exist_ok=True)
     written = []
     for split in MULTI30K_SPLITS:

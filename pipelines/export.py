@@ -255,8 +255,8 @@ def check_output_folder(out: Path) -> None:
     """Refuse an `out` whose replacement would lose something. The export replaces the
     folder whole (`replace_dir`), so it must be new, empty, or an export bundle (a
     re-export): `--out` a folder of other files, or the training folder, lost what it held."""
-    if folder_problem(out.parent):
-        raise ValueError(f"{out}: {folder_problem(out.parent)}")
+    if problem := folder_problem(out.parent):
+        raise ValueError(f"{out}: {problem}")
     if not out.exists():
         return
     if not out.is_dir():
@@ -281,7 +281,7 @@ def staging_dir(out: Path) -> Path:
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    except OSError as error:  # named the hidden staging folder, as a traceback
+    except OSError as error:  # the message named the hidden staging folder, not --out
         raise ValueError(f"{out}: cannot write in {out.parent} ({error.strerror})") from None
     umask = os.umask(0)
     os.umask(umask)

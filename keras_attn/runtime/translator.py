@@ -324,8 +324,8 @@ class Translator:
 
     def _check(self, beam, max_len, alpha=None):
         check_beam(beam)
-        if max_len is not None and not is_graph_count(max_len):
-            raise ValueError(f"max_len must be a positive integer up to {INT32_MAX}, got {max_len!r}")
+        if max_len is not None:
+            check_max_len(max_len)
         if alpha is not None and not is_length_penalty(alpha):
             raise ValueError(f"alpha must be a number >= 0, got {alpha!r}")
 
@@ -474,10 +474,11 @@ def check_beam(beam) -> None:
         raise ValueError(f"beam must be a positive integer up to {MAX_BEAM}, got {beam!r}")
 
 
-def is_graph_count(value) -> bool:
-    """`value` can be the graphs' `max_len`: an int from 1 to `INT32_MAX`. It is an int32
-    input, so a larger one would wrap (`max_len` 2**32 + 3 gave 3 tokens)."""
-    return is_positive_int(value) and value <= INT32_MAX
+def check_max_len(max_len) -> None:
+    """A ValueError unless `max_len` is a positive int up to `INT32_MAX`: the graphs take
+    it as an int32, so a larger one would wrap (`max_len` 2**32 + 3 gave 3 tokens)."""
+    if not (is_positive_int(max_len) and max_len <= INT32_MAX):
+        raise ValueError(f"max_len must be a positive integer up to {INT32_MAX}, got {max_len!r}")
 
 
 def clean(sentence) -> str:

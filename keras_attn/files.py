@@ -53,6 +53,21 @@ def folder_problem(folder: str | Path) -> str | None:
     return None if existing.is_dir() else f"{existing} is a file, not a folder"
 
 
+def atomic_save(save, path: str | Path):
+    """`save(temporary path)`, then the rename to `path`, for writers that take a path
+    and write in place (Keras's `model.save`, `save_weights`): a kill or a full disk
+    during their write left a truncated file where the previous one had been. The
+    temporary name ends with `path`'s name, for writers that check its ending
+    (`.keras`, `.weights.h5`)."""
+    path = Path(path)
+    tmp = path.with_name(f".tmp.{path.name}")
+    try:
+        save(tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def atomic_write(path: str | Path, data: bytes | str):
     """Write `data` (str as UTF-8) to `path` by `atomic_output`."""
     with atomic_output(path, "wb") as handle:

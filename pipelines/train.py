@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import io
 import json
 import math
 import os
@@ -13,8 +12,16 @@ import time
 import warnings
 from pathlib import Path
 
-from keras_attn.files import atomic_write, save_figure
+from keras_attn.files import atomic_save, atomic_write, save_figure
 from pipelines.config import TrainConfig
+from pipelines.resume import (
+    check_resumable,
+    epoch_backup,
+    finished_epochs,
+    resuming,
+    saved_seed_states,
+    skip_finished_epochs,
+)
 
 
 # --------------------------------------------------------------------- corpora
@@ -61,48 +68,6 @@ def hold_out(train):
                          "give --valid-src and --valid-tgt (or --valid-tsv), or more pairs")
     return (ParallelCorpus(train.sources[:-n], train.targets[:-n], train.name, train.dropped_empty),
             ParallelCorpus(train.sources[-n:], train.targets[-n:], "held-out"))
-
-
-def resuming(out: Path) -> bool:
-    """Whether `out` holds an interrupted run that `BackupAndRestore` will resume."""
-    return (out / "backup").is_dir()
-
-
-def check_resumable(out: Path, model_cfg) -> None:
-    """An interrupted run in `out` resumes only with its own model settings: others
-    failed inside Keras's restore, in a multi-line message about variables that "could
-    not be loaded". Names each setting that differs from `out/config.json`'s."""
-    if not resuming(out) or not (out / "config.json").is_file():
-        return
-    before = json.loads((out / "config.json").read_text(encoding="utf-8")).get("model", {})
-    changed = [f"{key} {before[key]!r} there, {value!r} now" for key, value in model_cfg.to_dict().items()
-               if key in before and before[key] != value]  # a key it lacks: a setting newer than the run
-    if changed:
-        raise ValueError(f"{out} holds an interrupted run of another model ({'; '.join(changed)}): run its own "
-                         "command to resume it, choose another --out, or delete the folder to start afresh")
-
-
-def finished_epochs(out: Path) -> int:
-    """How many epochs an interrupted run in `out` finished: the epoch
-    `BackupAndRestore` resumes at (its metadata; without it, as for a new run, 0)."""
-    metadata = out / "backup" / "training_metadata.json"
-    return int(json.loads(metadata.read_text(encoding="utf-8"))["epoch"]) if metadata.is_file() else 0
-
-
-def skip_finished_epochs(train_ds, finished: int, steps_per_epoch: int | None):
-    """`train_ds` as the killed process would have gone on iterating it, so that a
-    resumed run draws the batch orders an uninterrupted one draws. Keras makes a new
-    iterator every epoch, and each new iterator of a seeded, reshuffling dataset draws
-    the next epoch's shuffle seeds when it is first read: one pass per finished epoch
-    brings the draws to epoch `finished` (the first pass also fills the tokenized
-    pairs' cache, which the rest replay). With `steps_per_epoch` the repeated dataset
-    is one iterator for the whole run, so the finished epochs' batches are skipped."""
-    if steps_per_epoch:
-        return train_ds.skip(finished * steps_per_epoch)
-    for _ in range(finished):
-        for _ in train_ds:
-            pass
-    return train_ds
 
 
 def clear_previous_run(out: Path, log) -> None:
@@ -209,7 +174,7 @@ def stop_on_sigterm():
     With a multi-worker cluster TensorFlow's coordination service installs a C handler
     for SIGTERM that only records a preemption notice for `PreemptionCheckpointHandler`,
     which Keras's `fit` never asks for: the workers trained on to the end. A killed
-    run resumes from its last finished epoch (`BackupAndRestore`), so the default
+    run resumes from its last finished epoch (`pipelines.resume`), so the default
     action is what `kill`, a scheduler's stop or a pod's eviction should get."""
     import signal
     import threading
@@ -335,26 +300,31 @@ def logged_epochs(out: Path, monitor: str) -> list[tuple[float, float]]:
 
 
 def best_checkpoint(out: Path, monitor: str, past: list[tuple[float, float]]):
-    """ModelCheckpoint (best `monitor`) that never saves a non-finite value and, in a
-    resumed run (`past` from `logged_epochs`), only overwrites the checkpoint it
-    holds with a better one."""
+    """Saves the model as `out/model.keras` whenever `monitor` is better than every
+    earlier epoch's (in a resumed run, `past` from `logged_epochs` too), never for a
+    non-finite value. The file is written whole (`atomic_save`): Keras's
+    `ModelCheckpoint` rewrote it in place, so a kill or a full disk during the write
+    left a truncated checkpoint where the best one had been."""
     import keras
 
-    mode = monitor_mode(monitor)
+    maximize = monitor_mode(monitor) == "max"
 
-    class BestCheckpoint(keras.callbacks.ModelCheckpoint):
+    class BestCheckpoint(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
-            super().on_train_begin(logs)
             values = [value for value, _ in past]
-            if values and (out / "model.keras").is_file():
-                self.best = max(values) if mode == "max" else min(values)
+            resumed = values and (out / "model.keras").is_file()
+            self.best = (max(values) if maximize else min(values)) if resumed else None
 
         def on_epoch_end(self, epoch, logs=None):
             value = (logs or {}).get(monitor)
-            if value is not None and math.isfinite(value):
-                super().on_epoch_end(epoch, logs)
+            if value is None or not math.isfinite(value):
+                return
+            if self.best is not None and not (value > self.best if maximize else value < self.best):
+                return
+            self.best = value
+            atomic_save(self.model.save, out / "model.keras")
 
-    return BestCheckpoint(str(out / "model.keras"), monitor=monitor, mode=mode, save_best_only=True)
+    return BestCheckpoint()
 
 
 def early_stopping(cfg: TrainConfig, past: list[tuple[float, float]]):
@@ -430,59 +400,11 @@ def epoch_weights(folder: Path, keep: int):
     class EpochWeights(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             folder.mkdir(parents=True, exist_ok=True)
-            tmp = folder / f".epoch_{epoch:03d}.weights.h5"
-            self.model.save_weights(tmp)
-            tmp.replace(folder / f"epoch_{epoch:03d}.weights.h5")
+            atomic_save(self.model.save_weights, folder / f"epoch_{epoch:03d}.weights.h5")
             for old in sorted(folder.glob("epoch_*.weights.h5"))[:-keep]:
                 old.unlink()
 
     return EpochWeights()
-
-
-def saved_seed_states(out: Path):
-    """The dropout streams' states saved with the backup in `out`, or None when the
-    backup has none for its epoch (written before they were saved, or killed between
-    the two writes)."""
-    import numpy as np
-
-    path = out / "backup" / "seed_states.npz"
-    if not path.is_file():
-        return None
-    with np.load(path) as saved:
-        return saved["states"] if int(saved["epochs"]) == finished_epochs(out) else None
-
-
-def seed_states(out: Path):
-    """Keeps the dropout masks' random streams with the backup. Every dropout draws
-    from a seed generator whose state (a seed and a counter) is a model variable but
-    not a weight, so `BackupAndRestore` does not save it; restored, a resumed run
-    draws the masks an uninterrupted one draws."""
-    import keras
-    import numpy as np
-
-    backup = out / "backup"
-
-    def generators(model):
-        return [v for v in model.variables if v.name == "seed_generator_state"]
-
-    class SeedStates(keras.callbacks.Callback):
-        def on_train_begin(self, logs=None):
-            saved, states = saved_seed_states(out), generators(self.model)
-            if saved is None:
-                return
-            if len(saved) != len(states):
-                raise ValueError(f"{backup}: {len(saved)} seed generator states, the model has {len(states)}")
-            for variable, state in zip(states, saved, strict=True):
-                variable.assign(state)
-
-        def on_epoch_end(self, epoch, logs=None):
-            buffer = io.BytesIO()
-            np.savez(buffer, epochs=epoch + 1,
-                     states=np.array([v.numpy() for v in generators(self.model)]).reshape(-1, 2))
-            backup.mkdir(parents=True, exist_ok=True)
-            atomic_write(backup / "seed_states.npz", buffer.getvalue())
-
-    return SeedStates()
 
 
 def average_checkpoints(model, folder: Path, measure, log, monitor: str = "val_loss") -> dict | None:
@@ -550,12 +472,11 @@ def callbacks(cfg: TrainConfig, out: Path, target_tokens: int, validation_bleu=N
         raise ValueError("cfg.val_bleu needs the validation_bleu callback")
     # With a fixed steps_per_epoch an "epoch" is not the corpus, so tokens/s is unknown.
     throughput = [] if cfg.steps_per_epoch else [throughput_callback(target_tokens)]
-    # A resumed run (BackupAndRestore left a backup) continues the schedule and the
+    # A resumed run (a backup left by a killed one) continues the schedule and the
     # early-stopping count of the epochs already logged, not from scratch.
     past = logged_epochs(out, cfg.monitor) if resuming(out) else []
     return throughput + [
-        keras.callbacks.BackupAndRestore(str(out / "backup"), delete_checkpoint=True),
-        seed_states(out),
+        epoch_backup(out),
         *([keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if cfg.ema else []),
         *([validation_bleu] if cfg.val_bleu else []),
         keras.callbacks.TerminateOnNaN(),
@@ -645,7 +566,9 @@ def report_resume(out: Path, finished: int, monitor: str, log) -> None:
     """Say that (and how) a run goes on after `finished` epochs, and what it cannot restore."""
     if not finished:
         return
-    log(f"[train] resuming {out} after {finished} finished epochs: passing over their batch orders")
+    epochs = "1 finished epoch: passing over its batch order" if finished == 1 else \
+        f"{finished} finished epochs: passing over their batch orders"
+    log(f"[train] resuming {out} after {epochs}")
     if len(read_history(out / "history.csv")) < finished:
         log(f"[train] the kill came during epoch {finished - 1}'s end, after its backup: history.csv lacks "
             f"its row, so the schedule and early stopping go on without its {monitor}")
@@ -663,8 +586,7 @@ def average_into_checkpoint(model, out: Path, measure, monitor: str, log) -> dic
     model.set_weights(load_model(out / "model.keras").get_weights())
     averaged = average_checkpoints(model, out / "epochs", measure, log, monitor)
     if averaged and averaged["kept"]:
-        model.save(out / ".model.keras.tmp.keras")
-        (out / ".model.keras.tmp.keras").replace(out / "model.keras")
+        atomic_save(model.save, out / "model.keras")
     return averaged
 
 

@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from pipelines import cli
+from pipelines.resume import saved_seed_states
 from pipelines.train import (
     TrainConfig,
     average_checkpoints,
@@ -24,6 +25,7 @@ from pipelines.train import (
     logged_epochs,
     model_config,
     prepare_data,
+    report_resume,
     run,
     sole_writer,
     start_writing,
@@ -366,7 +368,7 @@ def test_a_resumed_run_continues_the_plateau_schedule_and_early_stopping(tmp_pat
 
 def run_killed_after_epoch_1(cfg, monkeypatch, right_after_the_backup=False):
     """`run(cfg)` killed at epoch 1's end: after every callback, or right after the
-    backup and the seed states (before validation BLEU, the checkpoint and history.csv)."""
+    backup (before validation BLEU, the checkpoint and history.csv)."""
     import pipelines.train
 
     made = pipelines.train.callbacks
@@ -375,7 +377,7 @@ def run_killed_after_epoch_1(cfg, monkeypatch, right_after_the_backup=False):
         listed = made(*args, **kwargs)
         at = len(listed)
         if right_after_the_backup:
-            at = 2 + next(i for i, c in enumerate(listed) if isinstance(c, keras.callbacks.BackupAndRestore))
+            at = 1 + next(i for i, c in enumerate(listed) if type(c).__name__ == "EpochBackup")
         return listed[:at] + [Interrupt()] + listed[at:]
 
     with monkeypatch.context() as patch:
@@ -422,7 +424,7 @@ def test_a_killed_run_resumes_to_exactly_the_run_an_uninterrupted_process_makes(
                           verbose=0, **options)
         if name == "killed":
             run_killed_after_epoch_1(cfg, monkeypatch)
-            assert (tmp_path / name / "backup" / "seed_states.npz").is_file()
+            assert saved_seed_states(tmp_path / name)
         run(cfg)
         rows = list(csv.DictReader(open(tmp_path / name / "history.csv")))
         runs[name] = ([(r["loss"], r["val_loss"], r["learning_rate"]) for r in rows],
@@ -454,16 +456,102 @@ def test_a_kill_during_an_epochs_end_after_its_backup_resumes_after_that_epoch(t
     assert losses["killed"] == {e: loss for e, loss in losses["straight"].items() if e != "1"}
 
 
+def interrupted_midway(write, name: str, call: int):
+    """`write` (`keras.Model.save` or `save_weights`) that, at its `call`-th call on a
+    path ending with `name`, writes half the file and raises, as SIGTERM (which the
+    commands raise where the program is) or a full disk does during the write."""
+    calls = []
+
+    def writing(model, *args, **kwargs):
+        write(model, *args, **kwargs)
+        path = args[0] if args else kwargs["filepath"]  # BackupAndRestore gave it by name
+        if str(path).endswith(name):
+            calls.append(path)
+            if len(calls) == call:
+                with open(path, "r+b") as handle:
+                    handle.truncate(Path(path).stat().st_size // 2)
+                raise KeyboardInterrupt("simulated kill during the write")
+
+    return writing, calls
+
+
+def test_a_kill_while_the_backup_is_written_resumes_from_the_epoch_before(tmp_path, monkeypatch):
+    """Killed while epoch 1's backup was being written, the same command resumes from
+    epoch 0's backup and ends as an uninterrupted run does. Keras's BackupAndRestore
+    rewrote its weights file in place: the half-written file failed the resume (h5py's
+    "truncated file" here; "8 objects could not be loaded" when a real SIGTERM came as
+    the file was opened), and every finished epoch was lost."""
+    losses = {}
+    for name in ("straight", "killed"):
+        cfg = TrainConfig(out=str(tmp_path / name), dates_train_size=200, batch_size=32, epochs=3,
+                          embedding_dim=8, encoder_units=8, decoder_units=16, dropout=0.3, verbose=0)
+        if name == "killed":
+            writing, calls = interrupted_midway(keras.Model.save_weights, ".weights.h5", call=2)
+            with monkeypatch.context() as patch:
+                patch.setattr(keras.Model, "save_weights", writing)
+                with pytest.raises(KeyboardInterrupt, match="during the write"):
+                    run(cfg)
+            assert len(calls) == 2 and "backup" in str(calls[1])
+            backup = tmp_path / name / "backup"  # epoch 0's, and not the half-written file
+            assert sorted(p.name for p in backup.iterdir()) == ["epoch_001.weights.h5", "training_metadata.json"]
+        run(cfg)
+        losses[name] = [(r["epoch"], r["loss"]) for r in csv.DictReader(open(tmp_path / name / "history.csv"))]
+    assert len(losses["straight"]) == 3 and losses["killed"] == losses["straight"]
+    assert not (tmp_path / "killed" / "backup").exists()
+
+
+def test_a_kill_while_the_checkpoint_is_written_keeps_the_previous_one(tmp_path, monkeypatch):
+    """Killed while a better epoch's model.keras was being written, the folder keeps the
+    checkpoint it had, and no temporary file. Keras's ModelCheckpoint rewrote the file
+    in place, leaving half a zip where the best model had been."""
+    from keras_attn.saving import load_model
+
+    cfg = TrainConfig(out=str(tmp_path), dates_train_size=200, batch_size=32, epochs=3,
+                      embedding_dim=8, encoder_units=8, decoder_units=16, verbose=0)
+    saved = []
+    writing, calls = interrupted_midway(keras.Model.save, "model.keras", call=2)
+
+    def keeping_a_copy(model, *args, **kwargs):  # the first checkpoint's bytes, to compare
+        writing(model, *args, **kwargs)
+        saved.append(Path(args[0] if args else kwargs["filepath"]).read_bytes())
+
+    monkeypatch.setattr(keras.Model, "save", keeping_a_copy)
+    with pytest.raises(KeyboardInterrupt, match="during the write"):
+        run(cfg)
+    monkeypatch.undo()
+    assert len(calls) == 2
+    assert (tmp_path / "model.keras").read_bytes() == saved[0]
+    load_model(tmp_path / "model.keras")
+    assert not [p.name for p in tmp_path.iterdir() if ".tmp" in p.name]
+
+
 def test_resuming_from_a_backup_without_dropout_streams_says_the_masks_restart(tmp_path, monkeypatch, capsys):
+    """A backup as Keras's BackupAndRestore wrote it (until 2026-12-07) still resumes:
+    `latest.weights.h5`, and metadata without a weights file's name or the streams."""
     cfg = TrainConfig(out=str(tmp_path), dates_train_size=200, batch_size=32, epochs=3, embedding_dim=8,
                       encoder_units=8, decoder_units=16, verbose=2)
     run_killed_after_epoch_1(cfg, monkeypatch)
-    (tmp_path / "backup" / "seed_states.npz").unlink()  # as a backup written before they were saved
+    backup = tmp_path / "backup"
+    (backup / "epoch_002.weights.h5").rename(backup / "latest.weights.h5")
+    (backup / "training_metadata.json").write_text(json.dumps({"epoch": 2, "batch": 0}))
     capsys.readouterr()
     run(cfg)
     said = capsys.readouterr().out
     assert f"resuming {tmp_path} after 2 finished epochs" in said
     assert "the masks restart from --seed, so this run will not match an uninterrupted one" in said
+    assert len(list(csv.DictReader(open(tmp_path / "history.csv")))) == 3
+
+
+@pytest.mark.parametrize("finished, said", [(1, "after 1 finished epoch: passing over its batch order"),
+                                             (3, "after 3 finished epochs: passing over their batch orders")])
+def test_the_resume_note_counts_its_epochs(tmp_path, finished, said):
+    (tmp_path / "backup").mkdir()
+    (tmp_path / "backup" / "training_metadata.json").write_text(json.dumps(
+        {"epoch": finished, "weights": "w.weights.h5", "seed_states": []}))
+    (tmp_path / "history.csv").write_text("epoch,val_loss\n" + "".join(f"{e},1.0\n" for e in range(finished)))
+    logged = []
+    report_resume(tmp_path, finished, "val_loss", logged.append)
+    assert logged == [f"[train] resuming {tmp_path} {said}"]
 
 
 def test_the_val_bleu_monitor_needs_its_callback():

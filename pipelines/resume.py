@@ -1,0 +1,147 @@
+"""Resuming a killed run: the backup written after every epoch, and what reads it.
+
+`OUT/backup/` holds the weights with the optimizer's state (`epoch_NNN.weights.h5`),
+and `training_metadata.json`: the number of finished epochs, the name of that weights
+file and the dropout masks' random streams. A kill at any moment leaves a whole backup:
+each epoch's weights go to a new file, which the metadata names only once the file is
+complete (the metadata is replaced by a rename), and the previous epoch's file is
+deleted after that (so for a moment two epochs' weights are on disk). Keras's `BackupAndRestore` rewrote `latest.weights.h5` in place, so
+a SIGTERM (which the commands raise where the program is) or a full disk during the
+write left a truncated file, and the same command then failed in Keras's restore, with
+every finished epoch lost.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from keras_attn.files import atomic_save, atomic_write
+
+METADATA = "training_metadata.json"
+LEGACY_WEIGHTS = "latest.weights.h5"  # what `BackupAndRestore` wrote (backups until 2026-12-07)
+
+
+def resuming(out: Path) -> bool:
+    """Whether `out` holds an interrupted run that the backup will resume."""
+    return (out / "backup").is_dir()
+
+
+def read_backup(out: Path) -> dict | None:
+    """The backup's metadata (`epoch`, `weights`, `seed_states` or None), or None when
+    `out` has none. A backup from `BackupAndRestore` names no weights file and keeps no
+    streams: its weights are `latest.weights.h5`, and the masks restart."""
+    path = out / "backup" / METADATA
+    if not path.is_file():
+        return None
+    metadata = json.loads(path.read_text(encoding="utf-8"))
+    return {"epoch": int(metadata["epoch"]), "weights": metadata.get("weights", LEGACY_WEIGHTS),
+            "seed_states": metadata.get("seed_states")}
+
+
+def finished_epochs(out: Path) -> int:
+    """How many epochs an interrupted run in `out` finished, where it resumes (0 without
+    a backup, as for a new run)."""
+    backup = read_backup(out)
+    return backup["epoch"] if backup else 0
+
+
+def saved_seed_states(out: Path):
+    """The dropout streams' states in the backup of `out`, or None when it has none."""
+    backup = read_backup(out)
+    return None if backup is None else backup["seed_states"]
+
+
+def check_resumable(out: Path, model_cfg) -> None:
+    """An interrupted run in `out` resumes only with its own model settings: others
+    failed inside Keras's restore, in a multi-line message about variables that "could
+    not be loaded". Names each setting that differs from `out/config.json`'s."""
+    if not resuming(out) or not (out / "config.json").is_file():
+        return
+    before = json.loads((out / "config.json").read_text(encoding="utf-8")).get("model", {})
+    changed = [f"{key} {before[key]!r} there, {value!r} now" for key, value in model_cfg.to_dict().items()
+               if key in before and before[key] != value]  # a key it lacks: a setting newer than the run
+    if changed:
+        raise ValueError(f"{out} holds an interrupted run of another model ({'; '.join(changed)}): run its own "
+                         "command to resume it, choose another --out, or delete the folder to start afresh")
+
+
+def skip_finished_epochs(train_ds, finished: int, steps_per_epoch: int | None):
+    """`train_ds` as the killed process would have gone on iterating it, so that a
+    resumed run draws the batch orders an uninterrupted one draws. Keras makes a new
+    iterator every epoch, and each new iterator of a seeded, reshuffling dataset draws
+    the next epoch's shuffle seeds when it is first read: one pass per finished epoch
+    brings the draws to epoch `finished` (the first pass also fills the tokenized
+    pairs' cache, which the rest replay). With `steps_per_epoch` the repeated dataset
+    is one iterator for the whole run, so the finished epochs' batches are skipped."""
+    if steps_per_epoch:
+        return train_ds.skip(finished * steps_per_epoch)
+    for _ in range(finished):
+        for _ in train_ds:
+            pass
+    return train_ds
+
+
+def seed_generators(model) -> list:
+    """The model's dropout streams: every dropout draws from a seed generator whose
+    state (a seed and a counter) is a model variable but not a weight, so the weights
+    file does not hold it; restored, a resumed run draws the masks an uninterrupted
+    one draws."""
+    return [v for v in model.variables if v.name == "seed_generator_state"]
+
+
+def restore_backup(model, out: Path) -> None:
+    """Load the backup of `out` into `model` (weights, optimizer, streams) and make `fit`
+    start at its first unfinished epoch; nothing without a backup."""
+    import numpy as np
+
+    backup = read_backup(out)
+    if backup is None:
+        return
+    if model.optimizer is not None and not model.optimizer.built:  # its variables must exist to be loaded
+        model.optimizer.build(model.trainable_variables)
+    model.load_weights(out / "backup" / backup["weights"])
+    if backup["seed_states"] is not None:
+        generators = seed_generators(model)
+        if len(backup["seed_states"]) != len(generators):
+            raise ValueError(f"{out / 'backup'}: {len(backup['seed_states'])} seed generator states, "
+                             f"the model has {len(generators)}")
+        for variable, state in zip(generators, backup["seed_states"], strict=True):
+            variable.assign(np.array(state, dtype=variable.dtype))
+    model._initial_epoch = backup["epoch"]  # where `fit` starts, as Keras's BackupAndRestore tells it
+
+
+def write_backup(model, out: Path, epochs: int) -> None:
+    """The backup of `model` after `epochs` finished epochs, committed by the rename of
+    the metadata that names its weights file; then the earlier weights are deleted."""
+    folder = out / "backup"
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = f"epoch_{epochs:03d}.weights.h5"
+    # Whole, or removed (a full disk keeps its space); in force once the metadata names it.
+    atomic_save(model.save_weights, folder / weights)
+    atomic_write(folder / METADATA, json.dumps({
+        "epoch": epochs, "weights": weights,
+        "seed_states": [v.numpy().tolist() for v in seed_generators(model)]}) + "\n")
+    for old in folder.glob("*.weights.h5"):
+        if old.name != weights:
+            old.unlink()
+
+
+def epoch_backup(out: Path):
+    """The callback that restores the backup of `out` as training begins (when it holds
+    an interrupted run), writes it at every epoch's end, and deletes it when training
+    ends."""
+    import keras
+
+    class EpochBackup(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            restore_backup(self.model, out)
+
+        def on_epoch_end(self, epoch, logs=None):
+            write_backup(self.model, out, epoch + 1)
+
+        def on_train_end(self, logs=None):
+            shutil.rmtree(out / "backup", ignore_errors=True)
+
+    return EpochBackup()

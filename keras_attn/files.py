@@ -5,8 +5,26 @@ then a rename, so an interrupted or failed write never leaves a half-written fil
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
+import os
 from pathlib import Path
+
+# Why a write finds no room: a full disk, a quota, a file size limit, a read-only file system.
+NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
+
+
+@contextlib.contextmanager
+def writing(path: str | Path):
+    """Re-raises a write that found no room (`NO_ROOM`) as an OSError naming `path`, the
+    file or folder asked for: the error named a temporary file, or none (h5py's gave its
+    C library's report, a dozen fields on one line)."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in NO_ROOM:
+            raise
+        raise OSError(error.errno, os.strerror(error.errno), str(path)) from error
 
 
 @contextlib.contextmanager
@@ -21,13 +39,13 @@ def atomic_output(path: str | Path, mode: str = "w"):
     encoding = {"encoding": "utf-8"} if "b" not in mode else {}
     path = Path(path)
     if path.exists() and not path.is_file():  # a pipe or a device; check_output_file refuses folders
-        with open(path, mode, **encoding) as handle:
+        with writing(path), open(path, mode, **encoding) as handle:
             yield handle
         return
-    path = path.resolve()  # the link's target, not the link
+    asked, path = path, path.resolve()  # the link's target, not the link
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        with open(tmp, mode, **encoding) as handle:
+        with writing(asked), open(tmp, mode, **encoding) as handle:
             yield handle
         tmp.replace(path)
     finally:
@@ -62,7 +80,8 @@ def atomic_save(save, path: str | Path):
     path = Path(path)
     tmp = path.with_name(f".tmp.{path.name}")
     try:
-        save(tmp)
+        with writing(path):
+            save(tmp)
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)

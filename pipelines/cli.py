@@ -17,8 +17,9 @@ import threading
 from pathlib import Path
 
 import keras_attn  # light: its layers load lazily
-from keras_attn.files import folder_problem
+from keras_attn.files import NO_ROOM, folder_problem
 
+EXIT_FAILURE = 1  # the input was fine, the machine was not (a full disk)
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT (Ctrl-C)
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a Unix tool killed by a closed pipe exits with
@@ -388,6 +389,12 @@ def run_command(args) -> int:
         # stdout's unwritten rest goes nowhere, or the flush at exit would fail again
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
+    except OSError as error:  # after its subclasses above
+        if error.errno not in NO_ROOM:
+            raise
+        print(f"keras-attn {args.command}: error: cannot write {error.filename or 'its output'}: "
+              f"{error.strerror}", file=sys.stderr)
+        return EXIT_FAILURE
     return 0
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from keras_attn.config import is_int
-from keras_attn.files import folder_problem
+from keras_attn.files import folder_problem, writing
 from keras_attn.runtime.translator import (
     BUNDLE_FORMAT,
     N_BEST_OUTPUTS,
@@ -232,20 +232,21 @@ def export(train_dir, out, beam: int = 5, alpha: float = 0.6, quantize: str | No
     inference = InferenceModel(model, fold_embeddings=True)
     max_len = max_len or int(run_config["train"].get("max_len", 100))
     staging = staging_dir(out)
-    try:
-        graphs, weights = write_graphs(staging, inference, model.encoder, opset, quantize, log)
-        (staging / "src.spm.model").write_bytes(src_model)
-        (staging / "tgt.spm.model").write_bytes(tgt_model)
-        config = bundle_config(staging, out.name, model.config, run_config["train"], graphs, weights,
-                               {"max_src_len": max_len, "max_tgt_len": max_len,
-                                "beam": beam, "alpha": alpha, "opset": opset})
-        (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-        log("[export] checking onnxruntime against TensorFlow on validation sentences ...")
-        check_parity(Translator.load(staging), inference, validation_sentences(run_config), beam, alpha)
-        replace_dir(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    with writing(out):  # a full disk: one line naming --out, not a staging file
+        try:
+            graphs, weights = write_graphs(staging, inference, model.encoder, opset, quantize, log)
+            (staging / "src.spm.model").write_bytes(src_model)
+            (staging / "tgt.spm.model").write_bytes(tgt_model)
+            config = bundle_config(staging, out.name, model.config, run_config["train"], graphs, weights,
+                                   {"max_src_len": max_len, "max_tgt_len": max_len,
+                                    "beam": beam, "alpha": alpha, "opset": opset})
+            (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+            log("[export] checking onnxruntime against TensorFlow on validation sentences ...")
+            check_parity(Translator.load(staging), inference, validation_sentences(run_config), beam, alpha)
+            replace_dir(staging, out)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
     log(f"[export] wrote {out}/ ({', '.join(sorted(p.name for p in out.iterdir()))}) "
         f"in {time.perf_counter() - start:.0f} s")
     return out

@@ -1,14 +1,15 @@
 """Resuming a killed run: the backup written after every epoch, and what reads it.
 
-`OUT/backup/` holds the weights with the optimizer's state (`epoch_NNN.weights.h5`),
-and `training_metadata.json`: the number of finished epochs, the name of that weights
-file and the dropout masks' random streams. A kill at any moment leaves a whole backup:
-each epoch's weights go to a new file, which the metadata names only once the file is
-complete (the metadata is replaced by a rename), and the previous epoch's file is
-deleted after that (so for a moment two epochs' weights are on disk). Keras's `BackupAndRestore` rewrote `latest.weights.h5` in place, so
-a SIGTERM (which the commands raise where the program is) or a full disk during the
-write left a truncated file, and the same command then failed in Keras's restore, with
-every finished epoch lost.
+`OUT/backup/` holds the weights with the optimizer's state (`epoch_NNN.keras`), and
+`training_metadata.json`: the number of finished epochs, the name of that weights
+file and the dropout masks' random streams. A kill at any moment leaves a whole
+backup: each epoch's weights go to a new file, which the metadata names only once the
+file is complete (the metadata is replaced by a rename), and the previous epoch's file
+is deleted after that (so for a moment two epochs' weights are on disk). Keras's
+`BackupAndRestore` rewrote `latest.weights.h5` in place, so a SIGTERM (which the
+commands raise where the program is) or a full disk during the write left a truncated
+file, and the same command then failed in Keras's restore, with every finished epoch
+lost.
 """
 
 from __future__ import annotations
@@ -114,16 +115,21 @@ def restore_backup(model, out: Path) -> None:
 
 def write_backup(model, out: Path, epochs: int) -> None:
     """The backup of `model` after `epochs` finished epochs, committed by the rename of
-    the metadata that names its weights file; then the earlier weights are deleted."""
+    the metadata that names its weights file; then the earlier weights are deleted.
+
+    The weights are a Keras archive (`model.save`; `load_weights` reads it), whose HDF5
+    part Keras writes in memory. `save_weights` has HDF5 write the disk itself, and
+    after a write that found no room (a full disk) the library kept the file open and
+    the process died with a segmentation fault, at exit or when the file was closed."""
     folder = out / "backup"
     folder.mkdir(parents=True, exist_ok=True)
-    weights = f"epoch_{epochs:03d}.weights.h5"
+    weights = f"epoch_{epochs:03d}.keras"
     # Whole, or removed (a full disk keeps its space); in force once the metadata names it.
-    atomic_save(model.save_weights, folder / weights)
+    atomic_save(model.save, folder / weights)
     atomic_write(folder / METADATA, json.dumps({
         "epoch": epochs, "weights": weights,
         "seed_states": [v.numpy().tolist() for v in seed_generators(model)]}) + "\n")
-    for old in folder.glob("*.weights.h5"):
+    for old in [*folder.glob("*.keras"), *folder.glob("*.weights.h5")]:
         if old.name != weights:
             old.unlink()
 

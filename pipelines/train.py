@@ -75,7 +75,7 @@ def clear_previous_run(out: Path, log) -> None:
     them: its history and epoch weights would mix with the new run's, and its
     checkpoint would not match the newly trained tokenizers."""
     stale = [out / name for name in ("model.keras", "history.csv", "metrics.json", "training_curve.png")
-             if (out / name).is_file()] + sorted((out / "epochs").glob("epoch_*.weights.h5"))
+             if (out / name).is_file()] + epoch_files(out / "epochs")
     if stale:
         log(f"[train] {out} holds a previous run; starting a new one and replacing its "
             f"{', '.join(sorted({path.name for path in stale}))}")
@@ -393,18 +393,25 @@ def learning_rate_callback(cfg: TrainConfig, past: list[tuple[float, float]]):
 
 
 def epoch_weights(folder: Path, keep: int):
-    """Saves the weights after every epoch as `epoch_NNN.weights.h5`, keeping the last
-    `keep` files (for `average_checkpoints`); files survive a resumed run."""
+    """Saves the model after every epoch as `epoch_NNN.keras` (written whole, as the
+    backup is: `pipelines.resume.write_backup`), keeping the last `keep` files (for
+    `average_checkpoints`); files survive a resumed run."""
     import keras
 
     class EpochWeights(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             folder.mkdir(parents=True, exist_ok=True)
-            atomic_save(self.model.save_weights, folder / f"epoch_{epoch:03d}.weights.h5")
-            for old in sorted(folder.glob("epoch_*.weights.h5"))[:-keep]:
+            atomic_save(self.model.save, folder / f"epoch_{epoch:03d}.keras")
+            for old in epoch_files(folder)[:-keep]:
                 old.unlink()
 
     return EpochWeights()
+
+
+def epoch_files(folder: Path) -> list[Path]:
+    """The epochs' weights `epoch_weights` keeps in `folder`, oldest first (runs before
+    2026-12-07 kept `epoch_NNN.weights.h5`)."""
+    return sorted(p for p in folder.glob("epoch_*") if p.name.endswith((".keras", ".weights.h5")))
 
 
 def average_checkpoints(model, folder: Path, measure, log, monitor: str = "val_loss") -> dict | None:
@@ -413,7 +420,7 @@ def average_checkpoints(model, folder: Path, measure, log, monitor: str = "val_l
     monitored value (validation loss or BLEU). Returns both values."""
     import numpy as np
 
-    files = sorted(folder.glob("epoch_*.weights.h5"))
+    files = epoch_files(folder)
     if len(files) < 2:
         return None
     best = [w.copy() for w in model.get_weights()]

@@ -203,6 +203,61 @@ def test_cli_bad_values_exit_2(dates_bundle, tmp_path, capsys, argv, message):
     assert out == ""  # refused before any work: tune-alpha --beam 1 printed its table's header first
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full, whose writes fail with ENOSPC")
+@pytest.mark.parametrize("argv", [
+    ["translate", "{b}", "--input", "{d}/in.txt", "--output", "/dev/full"],
+    ["evaluate", "{b}", "--src", "{d}/in.txt", "--ref", "{d}/in.txt", "--json", "/dev/full"],
+    ["attention", "{b}", "25 June 2009", "--png", "/dev/full"],
+], ids=["translate", "evaluate", "attention"])
+def test_a_full_disk_is_one_line_naming_the_file_and_status_1(dates_bundle, tmp_path, capsys, argv):
+    """A write that finds no room was a traceback (OSError: [Errno 28] ...)."""
+    (tmp_path / "in.txt").write_text("25 June 2009\n")
+    status = cli.main([a.format(b=dates_bundle, d=tmp_path) for a in argv])
+    err = capsys.readouterr().err
+    assert status == 1
+    assert err.splitlines()[-1] == f"keras-attn {argv[0]}: error: cannot write /dev/full: No space left on device"
+    assert "Traceback" not in err
+
+
+def run_with_file_size_limit(argv, limit: int, cwd: Path):
+    """`keras-attn ARGV` in a process whose files cannot grow past `limit` bytes: its
+    writes beyond it fail (EFBIG) as on a full disk, which a test cannot make."""
+    import resource
+
+    def limited():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return subprocess.run([sys.executable, "-m", "pipelines.cli", *map(str, argv)], cwd=cwd, preexec_fn=limited,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_a_full_disk_while_training_stops_with_one_line_and_leaves_no_partial_file(tmp_path):
+    """Writing the backup's weights (HDF5) found no room. Keras left that file open, and
+    the process died at exit with a segmentation fault (status 139), after a traceback
+    naming a hidden temporary file."""
+    out = tmp_path / "run"
+    done = run_with_file_size_limit(["train", "--dates-train-size", "300", "--epochs", "1", "--embedding-dim", "32",
+                                     "--encoder-units", "64", "--decoder-units", "128", "--out", out],
+                                    1_000_000, tmp_path)  # the tokenizers (~250 KB each) fit, the weights do not
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert done.stderr.splitlines()[-1] == (f"keras-attn train: error: cannot write {out}/backup/epoch_001.keras: "
+                                            "File too large")
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]
+
+
+def test_a_full_disk_while_exporting_or_translating_leaves_nothing(dates_run, dates_bundle, tmp_path):
+    """The export's staging folder and the translation's temporary file are removed, and
+    the message names --out and --output, not them."""
+    (tmp_path / "in.txt").write_text("25 June 2009\n" * 2000)
+    for argv, named in ((["export", dates_run[0], "--out", tmp_path / "bundle"], tmp_path / "bundle"),
+                        (["translate", dates_bundle, "--input", tmp_path / "in.txt", "--output", tmp_path / "out.txt"],
+                         tmp_path / "out.txt")):
+        done = run_with_file_size_limit(argv, 10_000, tmp_path)
+        assert done.returncode == 1, done.stderr[-2000:]
+        assert done.stderr.splitlines()[-1] == f"keras-attn {argv[0]}: error: cannot write {named}: File too large"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]
+
+
 def test_translate_output_to_a_link_or_a_pipe(dates_bundle, translator, tmp_path):
     """The output was written to a temporary file renamed over the path: a symbolic
     link became a regular file (its target untouched), and so did a FIFO (its reader

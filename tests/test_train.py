@@ -212,9 +212,9 @@ def test_epoch_weights_keep_the_last_n_epochs(tmp_path):
     x, y = tiny_data()
     model = build_model(cfg, model_config(cfg, VOCAB, VOCAB))
     model.fit(x, y, epochs=4, verbose=0, callbacks=[epoch_weights(tmp_path, 2)])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch_002.weights.h5", "epoch_003.weights.h5"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch_002.keras", "epoch_003.keras"]
     fresh = build_model(cfg, model_config(cfg, VOCAB, VOCAB))
-    fresh.load_weights(tmp_path / "epoch_003.weights.h5")
+    fresh.load_weights(tmp_path / "epoch_003.keras")
     for a, b in zip(model.get_weights(), fresh.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
 
@@ -288,7 +288,8 @@ def test_init_from_starts_with_the_trained_weights_and_tokenizers(dates_run, tmp
     # The same command again (not a resume: no backup left) replaces the finished
     # run instead of appending to its history; other dropout rates are the same model.
     (tmp_path / "epochs").mkdir()
-    (tmp_path / "epochs" / "epoch_007.weights.h5").write_bytes(b"an old epoch")
+    (tmp_path / "epochs" / "epoch_007.weights.h5").write_bytes(b"an old epoch")  # as runs before 2026-12-07 kept
+    (tmp_path / "epochs" / "epoch_008.keras").write_bytes(b"an old epoch")
     other_dropout = settings["dropout"] + 0.05
     again = run(TrainConfig(out=str(tmp_path), init_from=str(source), epochs=1, lr=1e-4, verbose=0,
                             dropout=other_dropout, word_dropout=0.1, **same))
@@ -297,6 +298,7 @@ def test_init_from_starts_with_the_trained_weights_and_tokenizers(dates_run, tmp
     assert again["epochs_run"] == again["epochs_this_process"] == 1
     assert len(list(csv.DictReader(open(tmp_path / "history.csv")))) == 1
     assert not (tmp_path / "epochs" / "epoch_007.weights.h5").exists()
+    assert not (tmp_path / "epochs" / "epoch_008.keras").exists()
 
     with pytest.raises(ValueError, match="differs from this run's"):
         run(TrainConfig(out=str(tmp_path / "other"), init_from=str(source), epochs=1, verbose=0,
@@ -456,16 +458,16 @@ def test_a_kill_during_an_epochs_end_after_its_backup_resumes_after_that_epoch(t
     assert losses["killed"] == {e: loss for e, loss in losses["straight"].items() if e != "1"}
 
 
-def interrupted_midway(write, name: str, call: int):
+def interrupted_midway(write, where: str, call: int):
     """`write` (`keras.Model.save` or `save_weights`) that, at its `call`-th call on a
-    path ending with `name`, writes half the file and raises, as SIGTERM (which the
+    path containing `where`, writes half the file and raises, as SIGTERM (which the
     commands raise where the program is) or a full disk does during the write."""
     calls = []
 
     def writing(model, *args, **kwargs):
         write(model, *args, **kwargs)
         path = args[0] if args else kwargs["filepath"]  # BackupAndRestore gave it by name
-        if str(path).endswith(name):
+        if where in str(path):
             calls.append(path)
             if len(calls) == call:
                 with open(path, "r+b") as handle:
@@ -486,14 +488,14 @@ def test_a_kill_while_the_backup_is_written_resumes_from_the_epoch_before(tmp_pa
         cfg = TrainConfig(out=str(tmp_path / name), dates_train_size=200, batch_size=32, epochs=3,
                           embedding_dim=8, encoder_units=8, decoder_units=16, dropout=0.3, verbose=0)
         if name == "killed":
-            writing, calls = interrupted_midway(keras.Model.save_weights, ".weights.h5", call=2)
+            writing, calls = interrupted_midway(keras.Model.save, "/backup/", call=2)
             with monkeypatch.context() as patch:
-                patch.setattr(keras.Model, "save_weights", writing)
+                patch.setattr(keras.Model, "save", writing)
                 with pytest.raises(KeyboardInterrupt, match="during the write"):
                     run(cfg)
-            assert len(calls) == 2 and "backup" in str(calls[1])
+            assert len(calls) == 2
             backup = tmp_path / name / "backup"  # epoch 0's, and not the half-written file
-            assert sorted(p.name for p in backup.iterdir()) == ["epoch_001.weights.h5", "training_metadata.json"]
+            assert sorted(p.name for p in backup.iterdir()) == ["epoch_001.keras", "training_metadata.json"]
         run(cfg)
         losses[name] = [(r["epoch"], r["loss"]) for r in csv.DictReader(open(tmp_path / name / "history.csv"))]
     assert len(losses["straight"]) == 3 and losses["killed"] == losses["straight"]
@@ -532,7 +534,8 @@ def test_resuming_from_a_backup_without_dropout_streams_says_the_masks_restart(t
                       encoder_units=8, decoder_units=16, verbose=2)
     run_killed_after_epoch_1(cfg, monkeypatch)
     backup = tmp_path / "backup"
-    (backup / "epoch_002.weights.h5").rename(backup / "latest.weights.h5")
+    keras.models.load_model(backup / "epoch_002.keras").save_weights(backup / "latest.weights.h5")
+    (backup / "epoch_002.keras").unlink()
     (backup / "training_metadata.json").write_text(json.dumps({"epoch": 2, "batch": 0}))
     capsys.readouterr()
     run(cfg)
@@ -675,7 +678,7 @@ def test_a_new_run_replaces_the_previous_runs_results_only_when_it_starts_writin
     config.json; reading and checking its data writes nothing."""
     out = tmp_path / "run"
     (out / "epochs").mkdir(parents=True)
-    stale = [out / "model.keras", out / "history.csv", out / "metrics.json", out / "epochs" / "epoch_001.weights.h5"]
+    stale = [out / "model.keras", out / "history.csv", out / "metrics.json", out / "epochs" / "epoch_001.keras"]
     for path in stale:
         path.write_text("from the previous run")
     lines = []

@@ -287,6 +287,16 @@ def add_demo(sub):
     p.set_defaults(handler=cmd_demo)
 
 
+def padded(text: str, columns: int) -> str:
+    """`text` and the spaces that make it `columns` wide on a terminal, where East Asian
+    wide characters take two columns (`f"{text:32s}"` counted them as one, and the
+    Korean date's arrow stood three columns right of the others)."""
+    import unicodedata
+
+    width = sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+    return text + " " * max(0, columns - width)
+
+
 DEMO_DATES = ["25 June 2009", "Donnerstag, 25. Juni 2009", "2009년 6월 25일", "6/25/09",
               "jeudi 25 juin 2009", "jueves, 25 de junio de 2009", "Sat 1 Jan 2000", "31.12.1999"]
 
@@ -309,7 +319,7 @@ def cmd_demo(args):
     translator = Translator.load(args.bundle)
     print("\n[onnxruntime] translations by the exported model (no TensorFlow in this path):")
     for source, target in zip(DEMO_DATES, translator.translate(DEMO_DATES)):
-        print(f"  {source:32s} -> {target}")
+        print(f"  {padded(source, 32)} -> {target}")
     png = Path(args.out) / "attention.png"
     attention_heatmap(args.bundle, DEMO_DATES[1], png)
     exact = metrics["held_out"]["exact_match"]

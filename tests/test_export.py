@@ -3,6 +3,7 @@ import os
 import shutil
 import subprocess
 import sys
+import unicodedata
 import warnings
 from pathlib import Path
 
@@ -967,5 +968,9 @@ def test_demo_command_trains_exports_and_translates(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "[onnxruntime] translations by the exported model" in out
     assert out.count(" -> ") == len(cli.DEMO_DATES)
+    # The arrows line up on a terminal, where the Korean date's characters are two columns wide.
+    arrows = {sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in line.split(" -> ")[0])
+              for line in out.splitlines() if " -> " in line}
+    assert arrows == {34}
     assert (run / "attention.png").read_bytes()[:4] == b"\x89PNG"
     assert (bundle / "model.int8.onnx").is_file() and json.loads((run / "metrics.json").read_text())

@@ -30,15 +30,25 @@ def resuming(out: Path) -> bool:
 
 
 def read_backup(out: Path) -> dict | None:
-    """The backup's metadata (`epoch`, `weights`, `seed_states` or None), or None when
-    `out` has none. A backup from `BackupAndRestore` names no weights file and keeps no
-    streams: its weights are `latest.weights.h5`, and the masks restart."""
+    """The backup's metadata (`epoch`, `weights`, `seed_states` or None, and
+    `training_ended`), or None when `out` has none. A backup from `BackupAndRestore`
+    names no weights file and keeps no streams: its weights are `latest.weights.h5`,
+    and the masks restart."""
     path = out / "backup" / METADATA
     if not path.is_file():
         return None
     metadata = json.loads(path.read_text(encoding="utf-8"))
     return {"epoch": int(metadata["epoch"]), "weights": metadata.get("weights", LEGACY_WEIGHTS),
-            "seed_states": metadata.get("seed_states")}
+            "seed_states": metadata.get("seed_states"), "training_ended": bool(metadata.get("training_ended"))}
+
+
+def training_ended(out: Path) -> bool:
+    """Whether the run in `out` was killed after its training ended (`fit` returned)
+    and before it was reported: the same command then finishes it without training.
+    (The backup was deleted when `fit` returned, so the same command started a new run
+    and deleted the trained model.)"""
+    backup = read_backup(out)
+    return bool(backup and backup["training_ended"])
 
 
 def finished_epochs(out: Path) -> int:
@@ -94,11 +104,13 @@ def seed_generators(model) -> list:
 
 def restore_backup(model, out: Path) -> None:
     """Load the backup of `out` into `model` (weights, optimizer, streams) and make `fit`
-    start at its first unfinished epoch; nothing without a backup."""
+    start at its first unfinished epoch; nothing without a backup, or with one whose
+    training ended (it holds no weights: `run` does not train again, and another `fit`
+    in the folder trains on from the model's weights)."""
     import numpy as np
 
     backup = read_backup(out)
-    if backup is None:
+    if backup is None or backup["training_ended"]:
         return
     if model.optimizer is not None and not model.optimizer.built:  # its variables must exist to be loaded
         model.optimizer.build(model.trainable_variables)
@@ -134,10 +146,27 @@ def write_backup(model, out: Path, epochs: int) -> None:
             old.unlink()
 
 
+def end_training(out: Path) -> None:
+    """Mark the backup of `out` as of a run whose training ended, and delete its weights:
+    what remains to do (averaging, the held-out score, metrics.json) reads the folder's
+    checkpoints, and `remove_backup` deletes the rest once it is done."""
+    backup = read_backup(out)
+    if backup is None:  # no epoch ended (a NaN at the first step)
+        return
+    atomic_write(out / "backup" / METADATA, json.dumps({"epoch": backup["epoch"], "training_ended": True}) + "\n")
+    for weights in [*(out / "backup").glob("*.keras"), *(out / "backup").glob("*.weights.h5")]:
+        weights.unlink()
+
+
+def remove_backup(out: Path) -> None:
+    """The run in `out` is complete: nothing is left to resume."""
+    shutil.rmtree(out / "backup", ignore_errors=True)
+
+
 def epoch_backup(out: Path):
     """The callback that restores the backup of `out` as training begins (when it holds
-    an interrupted run), writes it at every epoch's end, and deletes it when training
-    ends."""
+    an interrupted run), writes it at every epoch's end, and marks it when training
+    ends (`end_training`)."""
     import keras
 
     class EpochBackup(keras.callbacks.Callback):
@@ -148,6 +177,6 @@ def epoch_backup(out: Path):
             write_backup(self.model, out, epoch + 1)
 
         def on_train_end(self, logs=None):
-            shutil.rmtree(out / "backup", ignore_errors=True)
+            end_training(out)
 
     return EpochBackup()

@@ -18,9 +18,11 @@ from pipelines.resume import (
     check_resumable,
     epoch_backup,
     finished_epochs,
+    remove_backup,
     resuming,
     saved_seed_states,
     skip_finished_epochs,
+    training_ended,
 )
 
 
@@ -703,7 +705,11 @@ def prepare_model(cfg: TrainConfig, data: TrainingData, strategy, log):
 
 
 def fit_model(cfg: TrainConfig, model, data: TrainingData, out: Path, log):
-    """`model.fit` from the first epoch not yet finished in `out`; returns `(history, seconds)`."""
+    """`model.fit` from the first epoch not yet finished in `out`; returns `(history, seconds)`,
+    `(None, 0.0)` for a run killed after its training ended (nothing to train)."""
+    if training_ended(out):
+        log(f"[train] {out}: the kill came after its training ended; finishing the run without training")
+        return None, 0.0
     train_ds = data.train_ds.repeat() if cfg.steps_per_epoch else data.train_ds
     finished = finished_epochs(out)
     report_resume(out, finished, cfg.monitor, log)
@@ -737,7 +743,7 @@ def report(cfg: TrainConfig, out: Path, data: TrainingData, history, train_secon
     held_out = data.test if data.test is not None else data.valid
     # A resumed run's history.csv holds the epochs of every process; `history` only this one's.
     metrics = {"train_seconds": train_seconds, "epochs_run": len(read_history(out / "history.csv")),
-               "epochs_this_process": len(history.history.get("loss", [])),
+               "epochs_this_process": len(history.history.get("loss", [])) if history else 0,
                "checkpoint_average": averaged,
                "held_out": evaluate_held_out(best, held_out, data.src_sp, data.tgt_sp, cfg.max_len)}
     atomic_write(out / "metrics.json", json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
@@ -778,4 +784,6 @@ def run(cfg: TrainConfig) -> dict:
         if cfg.average_last > 1:
             measure = validation_measure(cfg, data.valid_ds, data.valid, data.src_sp, data.tgt_sp)
             averaged = average_into_checkpoint(model, out, measure, cfg.monitor, log)
-        return report(cfg, out, data, history, train_seconds, averaged, log)
+        metrics = report(cfg, out, data, history, train_seconds, averaged, log)
+        remove_backup(out)
+        return metrics

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from pipelines import cli
-from pipelines.resume import saved_seed_states
+from pipelines.resume import read_backup, saved_seed_states
 from pipelines.train import (
     TrainConfig,
     average_checkpoints,
@@ -115,7 +115,8 @@ def test_a_killed_run_resumes_without_losing_finished_epochs(tmp_path):
     assert len(history.history["loss"]) == 2
     rows = list(csv.DictReader(open(tmp_path / "history.csv")))
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
-    assert not (tmp_path / "backup").exists()  # removed once training completes
+    # Training ended: the backup says so, and its weights are gone (run() removes the rest when reported).
+    assert read_backup(tmp_path)["training_ended"] and not list((tmp_path / "backup").glob("*.keras"))
     assert len(weights_after_two) == len(fresh.get_weights())
 
 
@@ -525,6 +526,35 @@ def test_a_kill_while_the_checkpoint_is_written_keeps_the_previous_one(tmp_path,
     assert (tmp_path / "model.keras").read_bytes() == saved[0]
     load_model(tmp_path / "model.keras")
     assert not [p.name for p in tmp_path.iterdir() if ".tmp" in p.name]
+
+
+def test_a_kill_after_the_training_ended_finishes_the_run_without_training_again(tmp_path, monkeypatch, capsys):
+    """Killed while it scored the held-out set (after `fit` returned, with the backup
+    deleted), the same command started a new run, which deleted the trained model and
+    trained again. It now finishes the run: the same checkpoint and history,
+    metrics.json, no epoch trained, and no backup left."""
+    import pipelines.train
+
+    cfg = TrainConfig(out=str(tmp_path), dates_train_size=200, batch_size=32, epochs=2, embedding_dim=8,
+                      encoder_units=8, decoder_units=16, average_last=2, verbose=2)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("simulated kill while scoring")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pipelines.train, "evaluate_held_out", killed)
+        with pytest.raises(KeyboardInterrupt):
+            run(cfg)
+    trained = (tmp_path / "model.keras").read_bytes(), (tmp_path / "history.csv").read_text()
+    assert not (tmp_path / "metrics.json").exists()
+    capsys.readouterr()
+    metrics = run(cfg)
+    said = capsys.readouterr().out
+    assert "the kill came after its training ended; finishing the run without training" in said
+    assert "Epoch" not in said and "starting a new one" not in said
+    assert metrics["epochs_this_process"] == 0 and metrics["epochs_run"] == 2
+    assert ((tmp_path / "model.keras").read_bytes(), (tmp_path / "history.csv").read_text()) == trained
+    assert (tmp_path / "metrics.json").is_file() and not (tmp_path / "backup").exists()
 
 
 def test_resuming_from_a_backup_without_dropout_streams_says_the_masks_restart(tmp_path, monkeypatch, capsys):

@@ -753,7 +753,8 @@ def report(cfg: TrainConfig, out: Path, data: TrainingData, history, train_secon
     if h["truncated_sources"]:
         log(f"[eval] {h['truncated_sources']:,} of its sources longer than max_len={cfg.max_len} tokens were "
             f"translated from their first {cfg.max_len}")
-    log(f"[done] in {train_seconds:.0f} s of training. Wrote to {out}/: model.keras, src.spm.model, "
+    trained = f"in {train_seconds:.0f} s of training" if history is not None else "(trained before the kill)"
+    log(f"[done] {trained}. Wrote to {out}/: model.keras, src.spm.model, "
         "tgt.spm.model, config.json, history.csv, training_curve.png, metrics.json, logs/ (TensorBoard)")
     sys.stdout.flush()
     return metrics

@@ -551,7 +551,7 @@ def test_a_kill_after_the_training_ended_finishes_the_run_without_training_again
     metrics = run(cfg)
     said = capsys.readouterr().out
     assert "the kill came after its training ended; finishing the run without training" in said
-    assert "Epoch" not in said and "starting a new one" not in said
+    assert "Epoch" not in said and "starting a new one" not in said and "[done] (trained before the kill)." in said
     assert metrics["epochs_this_process"] == 0 and metrics["epochs_run"] == 2
     assert ((tmp_path / "model.keras").read_bytes(), (tmp_path / "history.csv").read_text()) == trained
     assert (tmp_path / "metrics.json").is_file() and not (tmp_path / "backup").exists()

@@ -15,14 +15,16 @@ NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
 
 
 @contextlib.contextmanager
-def writing(path: str | Path):
-    """Re-raises a write that found no room (`NO_ROOM`) as an OSError naming `path`, the
-    file or folder asked for: the error named a temporary file, or none (h5py's gave its
-    C library's report, a dozen fields on one line)."""
+def writing(path: str | Path, tmp: Path | None = None):
+    """Re-raises a write that found no room (`NO_ROOM`), or was not permitted to create
+    the temporary file `tmp`, as an OSError naming `path`, the file or folder asked for:
+    the error named the temporary file, or none (h5py's gave its C library's report, a
+    dozen fields on one line)."""
     try:
         yield
     except OSError as error:
-        if error.errno not in NO_ROOM:
+        refused = isinstance(error, PermissionError) and tmp is not None and error.filename == str(tmp)
+        if error.errno not in NO_ROOM and not refused:
             raise
         raise OSError(error.errno, os.strerror(error.errno), str(path)) from error
 
@@ -45,7 +47,7 @@ def atomic_output(path: str | Path, mode: str = "w"):
     asked, path = path, path.resolve()  # the link's target, not the link
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        with writing(asked), open(tmp, mode, **encoding) as handle:
+        with writing(asked, tmp), open(tmp, mode, **encoding) as handle:
             yield handle
         tmp.replace(path)
     finally:
@@ -80,7 +82,7 @@ def atomic_save(save, path: str | Path):
     path = Path(path)
     tmp = path.with_name(f".tmp.{path.name}")
     try:
-        with writing(path):
+        with writing(path, tmp):
             save(tmp)
         tmp.replace(path)
     finally:

@@ -219,6 +219,33 @@ def test_a_full_disk_is_one_line_naming_the_file_and_status_1(dates_bundle, tmp_
     assert "Traceback" not in err
 
 
+def test_a_write_refused_in_its_folder_names_the_file_asked_for(tmp_path, monkeypatch):
+    """`--output` in a folder the user may not write named the hidden temporary file:
+    "[Errno 13] Permission denied: '/sys/.o.txt.tmp'". Other errors are left as they are."""
+    import errno
+
+    from keras_attn import files
+
+    target = tmp_path / "o.txt"
+    tmp = tmp_path / ".o.txt.tmp"
+
+    def refused(path, *args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(files, "open", refused, raising=False)
+    with pytest.raises(PermissionError) as caught, files.atomic_output(target):
+        pass
+    assert caught.value.filename == str(target)
+    with pytest.raises(PermissionError) as caught:
+        files.atomic_save(refused, target)  # a writer such as Keras's model.save
+    assert caught.value.filename == str(target) and not tmp_path.joinpath(".tmp.o.txt").exists()
+    monkeypatch.undo()
+    tmp.mkdir()  # in the way: said as it is
+    with pytest.raises(IsADirectoryError) as caught, files.atomic_output(target):
+        pass
+    assert caught.value.filename == str(tmp)
+
+
 def run_with_file_size_limit(argv, limit: int, cwd: Path):
     """`keras-attn ARGV` in a process whose files cannot grow past `limit` bytes: its
     writes beyond it fail (EFBIG) as on a full disk, which a test cannot make."""

@@ -10,6 +10,11 @@ is deleted after that (so for a moment two epochs' weights are on disk). Keras's
 commands raise where the program is) or a full disk during the write left a truncated
 file, and the same command then failed in Keras's restore, with every finished epoch
 lost.
+
+When `fit` returns, the backup's weights are deleted and its metadata says the
+training ended; the backup is removed once the run is reported (metrics.json). A kill
+in between (while it averages checkpoints or scores the held-out set) is finished by
+the same command without training again.
 """
 
 from __future__ import annotations
@@ -141,9 +146,14 @@ def write_backup(model, out: Path, epochs: int) -> None:
     atomic_write(folder / METADATA, json.dumps({
         "epoch": epochs, "weights": weights,
         "seed_states": [v.numpy().tolist() for v in seed_generators(model)]}) + "\n")
-    for old in [*folder.glob("*.keras"), *folder.glob("*.weights.h5")]:
+    for old in weights_files(folder):
         if old.name != weights:
             old.unlink()
+
+
+def weights_files(folder: Path) -> list[Path]:
+    """The backup's weights files in `folder`: `epoch_NNN.keras`, or `BackupAndRestore`'s."""
+    return [*folder.glob("*.keras"), *folder.glob("*.weights.h5")]
 
 
 def end_training(out: Path) -> None:
@@ -154,7 +164,7 @@ def end_training(out: Path) -> None:
     if backup is None:  # no epoch ended (a NaN at the first step)
         return
     atomic_write(out / "backup" / METADATA, json.dumps({"epoch": backup["epoch"], "training_ended": True}) + "\n")
-    for weights in [*(out / "backup").glob("*.keras"), *(out / "backup").glob("*.weights.h5")]:
+    for weights in weights_files(out / "backup"):
         weights.unlink()
 
 

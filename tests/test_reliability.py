@@ -246,16 +246,12 @@ def test_a_write_refused_in_its_folder_names_the_file_asked_for(tmp_path, monkey
     assert caught.value.filename == str(tmp)
 
 
-def run_with_file_size_limit(argv, limit: int, cwd: Path):
-    """`keras-attn ARGV` in a process whose files cannot grow past `limit` bytes: its
-    writes beyond it fail (EFBIG) as on a full disk, which a test cannot make."""
-    import resource
-
-    def limited():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-    return subprocess.run([sys.executable, "-m", "pipelines.cli", *map(str, argv)], cwd=cwd, preexec_fn=limited,
-                          capture_output=True, text=True, timeout=300)
+def run_with_file_size_limit(argv, kilobytes: int, cwd: Path):
+    """`keras-attn ARGV` in a process whose files cannot grow past `kilobytes` KiB (bash's
+    `ulimit -f`; not `preexec_fn`, unsafe in this threaded process): its writes beyond
+    fail (EFBIG) as on a full disk, which a test cannot make."""
+    return subprocess.run(["bash", "-c", f'ulimit -f {kilobytes} && exec "$0" "$@"', sys.executable, "-m",
+                           "pipelines.cli", *map(str, argv)], cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
 def test_a_full_disk_while_training_stops_with_one_line_and_leaves_no_partial_file(tmp_path):
@@ -265,7 +261,7 @@ def test_a_full_disk_while_training_stops_with_one_line_and_leaves_no_partial_fi
     out = tmp_path / "run"
     done = run_with_file_size_limit(["train", "--dates-train-size", "300", "--epochs", "1", "--embedding-dim", "32",
                                      "--encoder-units", "64", "--decoder-units", "128", "--out", out],
-                                    1_000_000, tmp_path)  # the tokenizers (~250 KB each) fit, the weights do not
+                                    1_000, tmp_path)  # the tokenizers (~250 KB each) fit, the weights do not
     assert done.returncode == 1, done.stderr[-2000:]
     assert done.stderr.splitlines()[-1] == (f"keras-attn train: error: cannot write {out}/backup/epoch_001.keras: "
                                             "File too large")
@@ -279,7 +275,7 @@ def test_a_full_disk_while_exporting_or_translating_leaves_nothing(dates_run, da
     for argv, named in ((["export", dates_run[0], "--out", tmp_path / "bundle"], tmp_path / "bundle"),
                         (["translate", dates_bundle, "--input", tmp_path / "in.txt", "--output", tmp_path / "out.txt"],
                          tmp_path / "out.txt")):
-        done = run_with_file_size_limit(argv, 10_000, tmp_path)
+        done = run_with_file_size_limit(argv, 10, tmp_path)
         assert done.returncode == 1, done.stderr[-2000:]
         assert done.stderr.splitlines()[-1] == f"keras-attn {argv[0]}: error: cannot write {named}: File too large"
         assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]

@@ -8,6 +8,7 @@ import contextlib
 import errno
 import io
 import os
+import secrets
 from pathlib import Path
 
 # Why a write finds no room: a full disk, a quota, a file size limit, a read-only file system.
@@ -31,8 +32,9 @@ def writing(path: str | Path, tmp: Path | None = None):
 
 @contextlib.contextmanager
 def atomic_output(path: str | Path, mode: str = "w"):
-    """A file object (`mode` "w" for UTF-8 text, "wb" for bytes) on `.<name>.tmp`, renamed
-    to `path` when the block ends without an exception and removed when it fails.
+    """A file object (`mode` "w" for UTF-8 text, "wb" for bytes) on a hidden temporary
+    file beside `path` (`temporary_beside`), renamed to `path` when the block ends
+    without an exception and removed when it fails.
 
     A symbolic link is followed: its target is replaced and the link kept. A pipe or a
     device (`--output /dev/stdout`, a FIFO) cannot be replaced, so it is written
@@ -45,13 +47,22 @@ def atomic_output(path: str | Path, mode: str = "w"):
             yield handle
         return
     asked, path = path, path.resolve()  # the link's target, not the link
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = temporary_beside(path)
     try:
         with writing(asked, tmp), open(tmp, mode, **encoding) as handle:
             yield handle
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def temporary_beside(path: Path) -> Path:
+    """A hidden name beside `path`, unique to this process and call, ending with `path`'s
+    name (writers such as Keras's check the ending: `.keras`, `.weights.h5`). A fixed
+    name was shared by two processes writing the same file (two commands given the same
+    --output): both wrote into it, the first rename published a mix of the two outputs,
+    and the second failed with "No such file or directory"."""
+    return path.with_name(f".tmp-{os.getpid()}-{secrets.token_hex(4)}.{path.name}")
 
 
 def input_file_problem(path: str | Path) -> str | None:
@@ -76,11 +87,9 @@ def folder_problem(folder: str | Path) -> str | None:
 def atomic_save(save, path: str | Path):
     """`save(temporary path)`, then the rename to `path`, for writers that take a path
     and write in place (Keras's `model.save`, `save_weights`): a kill or a full disk
-    during their write left a truncated file where the previous one had been. The
-    temporary name ends with `path`'s name, for writers that check its ending
-    (`.keras`, `.weights.h5`)."""
+    during their write left a truncated file where the previous one had been."""
     path = Path(path)
-    tmp = path.with_name(f".tmp.{path.name}")
+    tmp = temporary_beside(path)
     try:
         with writing(path, tmp):
             save(tmp)

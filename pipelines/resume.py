@@ -152,7 +152,8 @@ def write_backup(model, out: Path, epochs: int) -> None:
 
 
 def weights_files(folder: Path) -> list[Path]:
-    """The backup's weights files in `folder`: `epoch_NNN.keras`, or `BackupAndRestore`'s."""
+    """The Keras weights files in `folder` (archives, or `.weights.h5` files as
+    `BackupAndRestore` and runs before 2026-12-07 wrote them)."""
     return [*folder.glob("*.keras"), *folder.glob("*.weights.h5")]
 
 

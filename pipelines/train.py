@@ -23,6 +23,7 @@ from pipelines.resume import (
     saved_seed_states,
     skip_finished_epochs,
     training_ended,
+    weights_files,
 )
 
 
@@ -413,7 +414,7 @@ def epoch_weights(folder: Path, keep: int):
 def epoch_files(folder: Path) -> list[Path]:
     """The epochs' weights `epoch_weights` keeps in `folder`, oldest first (runs before
     2026-12-07 kept `epoch_NNN.weights.h5`)."""
-    return sorted(p for p in folder.glob("epoch_*") if p.name.endswith((".keras", ".weights.h5")))
+    return sorted(p for p in weights_files(folder) if p.name.startswith("epoch_"))
 
 
 def average_checkpoints(model, folder: Path, measure, log, monitor: str = "val_loss") -> dict | None:

@@ -46,11 +46,20 @@ def atomic_output(path: str | Path, mode: str = "w"):
         with writing(path), open(path, mode, **encoding) as handle:
             yield handle
         return
-    asked, path = path, path.resolve()  # the link's target, not the link
+    # The link's target is replaced, not the link; errors name the path asked for.
+    with replacing(path.resolve(), named=path) as tmp, open(tmp, mode, **encoding) as handle:
+        yield handle
+
+
+@contextlib.contextmanager
+def replacing(path: Path, named: Path | None = None):
+    """A temporary path beside `path` (`temporary_beside`) to write, renamed onto `path`
+    when the block ends without an exception and removed when it fails; a write that
+    found no room is said about `named` (default `path`, by `writing`)."""
     tmp = temporary_beside(path)
     try:
-        with writing(asked, tmp), open(tmp, mode, **encoding) as handle:
-            yield handle
+        with writing(named or path, tmp):
+            yield tmp
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -88,14 +97,8 @@ def atomic_save(save, path: str | Path):
     """`save(temporary path)`, then the rename to `path`, for writers that take a path
     and write in place (Keras's `model.save`, `save_weights`): a kill or a full disk
     during their write left a truncated file where the previous one had been."""
-    path = Path(path)
-    tmp = temporary_beside(path)
-    try:
-        with writing(path, tmp):
-            save(tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with replacing(Path(path)) as tmp:
+        save(tmp)
 
 
 def atomic_write(path: str | Path, data: bytes | str):

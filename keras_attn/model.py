@@ -101,6 +101,13 @@ class Seq2Seq(keras.Model):
             loss=MaskedSparseCrossEntropy(self.config.pad_id, label_smoothing),
             metrics=[MaskedTokenAccuracy(self.config.pad_id)],
             **kwargs)
+        # The weights and Adam's slots now, not when `fit` first traces the step (where Keras
+        # makes the slots when no distribution strategy is set): a tf.function that creates
+        # variables while it is traced is traced a second time, which doubled the step's
+        # tracing at every `fit`.
+        if not self.built:
+            self.build()
+        self.optimizer.build(self.trainable_variables)
         return self
 
 

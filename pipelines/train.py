@@ -203,7 +203,6 @@ def build_model(cfg: TrainConfig, model_cfg, steps_per_execution: int = 1):
     from keras_attn.model import Seq2Seq
 
     model = Seq2Seq(model_cfg)
-    model.build()
     model.compile_for_training(cfg.lr, cfg.label_smoothing, cfg.clipnorm, ema=cfg.ema, jit_compile=cfg.jit,
                                steps_per_execution=steps_per_execution)
     return model

@@ -185,6 +185,21 @@ def test_reverse_task_trains_to_high_token_accuracy():
     assert accuracy > 0.95
 
 
+def test_fit_traces_the_training_step_once(monkeypatch):
+    """Keras made Adam's slots while `fit` first traced the step (when no distribution
+    strategy is set), and TensorFlow traces a function that creates variables a second
+    time: every `fit` built the step's graph twice (1.5 s more before the recipe model's
+    first step). `compile_for_training` makes them."""
+    traced = []
+    step = Seq2Seq.train_step
+    monkeypatch.setattr(Seq2Seq, "train_step", lambda self, data: traced.append(1) or step(self, data))
+    model = Seq2Seq(tiny_config()).compile_for_training()
+    assert len(model.optimizer.variables) > 2  # the step counter, the rate and the slots
+    x, y = reverse_task(np.random.default_rng(0), 64)
+    model.fit(x, y, batch_size=16, epochs=2, verbose=0)
+    assert len(traced) == 1
+
+
 def test_the_global_seed_picks_every_dropout_mask():
     """`--seed` reaches the training masks through `keras.utils.set_random_seed`: the
     decoder's dropout and both word dropouts must follow it as Keras's `Dropout`

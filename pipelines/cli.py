@@ -280,10 +280,14 @@ def cmd_download(args):
 
 
 def add_demo(sub):
+    from pipelines.config import TrainConfig
+
     p = sub.add_parser("demo", help="train the dates demo, export it, translate through onnxruntime")
     p.add_argument("--out", default="runs/dates", help="training folder (default %(default)s)")
     p.add_argument("--bundle", default="exported/dates", help="export folder (default %(default)s)")
     p.add_argument("--epochs", type=positive_int, default=6, help="training epochs (default %(default)s)")
+    p.add_argument("--pairs", type=positive_int, default=TrainConfig.dates_train_size,
+                   help="generated training pairs (default %(default)s; fewer for a quicker, weaker model)")
     p.set_defaults(handler=cmd_demo)
 
 
@@ -314,7 +318,7 @@ def cmd_demo(args):
         raise ValueError(f"--bundle {args.bundle}: holds the training folder --out {args.out}, and the export "
                          "replaces the whole bundle folder; give them separate folders")
     check_output_folder(Path(args.bundle))
-    metrics = run(TrainConfig(out=args.out, epochs=args.epochs))
+    metrics = run(TrainConfig(out=args.out, epochs=args.epochs, dates_train_size=args.pairs))
     export(args.out, args.bundle, quantize="int8")
     translator = Translator.load(args.bundle)
     print("\n[onnxruntime] translations by the exported model (no TensorFlow in this path):")

@@ -962,9 +962,9 @@ def test_evaluate_with_the_tf_runtime_scores_what_onnx_scores(dates_run, dates_b
 
 
 def test_demo_command_trains_exports_and_translates(tmp_path, capsys):
-    """The README main command's path, shortened to one epoch."""
+    """The README main command's path, shortened to one epoch on 2,000 pairs."""
     run, bundle = tmp_path / "run", tmp_path / "bundle"
-    assert cli.main(["demo", "--out", str(run), "--bundle", str(bundle), "--epochs", "1"]) == 0
+    assert cli.main(["demo", "--out", str(run), "--bundle", str(bundle), "--epochs", "1", "--pairs", "2000"]) == 0
     out = capsys.readouterr().out
     assert "[onnxruntime] translations by the exported model" in out
     assert out.count(" -> ") == len(cli.DEMO_DATES)
@@ -974,3 +974,4 @@ def test_demo_command_trains_exports_and_translates(tmp_path, capsys):
     assert arrows == {34}
     assert (run / "attention.png").read_bytes()[:4] == b"\x89PNG"
     assert (bundle / "model.int8.onnx").is_file() and json.loads((run / "metrics.json").read_text())
+    assert json.loads((run / "config.json").read_text())["train"]["dates_train_size"] == 2000

@@ -274,6 +274,7 @@ def test_init_from_starts_with_the_trained_weights_and_tokenizers(dates_run, tmp
     settings = json.loads((source / "config.json").read_text())["train"]
     same = {k: settings[k] for k in ("dates_train_size", "embedding_dim", "encoder_units", "decoder_units",
                                      "batch_size")}
+    same["limit_train"] = 1000  # of its 6,000 pairs: one epoch from the trained weights needs no more
     metrics = run(TrainConfig(out=str(tmp_path), init_from=str(source), epochs=1, lr=1e-4, verbose=0, **same))
     for name in ("src.spm.model", "tgt.spm.model"):
         assert (tmp_path / name).read_bytes() == (source / name).read_bytes()
@@ -369,6 +370,27 @@ def test_a_resumed_run_continues_the_plateau_schedule_and_early_stopping(tmp_pat
         assert model.stop_training == resumed
 
 
+# The resume tests' run: dropout and word dropout, so that exact resumption needs the masks' streams.
+RESUMED = dict(dates_train_size=400, batch_size=32, epochs=3, embedding_dim=8, encoder_units=8, decoder_units=16,
+               dropout=0.3, word_dropout=0.2)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """`uninterrupted(**options)`: the folder of RESUMED (with `options`) run once without
+    a kill, trained once per module for the tests that compare a killed run with it."""
+    folders = {}
+
+    def folder(**options):
+        key = json.dumps(options, sort_keys=True)
+        if key not in folders:
+            folders[key] = tmp_path_factory.mktemp("uninterrupted")
+            run(TrainConfig(out=str(folders[key]), **RESUMED, **options, verbose=0))
+        return folders[key]
+
+    return folder
+
+
 def run_killed_after_epoch_1(cfg, monkeypatch, right_after_the_backup=False):
     """`run(cfg)` killed at epoch 1's end: after every callback, or right after the
     backup (before validation BLEU, the checkpoint and history.csv)."""
@@ -412,7 +434,8 @@ def test_a_resumed_run_makes_the_reduction_due_at_the_last_finished_epoch_once(t
     # rate at the kill (asserted below), after the backup was written.
     {"val_bleu": True, "monitor": "val_bleu", "ema": 0.5, "average_last": 2},
 ], ids=["plain", "steps_per_epoch", "halved_at_the_kill"])
-def test_a_killed_run_resumes_to_exactly_the_run_an_uninterrupted_process_makes(tmp_path, monkeypatch, options):
+def test_a_killed_run_resumes_to_exactly_the_run_an_uninterrupted_process_makes(tmp_path, monkeypatch, options,
+                                                                                uninterrupted):
     """Killed after epoch 1 and resumed, a run sees the batch orders, dropout masks and
     learning rates an uninterrupted run sees, so every epoch's losses and the kept
     checkpoint are the same to the last bit. Resumed with fresh shuffles, with the
@@ -420,18 +443,15 @@ def test_a_killed_run_resumes_to_exactly_the_run_an_uninterrupted_process_makes(
     after it differ (checked by disabling each)."""
     from keras_attn.saving import load_model
 
+    cfg = TrainConfig(out=str(tmp_path), **RESUMED, verbose=0, **options)
+    run_killed_after_epoch_1(cfg, monkeypatch)
+    assert saved_seed_states(tmp_path)
+    run(cfg)
     runs = {}
-    for name in ("straight", "killed"):
-        cfg = TrainConfig(out=str(tmp_path / name), dates_train_size=400, batch_size=32, epochs=3,
-                          embedding_dim=8, encoder_units=8, decoder_units=16, dropout=0.3, word_dropout=0.2,
-                          verbose=0, **options)
-        if name == "killed":
-            run_killed_after_epoch_1(cfg, monkeypatch)
-            assert saved_seed_states(tmp_path / name)
-        run(cfg)
-        rows = list(csv.DictReader(open(tmp_path / name / "history.csv")))
+    for name, folder in (("straight", uninterrupted(**options)), ("killed", tmp_path)):
+        rows = list(csv.DictReader(open(folder / "history.csv")))
         runs[name] = ([(r["loss"], r["val_loss"], r["learning_rate"]) for r in rows],
-                      load_model(tmp_path / name / "model.keras").get_weights())
+                      load_model(folder / "model.keras").get_weights())
     (straight_epochs, straight_weights), (killed_epochs, killed_weights) = runs["straight"], runs["killed"]
     assert len(straight_epochs) == 3 and killed_epochs == straight_epochs
     if "monitor" in options:
@@ -440,21 +460,19 @@ def test_a_killed_run_resumes_to_exactly_the_run_an_uninterrupted_process_makes(
         np.testing.assert_array_equal(a, b)
 
 
-def test_a_kill_during_an_epochs_end_after_its_backup_resumes_after_that_epoch(tmp_path, monkeypatch, capsys):
+def test_a_kill_during_an_epochs_end_after_its_backup_resumes_after_that_epoch(tmp_path, monkeypatch, capsys,
+                                                                              uninterrupted):
     """Killed after the backup of epoch 1 but before history.csv logged it (e.g. while
     validation BLEU decodes), the run resumes at epoch 2 with epoch 2's batch order
     and masks, as the backup's metadata counts epoch 1 finished, and says the row is
     missing."""
-    losses = {}
-    for name in ("straight", "killed"):
-        cfg = TrainConfig(out=str(tmp_path / name), dates_train_size=200, batch_size=32, epochs=3,
-                          embedding_dim=8, encoder_units=8, decoder_units=16, dropout=0.3, verbose=2)
-        if name == "killed":
-            run_killed_after_epoch_1(cfg, monkeypatch, right_after_the_backup=True)
-            assert [r["epoch"] for r in csv.DictReader(open(tmp_path / name / "history.csv"))] == ["0"]
-            capsys.readouterr()
-        run(cfg)
-        losses[name] = {r["epoch"]: r["loss"] for r in csv.DictReader(open(tmp_path / name / "history.csv"))}
+    cfg = TrainConfig(out=str(tmp_path), **RESUMED, verbose=2)
+    run_killed_after_epoch_1(cfg, monkeypatch, right_after_the_backup=True)
+    assert [r["epoch"] for r in csv.DictReader(open(tmp_path / "history.csv"))] == ["0"]
+    capsys.readouterr()
+    run(cfg)
+    losses = {name: {r["epoch"]: r["loss"] for r in csv.DictReader(open(folder / "history.csv"))}
+              for name, folder in (("straight", uninterrupted()), ("killed", tmp_path))}
     assert "the kill came during epoch 1's end, after its backup: history.csv lacks its row" in capsys.readouterr().out
     assert losses["killed"] == {e: loss for e, loss in losses["straight"].items() if e != "1"}
 
@@ -478,29 +496,26 @@ def interrupted_midway(write, where: str, call: int):
     return writing, calls
 
 
-def test_a_kill_while_the_backup_is_written_resumes_from_the_epoch_before(tmp_path, monkeypatch):
+def test_a_kill_while_the_backup_is_written_resumes_from_the_epoch_before(tmp_path, monkeypatch, uninterrupted):
     """Killed while epoch 1's backup was being written, the same command resumes from
     epoch 0's backup and ends as an uninterrupted run does. Keras's BackupAndRestore
     rewrote its weights file in place: the half-written file failed the resume (h5py's
     "truncated file" here; "8 objects could not be loaded" when a real SIGTERM came as
     the file was opened), and every finished epoch was lost."""
-    losses = {}
-    for name in ("straight", "killed"):
-        cfg = TrainConfig(out=str(tmp_path / name), dates_train_size=200, batch_size=32, epochs=3,
-                          embedding_dim=8, encoder_units=8, decoder_units=16, dropout=0.3, verbose=0)
-        if name == "killed":
-            writing, calls = interrupted_midway(keras.Model.save, "/backup/", call=2)
-            with monkeypatch.context() as patch:
-                patch.setattr(keras.Model, "save", writing)
-                with pytest.raises(KeyboardInterrupt, match="during the write"):
-                    run(cfg)
-            assert len(calls) == 2
-            backup = tmp_path / name / "backup"  # epoch 0's, and not the half-written file
-            assert sorted(p.name for p in backup.iterdir()) == ["epoch_001.keras", "training_metadata.json"]
-        run(cfg)
-        losses[name] = [(r["epoch"], r["loss"]) for r in csv.DictReader(open(tmp_path / name / "history.csv"))]
+    cfg = TrainConfig(out=str(tmp_path), **RESUMED, verbose=0)
+    writing, calls = interrupted_midway(keras.Model.save, "/backup/", call=2)
+    with monkeypatch.context() as patch:
+        patch.setattr(keras.Model, "save", writing)
+        with pytest.raises(KeyboardInterrupt, match="during the write"):
+            run(cfg)
+    assert len(calls) == 2
+    backup = tmp_path / "backup"  # epoch 0's, and not the half-written file
+    assert sorted(p.name for p in backup.iterdir()) == ["epoch_001.keras", "training_metadata.json"]
+    run(cfg)
+    losses = {name: [(r["epoch"], r["loss"]) for r in csv.DictReader(open(folder / "history.csv"))]
+              for name, folder in (("straight", uninterrupted()), ("killed", tmp_path))}
     assert len(losses["straight"]) == 3 and losses["killed"] == losses["straight"]
-    assert not (tmp_path / "killed" / "backup").exists()
+    assert not backup.exists()
 
 
 def test_a_kill_while_the_checkpoint_is_written_keeps_the_previous_one(tmp_path, monkeypatch):

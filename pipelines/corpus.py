@@ -16,7 +16,7 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-from keras_attn.files import folder_problem, input_file_problem
+from keras_attn.files import NO_ROOM, folder_problem, input_file_problem, writing
 
 GZIP_MAGIC = b"\x1f\x8b"  # the first two bytes of every gzip file
 
@@ -196,7 +196,7 @@ def download_multi30k(dest: str | Path, langs=("de", "en"), base_url: str = MULT
             target = dest / name
             if target.is_file():
                 continue
-            with tempfile.NamedTemporaryFile(dir=dest, prefix=f".{name}.", delete=False) as tmp:
+            with writing(target), tempfile.NamedTemporaryFile(dir=dest, prefix=f".{name}.", delete=False) as tmp:
                 try:
                     with urllib.request.urlopen(f"{base_url}/{name}", timeout=timeout) as response:
                         shutil.copyfileobj(response, tmp)
@@ -205,7 +205,8 @@ def download_multi30k(dest: str | Path, langs=("de", "en"), base_url: str = MULT
                         check.read()
                 except BaseException as error:  # Ctrl-C too: no hidden partial file left behind
                     Path(tmp.name).unlink(missing_ok=True)
-                    if not isinstance(error, Exception):
+                    # Ctrl-C, and a full disk (said by `writing` about `target`, as every command says it)
+                    if not isinstance(error, Exception) or getattr(error, "errno", None) in NO_ROOM:
                         raise
                     raise CorpusError(f"download of {base_url}/{name} failed: {error}") from error
             Path(tmp.name).replace(target)

@@ -1,5 +1,9 @@
 """Small shared helpers for the tests."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import tensorflow as tf
 
@@ -42,3 +46,11 @@ def autodiff_masked_lstm_loop(projection, step_mask, recurrent_kernel):
         h, c = real * new_h + (1 - real) * h, real * new_c + (1 - real) * c
         outputs.append(real * new_h)
     return tf.stack(outputs), h, c
+
+
+def run_with_file_size_limit(argv, kilobytes: int, cwd: Path):
+    """`keras-attn ARGV` in a process whose files cannot grow past `kilobytes` KiB (bash's
+    `ulimit -f`; not `preexec_fn`, unsafe in this threaded process): its writes beyond
+    fail (EFBIG) as on a full disk, which a test cannot make."""
+    return subprocess.run(["bash", "-c", f'ulimit -f {kilobytes} && exec "$0" "$@"', sys.executable, "-m",
+                           "pipelines.cli", *map(str, argv)], cwd=cwd, capture_output=True, text=True, timeout=300)

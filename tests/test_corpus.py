@@ -19,6 +19,7 @@ from pipelines.corpus import (
     read_tsv,
 )
 from pipelines.dates import date_corpus
+from tests.helpers import run_with_file_size_limit
 
 
 def write(path, text, gz=False):
@@ -146,6 +147,19 @@ def test_interrupted_download_leaves_no_partial_file(tmp_path, monkeypatch):
     dest = tmp_path / "multi30k"
     with pytest.raises(KeyboardInterrupt):
         download_multi30k(dest, base_url="http://127.0.0.1:9", timeout=5)
+    assert list(dest.iterdir()) == []
+
+
+def test_a_full_disk_while_downloading_says_which_file_and_leaves_none(tmp_path, loopback_server):
+    """A write that found no room said "download of URL failed", with status 2 (bad
+    input), where every other command names the file it could not write, status 1."""
+    root, url = loopback_server
+    write(root / "train.de.gz", os.urandom(20_000).hex() + "\n", gz=True)  # ~22 KB, past the limit
+    dest = tmp_path / "multi30k"
+    done = run_with_file_size_limit(["download-multi30k", dest, "--base-url", url], 10, tmp_path)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert done.stderr.splitlines() == [f"keras-attn download-multi30k: error: cannot write {dest}/train.de.gz: "
+                                        "File too large"]
     assert list(dest.iterdir()) == []
 
 

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from keras_attn.runtime import Translator, TruncationWarning
 from keras_attn.saving import load_model
 from pipelines import cli
+from tests.helpers import run_with_file_size_limit
 
 DIRTY = ["", "   \t ", "25 June\x00 2009\x07", "🎉 25 June 2009 🎉", "\U000e0001\U0010fffd", "2009年6月25日 Juni 25",
          "\u200b\u202e25.06.09", ("25 June 2009 " * 800)[:10_000], "Donnerstag, 25. Juni 2009"]
@@ -261,14 +262,6 @@ def test_two_commands_writing_one_output_each_write_a_whole_file(dates_bundle, t
     assert [p.wait(timeout=300) for p in processes] == [0, 0], [p.stderr.read() for p in processes]
     assert set((tmp_path / "out.txt").read_text().splitlines()) in ({"2009-06-25"}, {"2000-05-01"})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt", "out.txt"]
-
-
-def run_with_file_size_limit(argv, kilobytes: int, cwd: Path):
-    """`keras-attn ARGV` in a process whose files cannot grow past `kilobytes` KiB (bash's
-    `ulimit -f`; not `preexec_fn`, unsafe in this threaded process): its writes beyond
-    fail (EFBIG) as on a full disk, which a test cannot make."""
-    return subprocess.run(["bash", "-c", f'ulimit -f {kilobytes} && exec "$0" "$@"', sys.executable, "-m",
-                           "pipelines.cli", *map(str, argv)], cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
 def test_a_full_disk_while_training_stops_with_one_line_and_leaves_no_partial_file(tmp_path):

@@ -199,3 +199,28 @@ def tune_alpha_command(args):
     if args.write:
         path = write_bundle_alpha(args.bundle, best, args.src, args.beam)
         print(f"the bundle's default alpha is now {best['alpha']} ({path})")
+
+
+def evaluate_held_out(model, corpus, src_sp, tgt_sp, max_len, limit=1000, inference=None) -> dict:
+    """Greedy translation of (up to `limit`, None = all) held-out pairs: sacreBLEU,
+    chrF, exact match, and how many sources were longer than `max_len` pieces (translated
+    from their first `max_len`; counted, not warned about). `inference`: an
+    `InferenceModel` of `model` to reuse."""
+    from keras_attn.search import InferenceModel
+    from pipelines.decode import translate_tf
+    from pipelines.evaluate import score
+    from pipelines.translate import collecting_truncations
+
+    sources, refs = corpus.sources[:limit], corpus.targets[:limit]
+    start = time.perf_counter()
+    inference = InferenceModel(model) if inference is None else inference
+    with collecting_truncations() as cut:
+        hyps = translate_tf(inference, sources, src_sp, tgt_sp, max_len=max_len)
+    seconds = time.perf_counter() - start
+    return {
+        "split": corpus.name, "sentences": len(sources), **score(hyps, refs),
+        "truncated_sources": len(cut),
+        "sentences_per_second": len(sources) / seconds,
+        "examples": [{"source": s, "hypothesis": h, "reference": r}
+                     for s, h, r in list(zip(sources, hyps, refs))[:5]],
+    }

@@ -512,7 +512,7 @@ def train_on_two_workers(out: Path, pairs: int, epochs: int) -> list[str]:
 def workers_agree(out: Path) -> list[tuple[str, str]]:
     """The chief's (`out`) and worker 1's (`out/worker_1`) runs ended with the same
     history and weights; returns the history's (loss, val_loss) rows."""
-    from pipelines.train import read_history
+    from pipelines.callbacks import read_history
 
     folders = [out, out / "worker_1"]
     histories = [[(row["loss"], row["val_loss"]) for row in read_history(f / "history.csv")] for f in folders]
@@ -556,7 +556,7 @@ def test_sigterm_stops_the_workers_and_the_same_command_resumes(tmp_path):
     import signal
     import time
 
-    from pipelines.train import read_history
+    from pipelines.callbacks import read_history
 
     out, root = tmp_path / "run", Path(__file__).resolve().parents[1]
     argv = train_on_two_workers(out, pairs=3000, epochs=4)

@@ -10,26 +10,28 @@ import pytest
 import tensorflow as tf
 
 from pipelines import cli
-from pipelines.resume import read_backup, saved_seed_states
-from pipelines.train import (
-    TrainConfig,
+from pipelines.callbacks import (
     average_checkpoints,
     best_checkpoint,
-    build_model,
     callbacks,
     cosine_lr,
     epoch_weights,
-    evaluate_held_out,
+    logged_epochs,
+    validation_measure,
+)
+from pipelines.evaluate import evaluate_held_out
+from pipelines.resume import read_backup, saved_seed_states
+from pipelines.train import (
+    TrainConfig,
+    build_model,
     fit_verbosity,
     load_corpora,
-    logged_epochs,
     model_config,
     prepare_data,
     report_resume,
     run,
     sole_writer,
     start_writing,
-    validation_measure,
 )
 
 

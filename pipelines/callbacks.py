@@ -1,7 +1,8 @@
 """The training run's Keras callbacks, in the order `callbacks` lists them (tokens/s,
-the backup, validation BLEU, the kept checkpoint, early stopping, the learning-rate
-schedule, the epochs' weights, history.csv, TensorBoard), and the averaging of the
-epochs' weights they keep (`--average-last`)."""
+the backup, the EMA swap, validation BLEU, the stop on a NaN loss, the kept
+checkpoint, early stopping, the learning-rate schedule, the epochs' weights,
+history.csv, TensorBoard), and the averaging of the epochs' weights they keep
+(`--average-last`)."""
 
 from __future__ import annotations
 

@@ -93,6 +93,32 @@ def folder_problem(folder: str | Path) -> str | None:
     return None if existing.is_dir() else f"{existing} is a file, not a folder"
 
 
+def write_problem(folder: str | Path) -> str | None:
+    """Why the system refuses to create `folder` (with the folders above it that are
+    missing) or a file in it, or None: found by trying, and what the try created is
+    removed again. A folder the user may not write, or a read-only file system, was
+    refused only when the first file was written, after the work that made it (a
+    training run's data preparation, an export's conversion). Call `folder_problem` first."""
+    folder = Path(folder)
+    missing = [path for path in (folder, *folder.parents) if not path.exists()]
+    made = []
+    try:
+        for path in reversed(missing):  # the outermost first
+            path.mkdir()
+            made.append(path)
+        probe = temporary_beside(folder / "write-check")
+        probe.touch(exist_ok=False)
+        probe.unlink()
+    except OSError as error:
+        refused_in = Path(error.filename).parent if error.filename else folder
+        return f"cannot write in {refused_in} ({error.strerror or error})"
+    finally:
+        for path in reversed(made):
+            with contextlib.suppress(OSError):  # another process put something there meanwhile
+                path.rmdir()
+    return None
+
+
 def atomic_save(save, path: str | Path):
     """`save(temporary path)`, then the rename to `path`, for writers that take a path
     and write in place (Keras's `model.save`, `save_weights`): a kill or a full disk

@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 
 import keras_attn  # light: its layers load lazily
-from keras_attn.files import NO_ROOM, folder_problem
+from keras_attn.files import NO_ROOM, folder_problem, write_problem
 
 EXIT_FAILURE = 1  # the input was fine, the machine was not (a full disk)
 EXIT_USAGE = 2
@@ -85,6 +85,9 @@ def check_output_file(path: str | None, flag: str) -> None:
         raise NotADirectoryError(f"{flag} {path}: {problem}")
     if not Path(path).resolve().parent.is_dir():
         raise FileNotFoundError(f"{flag} {path}: folder {Path(path).parent} does not exist")
+    device = Path(path).exists() and not Path(path).is_file()  # /dev/stdout, a pipe: written in place
+    if not device and (problem := write_problem(Path(path).resolve().parent)):
+        raise PermissionError(f"{flag} {path}: {problem}")
 
 
 def note_ignored_alpha(args, beam: int) -> None:

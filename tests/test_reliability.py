@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -218,6 +219,40 @@ def test_a_full_disk_is_one_line_naming_the_file_and_status_1(dates_bundle, tmp_
     assert status == 1
     assert err.splitlines()[-1] == f"keras-attn {argv[0]}: error: cannot write /dev/full: No space left on device"
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["train", "--out", "/sys/keras-attn/run"], "--out /sys/keras-attn/run"),
+    (["demo", "--out", "{d}/run", "--bundle", "/sys/keras-attn/bundle"], "/sys/keras-attn/bundle"),
+    (["translate", "{b}", "--input", "{d}/in.txt", "--output", "/sys/o.txt"], "--output /sys/o.txt"),
+    (["download-multi30k", "/sys/keras-attn/multi30k"], "/sys/keras-attn/multi30k"),
+], ids=["train", "demo", "translate", "download"])
+def test_an_output_where_the_system_refuses_to_write_is_refused_before_the_work(dates_bundle, tmp_path, capsys,
+                                                                                argv, named):
+    """An output in a folder the user may not write (here /sys, which refuses even root)
+    was refused when its first file was written: `train` after its data preparation,
+    `demo` after its training and `translate` after translating. Each now tries to write
+    there first, and leaves nothing."""
+    (tmp_path / "in.txt").write_text("25 June 2009\n")
+    status = cli.main([a.format(b=dates_bundle, d=tmp_path) for a in argv])
+    out, err = capsys.readouterr()
+    assert status == 2 and out == ""
+    assert re.fullmatch(rf"keras-attn {argv[0]}: error: {named}: cannot write in /sys \(.+\)\n", err)
+    assert not Path("/sys/keras-attn").exists() and list(tmp_path.iterdir()) == [tmp_path / "in.txt"]
+
+
+def test_the_write_check_removes_what_it_made(tmp_path, monkeypatch):
+    from keras_attn import files
+
+    assert files.write_problem(tmp_path / "a" / "b") is None
+    assert list(tmp_path.iterdir()) == []
+
+    def refused(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(Path, "touch", refused)
+    assert files.write_problem(tmp_path / "a" / "b") == f"cannot write in {tmp_path / 'a' / 'b'} (Permission denied)"
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_write_refused_in_its_folder_names_the_file_asked_for(tmp_path, monkeypatch):

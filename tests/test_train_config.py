@@ -71,6 +71,8 @@ def test_config_files_take_the_values_flags_take(tmp_path):
     ({"corpus": "files"}, "--corpus files needs --train-src and --train-tgt"),
     ({"out": "README.md"}, "--out README.md: README.md is a file, not a folder"),
     ({"out": "README.md/run"}, "--out README.md/run: README.md is a file, not a folder"),
+    # a folder the system refuses to create (it refuses root too): found by trying, before the data is prepared
+    ({"out": "/sys/keras-attn/run"}, r"--out /sys/keras-attn/run: cannot write in /sys \("),
 ])
 def test_bad_settings_are_refused_by_name(settings, message):
     with pytest.raises(ValueError, match=message):

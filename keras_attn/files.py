@@ -87,19 +87,18 @@ def input_file_problem(path: str | Path) -> str | None:
 def folder_problem(folder: str | Path) -> str | None:
     """Why `folder` cannot be made or written into, or None: a file stands where it or a
     folder above it would be (mkdir then failed with FileExistsError or NotADirectoryError,
-    a traceback)."""
+    a traceback), or the system refuses to create it or a file in it (`write_problem`)."""
     folder = Path(folder)
     existing = next(path for path in (folder, *folder.parents) if path.exists())
-    return None if existing.is_dir() else f"{existing} is a file, not a folder"
+    return write_problem(folder) if existing.is_dir() else f"{existing} is a file, not a folder"
 
 
-def write_problem(folder: str | Path) -> str | None:
+def write_problem(folder: Path) -> str | None:
     """Why the system refuses to create `folder` (with the folders above it that are
     missing) or a file in it, or None: found by trying, and what the try created is
     removed again. A folder the user may not write, or a read-only file system, was
-    refused only when the first file was written, after the work that made it (a
-    training run's data preparation, an export's conversion). Call `folder_problem` first."""
-    folder = Path(folder)
+    refused only when the first file was written, after the work that made it (`train`'s
+    data preparation, `demo`'s training, `translate`'s translation)."""
     missing = [path for path in (folder, *folder.parents) if not path.exists()]
     made = []
     try:

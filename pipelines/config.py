@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 
 from keras_attn.config import SCORES  # no TensorFlow: keras_attn imports its layers lazily
-from keras_attn.files import folder_problem, input_file_problem, write_problem
+from keras_attn.files import folder_problem, input_file_problem
 
 
 def setting(default, help: str, *, choices: tuple = (), minimum: int = 1):
@@ -170,7 +170,7 @@ class TrainConfig:
         if self.monitor == "val_bleu" and not self.val_bleu:
             raise ValueError("--monitor val_bleu needs --val-bleu true")
         out = Path(self.out)
-        if problem := folder_problem(out) or write_problem(out):
+        if problem := folder_problem(out):
             raise ValueError(f"--out {self.out}: {problem}")
         if self.init_from is not None and Path(self.init_from).resolve() == out.resolve():
             raise ValueError(f"--init-from and --out are the same folder ({self.out}); write the new run elsewhere")

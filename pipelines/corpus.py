@@ -16,7 +16,7 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-from keras_attn.files import NO_ROOM, folder_problem, input_file_problem, write_problem, writing
+from keras_attn.files import NO_ROOM, folder_problem, input_file_problem, writing
 
 GZIP_MAGIC = b"\x1f\x8b"  # the first two bytes of every gzip file
 
@@ -186,7 +186,7 @@ def download_multi30k(dest: str | Path, langs=("de", "en"), base_url: str = MULT
     an interrupted download never leaves a truncated corpus behind.
     """
     dest = Path(dest)
-    if problem := folder_problem(dest) or write_problem(dest):
+    if problem := folder_problem(dest):
         raise CorpusError(f"{dest}: {problem}")
     dest.mkdir(parents=True, exist_ok=True)
     written = []

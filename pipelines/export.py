@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from keras_attn.config import is_int
-from keras_attn.files import folder_problem, write_problem, writing
+from keras_attn.files import folder_problem, writing
 from keras_attn.runtime.translator import (
     BUNDLE_FORMAT,
     N_BEST_OUTPUTS,
@@ -256,7 +256,7 @@ def check_output_folder(out: Path) -> None:
     """Refuse an `out` whose replacement would lose something. The export replaces the
     folder whole (`replace_dir`), so it must be new, empty, or an export bundle (a
     re-export): `--out` a folder of other files, or the training folder, lost what it held."""
-    if problem := folder_problem(out.parent) or write_problem(out.parent):
+    if problem := folder_problem(out.parent):
         raise ValueError(f"{out}: {problem}")
     if not out.exists():
         return

@@ -244,14 +244,14 @@ def test_an_output_where_the_system_refuses_to_write_is_refused_before_the_work(
 def test_the_write_check_removes_what_it_made(tmp_path, monkeypatch):
     from keras_attn import files
 
-    assert files.write_problem(tmp_path / "a" / "b") is None
+    assert files.folder_problem(tmp_path / "a" / "b") is None
     assert list(tmp_path.iterdir()) == []
 
     def refused(path, *args, **kwargs):
         raise PermissionError(13, "Permission denied", str(path))
 
     monkeypatch.setattr(Path, "touch", refused)
-    assert files.write_problem(tmp_path / "a" / "b") == f"cannot write in {tmp_path / 'a' / 'b'} (Permission denied)"
+    assert files.folder_problem(tmp_path / "a" / "b") == f"cannot write in {tmp_path / 'a' / 'b'} (Permission denied)"
     assert list(tmp_path.iterdir()) == []
 
 

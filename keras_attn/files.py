@@ -103,7 +103,10 @@ def write_problem(folder: Path) -> str | None:
     made = []
     try:
         for path in reversed(missing):  # the outermost first
-            path.mkdir()
+            try:
+                path.mkdir()
+            except FileExistsError:  # made meanwhile by another process (two runs started together): not ours
+                continue
             made.append(path)
         probe = temporary_beside(folder / "write-check")
         probe.touch(exist_ok=False)

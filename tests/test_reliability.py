@@ -255,6 +255,23 @@ def test_the_write_check_removes_what_it_made(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_the_write_check_leaves_a_folder_another_process_made_meanwhile(tmp_path, monkeypatch):
+    """Two runs started together into one new --out: the second's mkdir found the
+    first's folder, and the check said "cannot write in … (File exists)"."""
+    from keras_attn import files
+
+    mkdir = Path.mkdir
+
+    def racing(path, *args, **kwargs):
+        if path == tmp_path / "a":
+            mkdir(path)  # the other process, first
+        return mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", racing)
+    assert files.folder_problem(tmp_path / "a" / "b") is None
+    assert list(tmp_path.rglob("*")) == [tmp_path / "a"]  # its folder stays; the check's own is removed
+
+
 def test_a_write_refused_in_its_folder_names_the_file_asked_for(tmp_path, monkeypatch):
     """`--output` in a folder the user may not write named the hidden temporary file:
     "[Errno 13] Permission denied: '/sys/.o.txt.tmp'". Other errors are left as they are."""

@@ -85,12 +85,17 @@ def input_file_problem(path: str | Path) -> str | None:
 
 
 def folder_problem(folder: str | Path) -> str | None:
-    """Why `folder` cannot be made or written into, or None: a file stands where it or a
-    folder above it would be (mkdir then failed with FileExistsError or NotADirectoryError,
-    a traceback), or the system refuses to create it or a file in it (`write_problem`)."""
+    """Why `folder` cannot be made or written into, or None: a file in the way
+    (`file_in_the_way`), or the system refuses to create it or a file in it (`write_problem`)."""
+    return file_in_the_way(folder) or write_problem(Path(folder))
+
+
+def file_in_the_way(folder: str | Path) -> str | None:
+    """Says so when a file stands where `folder` or a folder above it would be (mkdir then
+    failed with FileExistsError or NotADirectoryError, a traceback); None otherwise."""
     folder = Path(folder)
     existing = next(path for path in (folder, *folder.parents) if path.exists())
-    return write_problem(folder) if existing.is_dir() else f"{existing} is a file, not a folder"
+    return None if existing.is_dir() else f"{existing} is a file, not a folder"
 
 
 def write_problem(folder: Path) -> str | None:

@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 
 import keras_attn  # light: its layers load lazily
-from keras_attn.files import NO_ROOM, folder_problem
+from keras_attn.files import NO_ROOM, file_in_the_way, folder_problem
 
 EXIT_FAILURE = 1  # the input was fine, the machine was not (a full disk)
 EXIT_USAGE = 2
@@ -83,8 +83,8 @@ def check_output_file(path: str | None, flag: str) -> None:
         raise IsADirectoryError(f"{flag} {path}: is a folder, not a file")
     if Path(path).exists() and not Path(path).is_file():  # /dev/stdout, a pipe: written in place
         return
-    if not Path(path).resolve().parent.is_dir():
-        if problem := folder_problem(Path(path).parent):  # was "folder ... does not exist"
+    if not Path(path).resolve().parent.is_dir():  # refused: no need to try writing there
+        if problem := file_in_the_way(Path(path).parent):  # was "folder ... does not exist"
             raise NotADirectoryError(f"{flag} {path}: {problem}")
         raise FileNotFoundError(f"{flag} {path}: folder {Path(path).parent} does not exist")
     if problem := folder_problem(Path(path).resolve().parent):  # a folder the user may not write

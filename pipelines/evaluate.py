@@ -208,7 +208,6 @@ def evaluate_held_out(model, corpus, src_sp, tgt_sp, max_len, limit=1000, infere
     `InferenceModel` of `model` to reuse."""
     from keras_attn.search import InferenceModel
     from pipelines.decode import translate_tf
-    from pipelines.evaluate import score
     from pipelines.translate import collecting_truncations
 
     sources, refs = corpus.sources[:limit], corpus.targets[:limit]

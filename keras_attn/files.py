@@ -9,6 +9,7 @@ import errno
 import io
 import os
 import secrets
+import stat
 from pathlib import Path
 
 # Why a write finds no room: a full disk, a quota, a file size limit, a read-only file system.
@@ -94,8 +95,13 @@ def file_in_the_way(folder: str | Path) -> str | None:
     """Says so when a file stands where `folder` or a folder above it would be (mkdir then
     failed with FileExistsError or NotADirectoryError, a traceback); None otherwise."""
     folder = Path(folder)
-    existing = next(path for path in (folder, *folder.parents) if path.exists())
-    return None if existing.is_dir() else f"{existing} is a file, not a folder"
+    for path in (folder, *folder.parents):
+        try:  # one stat: exists() then is_dir() called a folder that another process's
+            mode = path.stat().st_mode  # check removed in between "a file"
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        return None if stat.S_ISDIR(mode) else f"{path} is a file, not a folder"
+    return None
 
 
 def write_problem(folder: Path) -> str | None:
@@ -104,26 +110,43 @@ def write_problem(folder: Path) -> str | None:
     removed again. A folder the user may not write, or a read-only file system, was
     refused only when the first file was written, after the work that made it (`train`'s
     data preparation, `demo`'s training, `translate`'s translation)."""
+    for attempt in range(3):
+        try:
+            try_writing_in(folder)
+            return None
+        except FileNotFoundError as error:
+            # Another process's check removed a folder it made and this one found made
+            # (the two workers of a multi-worker run, started together): not a refusal.
+            if attempt == 2:
+                return refusal(error, folder)
+        except OSError as error:
+            return refusal(error, folder)
+
+
+def try_writing_in(folder: Path):
+    """Create `folder`, the folders above it that are missing and a file in it, then
+    remove what this created; a folder another process made meanwhile is not ours."""
     missing = [path for path in (folder, *folder.parents) if not path.exists()]
     made = []
     try:
         for path in reversed(missing):  # the outermost first
             try:
                 path.mkdir()
-            except FileExistsError:  # made meanwhile by another process (two runs started together): not ours
+            except FileExistsError:  # made meanwhile by another process (two runs started together)
                 continue
             made.append(path)
         probe = temporary_beside(folder / "write-check")
         probe.touch(exist_ok=False)
         probe.unlink()
-    except OSError as error:
-        refused_in = Path(error.filename).parent if error.filename else folder
-        return f"cannot write in {refused_in} ({error.strerror or error})"
     finally:
         for path in reversed(made):
             with contextlib.suppress(OSError):  # another process put something there meanwhile
                 path.rmdir()
-    return None
+
+
+def refusal(error: OSError, folder: Path) -> str:
+    refused_in = Path(error.filename).parent if error.filename else folder
+    return f"cannot write in {refused_in} ({error.strerror or error})"
 
 
 def atomic_save(save, path: str | Path):

@@ -272,6 +272,48 @@ def test_the_write_check_leaves_a_folder_another_process_made_meanwhile(tmp_path
     assert list(tmp_path.rglob("*")) == [tmp_path / "a"]  # its folder stays; the check's own is removed
 
 
+def test_the_write_check_tries_again_when_another_process_removes_the_folder_it_found(tmp_path, monkeypatch):
+    """The two workers of a multi-worker run check --out and --out/worker_1 together: the
+    chief's check made --out, the worker's found it made, and the chief's removed it
+    before the worker's mkdir of worker_1: "cannot write in … (No such file or directory)",
+    status 2."""
+    from keras_attn import files
+
+    mkdir, raced = Path.mkdir, []
+
+    def racing(path, *args, **kwargs):
+        if not raced and path == tmp_path / "a":
+            mkdir(path)  # the other process's check makes it first …
+        elif not raced and path == tmp_path / "a" / "b":
+            (tmp_path / "a").rmdir()  # … and removes it as it ends
+            raced.append(path)
+        return mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", racing)
+    assert files.folder_problem(tmp_path / "a" / "b") is None
+    assert raced and list(tmp_path.iterdir()) == []
+
+
+def test_a_folder_removed_while_it_is_checked_is_not_called_a_file(tmp_path, monkeypatch):
+    """The same race one step earlier: the check saw --out exist, the other process's
+    check removed it, and the test for a folder then said "--out is a file, not a folder"."""
+    from keras_attn import files
+
+    (tmp_path / "a").mkdir()  # made by the other process's check …
+    stat, removed = Path.stat, []
+
+    def removed_after_it_is_seen(path, **kwargs):
+        result = stat(path, **kwargs)
+        if path == tmp_path / "a" and not removed:
+            path.rmdir()  # … which removes it as it ends, just after this check saw it
+            removed.append(path)
+        return result
+
+    monkeypatch.setattr(Path, "stat", removed_after_it_is_seen)
+    assert files.folder_problem(tmp_path / "a" / "b") is None
+    assert removed and list(tmp_path.iterdir()) == []
+
+
 def test_a_write_refused_in_its_folder_names_the_file_asked_for(tmp_path, monkeypatch):
     """`--output` in a folder the user may not write named the hidden temporary file:
     "[Errno 13] Permission denied: '/sys/.o.txt.tmp'". Other errors are left as they are."""

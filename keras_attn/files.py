@@ -96,8 +96,8 @@ def file_in_the_way(folder: str | Path) -> str | None:
     failed with FileExistsError or NotADirectoryError, a traceback); None otherwise."""
     folder = Path(folder)
     for path in (folder, *folder.parents):
-        try:  # one stat: exists() then is_dir() called a folder that another process's
-            mode = path.stat().st_mode  # check removed in between "a file"
+        try:  # one stat, not exists() then is_dir(): a folder that another process's check
+            mode = path.stat().st_mode  # removed between the two was called a file
         except (FileNotFoundError, NotADirectoryError):
             continue
         return None if stat.S_ISDIR(mode) else f"{path} is a file, not a folder"
@@ -145,6 +145,7 @@ def try_writing_in(folder: Path):
 
 
 def refusal(error: OSError, folder: Path) -> str:
+    """The check's message: the folder the refused path is in, and the system's reason."""
     refused_in = Path(error.filename).parent if error.filename else folder
     return f"cannot write in {refused_in} ({error.strerror or error})"
 

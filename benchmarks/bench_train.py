@@ -17,6 +17,11 @@ fixed 128 x 16-token batch; the row also states the limit for the timed batches
 themselves (`bench_limit.batches_limits`: their padded shapes, one pass before and
 one after), which charges the padding and the small batches of long sentences that
 real bucketed batches carry.
+
+`--threads INTER,INTRA …` sets TensorFlow's inter-op and intra-op thread pools for
+the timed process, one row per pair (0 = TensorFlow's own choice); the row states what
+TensorFlow reports it runs with. The limit's TensorFlow products, timed in the same
+process, run with the same pools.
 """
 
 from __future__ import annotations
@@ -77,11 +82,16 @@ def recipe_batches(cfg, count: int):
     return batches, load_processor(src_model).get_piece_size(), load_processor(tgt_model).get_piece_size()
 
 
-def one_setting(data_dir, precision, jit, steps, warmup, batch_tokens, bucket_width, steps_per_execution=1):
-    """Run in a fresh process (precision policy and memory are per process)."""
+def one_setting(data_dir, precision, jit, steps, warmup, batch_tokens, bucket_width, steps_per_execution=1,
+                threads=(0, 0)):
+    """Run in a fresh process (precision policy, thread pools and memory are per process)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
     import tensorflow as tf
+
+    # before any TensorFlow op: the pools are made with the first one
+    tf.config.threading.set_inter_op_parallelism_threads(threads[0])
+    tf.config.threading.set_intra_op_parallelism_threads(threads[1])
 
     from pipelines.train import build_model, model_config
 
@@ -107,11 +117,30 @@ def one_setting(data_dir, precision, jit, steps, warmup, batch_tokens, bucket_wi
     return {"cpu simd": facts["simd"], "date": facts["date"], "precision": precision, "xla": jit,
             "batch tokens": batch_tokens, "target vocabulary": tgt_vocab, "bucket width": cfg.bucket_width,
             "warm-up": warmup, "steps": steps, "steps per execution": steps_per_execution,
+            "TF threads inter-op, intra-op": thread_setting(tf),
             "target tokens": tokens,
             "seconds": round(seconds, 2), "target tokens/s": round(rate, 1),
             **limit_columns("limit", [fixed for fixed, _ in clock.limits], rate),
             **limit_columns("same-batches limit", [same for _, same in clock.limits], rate),
             "peak memory MB": round(peak_mb)}
+
+
+def thread_setting(tf) -> str:
+    """TensorFlow's inter-op and intra-op thread counts as it reports them ("default": its own choice)."""
+    counts = (tf.config.threading.get_inter_op_parallelism_threads(),
+              tf.config.threading.get_intra_op_parallelism_threads())
+    return ", ".join(str(count) if count else "default" for count in counts)
+
+
+def thread_pair(text: str) -> tuple[int, int]:
+    """`INTER,INTRA` (each >= 0) as two ints; argparse's type for --threads."""
+    try:
+        inter, intra = (int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected INTER,INTRA (two integers), got {text!r}") from None
+    if inter < 0 or intra < 0:
+        raise argparse.ArgumentTypeError(f"thread counts must be >= 0, got {text!r}")
+    return inter, intra
 
 
 def limit_columns(name: str, before_after: list[dict[str, float]], rate: float) -> dict:
@@ -137,6 +166,8 @@ def main():
     parser.add_argument("--steps-per-execution", type=int, default=1,
                         help="`compile(steps_per_execution=...)`: steps per call of the compiled train function "
                              "(--warmup must be a multiple of it)")
+    parser.add_argument("--threads", type=thread_pair, nargs="+", default=[(0, 0)], metavar="INTER,INTRA",
+                        help="TensorFlow's inter-op and intra-op threads, one setting per pair (0 = its default)")
     parser.add_argument("--append", action="store_true", help="add rows to results/bench_train.json")
     parser.add_argument("--one", nargs=2, metavar=("PRECISION", "JIT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -148,7 +179,8 @@ def main():
         import json
 
         print(json.dumps(one_setting(args.data_dir, args.one[0], args.one[1] == "1", args.steps, args.warmup,
-                                     args.batch_tokens[0], args.bucket_width, args.steps_per_execution)))
+                                     args.batch_tokens[0], args.bucket_width, args.steps_per_execution,
+                                     args.threads[0])))
         return
     import json
 
@@ -156,19 +188,21 @@ def main():
     previous = RESULTS / "bench_train.json"
     if args.append and previous.is_file():
         rows = json.loads(previous.read_text())["rows"]
-    settings = [(p, j, b) for b in args.batch_tokens for p in args.precisions for j in args.xla]
+    settings = [(p, j, b, t) for t in args.threads for b in args.batch_tokens for p in args.precisions
+                for j in args.xla]
     width = ["--bucket-width", str(args.bucket_width)] if args.bucket_width else []
-    for precision, jit, batch_tokens in settings:
+    for precision, jit, batch_tokens, threads in settings:
         result = subprocess.run([sys.executable, __file__, "--data-dir", args.data_dir, "--steps",
                                  str(args.steps), "--warmup", str(args.warmup), "--batch-tokens",
                                  str(batch_tokens), *width, "--steps-per-execution", str(args.steps_per_execution),
-                                 "--one", precision, jit],
+                                 "--threads", ",".join(map(str, threads)), "--one", precision, jit],
                                 capture_output=True, text=True)
         if result.returncode == 0:
             rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
         else:
             last = [line for line in result.stderr.splitlines() if line.strip()][-1:]
             rows.append({"precision": precision, "xla": jit == "1", "batch tokens": batch_tokens,
+                         "TF threads inter-op, intra-op": ", ".join(map(str, threads)),
                          "error": (last[0] if last else "failed")[:160]})
         print(rows[-1], flush=True)
     write_results("bench_train", rows, {"recipe": "configs/multi30k_deen.yaml, batch tokens as listed",

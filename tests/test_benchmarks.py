@@ -2,9 +2,11 @@
 end to end on tiny inputs (a Multi30k-shaped folder of dates pairs), writing its
 results under a temporary `KERAS_ATTN_RESULTS` instead of `benchmarks/results/`."""
 
+import argparse
 import gzip
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import bench_limit  # noqa: E402
+import bench_train  # noqa: E402
 import step_costs  # noqa: E402
 import targets  # noqa: E402
 
@@ -88,10 +91,19 @@ def test_bench_translate_runs_and_scores_what_evaluate_scores(dates_run, dates_b
 
 def test_bench_train_runs(dates_as_multi30k, tmp_path):
     result = run_script("bench_train", "--data-dir", dates_as_multi30k, "--steps", 3, "--warmup", 1,
-                        "--batch-tokens", 128, "--precisions", "float32", "--xla", "0", results=tmp_path)
+                        "--batch-tokens", 128, "--precisions", "float32", "--xla", "0", "--threads", "2,1",
+                        results=tmp_path)
     (row,) = result["rows"]
     assert "error" not in row and row["target tokens"] > 0 and row["target tokens/s"] > 0
     assert 0 < row["% of limit"] and 0 < row["% of same-batches limit"]
+    assert row["TF threads inter-op, intra-op"] == "2, 1"  # as TensorFlow reports it ran
+
+
+def test_bench_train_threads_are_two_counts():
+    assert bench_train.thread_pair("2,1") == (2, 1) and bench_train.thread_pair("0,0") == (0, 0)
+    for text in ("2", "2,1,1", "a,1", "-1,2"):
+        with pytest.raises(argparse.ArgumentTypeError, match=re.escape(repr(text))):
+            bench_train.thread_pair(text)
 
 
 @pytest.mark.parametrize("script, args", [

@@ -126,9 +126,13 @@ def one_setting(data_dir, precision, jit, steps, warmup, batch_tokens, bucket_wi
 
 
 def thread_setting(tf) -> str:
-    """TensorFlow's inter-op and intra-op thread counts as it reports them ("default": its own choice)."""
-    counts = (tf.config.threading.get_inter_op_parallelism_threads(),
-              tf.config.threading.get_intra_op_parallelism_threads())
+    """TensorFlow's inter-op and intra-op thread counts as it reports them (`thread_label`)."""
+    return thread_label((tf.config.threading.get_inter_op_parallelism_threads(),
+                         tf.config.threading.get_intra_op_parallelism_threads()))
+
+
+def thread_label(counts) -> str:
+    """"INTER, INTRA" for a row; 0 is "default", TensorFlow's own choice."""
     return ", ".join(str(count) if count else "default" for count in counts)
 
 
@@ -202,7 +206,7 @@ def main():
         else:
             last = [line for line in result.stderr.splitlines() if line.strip()][-1:]
             rows.append({"precision": precision, "xla": jit == "1", "batch tokens": batch_tokens,
-                         "TF threads inter-op, intra-op": ", ".join(map(str, threads)),
+                         "TF threads inter-op, intra-op": thread_label(threads),
                          "error": (last[0] if last else "failed")[:160]})
         print(rows[-1], flush=True)
     write_results("bench_train", rows, {"recipe": "configs/multi30k_deen.yaml, batch tokens as listed",

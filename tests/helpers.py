@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -54,3 +55,18 @@ def run_with_file_size_limit(argv, kilobytes: int, cwd: Path):
     fail (EFBIG) as on a full disk, which a test cannot make."""
     return subprocess.run(["bash", "-c", f'ulimit -f {kilobytes} && exec "$0" "$@"', sys.executable, "-m",
                            "pipelines.cli", *map(str, argv)], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+class Interrupt(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 1:
+            raise KeyboardInterrupt("simulated kill")
+
+
+def tiny_data(n=64):
+    rng = np.random.default_rng(0)
+    x = {"source": rng.integers(4, 20, (n, 5)).astype("int32"), "target_in": rng.integers(4, 20, (n, 4)).astype("int32")}
+    return x, rng.integers(4, 20, (n, 4)).astype("int32")
+
+
+VOCAB = 20  # tiny_data's ids are below it

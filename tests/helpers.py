@@ -58,12 +58,15 @@ def run_with_file_size_limit(argv, kilobytes: int, cwd: Path):
 
 
 class Interrupt(keras.callbacks.Callback):
+    """A kill at epoch 1's end, after the callbacks listed before this one."""
+
     def on_epoch_end(self, epoch, logs=None):
         if epoch == 1:
             raise KeyboardInterrupt("simulated kill")
 
 
 def tiny_data(n=64):
+    """`n` random rows for `fit`: ({"source", "target_in"}, target) ids, all below VOCAB."""
     rng = np.random.default_rng(0)
     x = {"source": rng.integers(4, 20, (n, 5)).astype("int32"), "target_in": rng.integers(4, 20, (n, 4)).astype("int32")}
     return x, rng.integers(4, 20, (n, 4)).astype("int32")

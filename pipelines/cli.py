@@ -79,15 +79,17 @@ def check_output_file(path: str | None, flag: str) -> None:
     """Refuse an output file that cannot be written before the work that makes it."""
     if path is None:
         return
-    if Path(path).is_dir():
+    target = Path(path)
+    if target.is_dir():
         raise IsADirectoryError(f"{flag} {path}: is a folder, not a file")
-    if Path(path).exists() and not Path(path).is_file():  # /dev/stdout, a pipe: written in place
+    if target.exists() and not target.is_file():  # /dev/stdout, a pipe: written in place
         return
-    if not Path(path).resolve().parent.is_dir():  # refused: no need to try writing there
-        if problem := file_in_the_way(Path(path).parent):  # was "folder ... does not exist"
+    folder = target.resolve().parent
+    if not folder.is_dir():  # refused: no need to try writing there
+        if problem := file_in_the_way(target.parent):  # was "folder ... does not exist"
             raise NotADirectoryError(f"{flag} {path}: {problem}")
-        raise FileNotFoundError(f"{flag} {path}: folder {Path(path).parent} does not exist")
-    if problem := folder_problem(Path(path).resolve().parent):  # a folder the user may not write
+        raise FileNotFoundError(f"{flag} {path}: folder {target.parent} does not exist")
+    if problem := folder_problem(folder):  # a folder the user may not write
         raise PermissionError(f"{flag} {path}: {problem}")
 
 

@@ -24,7 +24,14 @@ the generator, and every recurrent weight's gradient) as single products over al
 positions, only the recurrences' forward and input-gradient products step by step.
 
     python benchmarks/bench_limit.py [--vocab 8000] [--batch 128] [--steps 16] [--src-len 16] \
-        [--latency-steps 15]
+        [--latency-steps 15] [--tf-threads 2,1 ...]
+
+TensorFlow's training products are timed with the process's own thread pools
+("tensorflow") and, each in a fresh process, with each `--tf-threads INTER,INTRA`
+setting of its inter-op and intra-op pools ("tensorflow INTER,INTRA"; default 2,1:
+one thread per op, two ops at once, which on the Intel VM of 2026-12-07 did the
+recipe's small products 15-19 % faster than TensorFlow's default pools). A limit
+some thread setting beats is no limit either.
 
 The onnxruntime decode graph is the NumPy loop unrolled (each step's input takes
 the previous step's output, as in the loop, so no step can be merged with another);
@@ -38,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import os
 import sys
 import time
@@ -45,7 +53,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import write_results  # noqa: E402
+from common import print_result, result_from_child, thread_pair, write_results  # noqa: E402
 
 
 def decoder_weights(rng, batch, src_len, emb, hidden, memory_dim, vocab) -> tuple[dict, np.ndarray]:
@@ -141,6 +149,9 @@ def training_products(rng, batch, steps, src_len, emb, enc_units, hidden, vocab)
 SHAPES = dict(emb=256, hidden=512)
 DECODE_LIBRARIES = ("numpy", "onnxruntime")
 TRAINING_LIBRARIES = {"float32": ("numpy", "tensorflow"), "bfloat16": ("tensorflow",)}
+# TensorFlow's thread pools (inter-op, intra-op) the training limits also try, each in
+# its own process: one thread per op, two ops at once
+TF_THREADS = ((2, 1),)
 
 
 @functools.lru_cache(maxsize=4)
@@ -270,22 +281,50 @@ def latency_limits_ms(steps=15, vocab=8000, passes=25) -> dict[str, float]:
             for lib in DECODE_LIBRARIES}
 
 
-def training_limits(batch=128, steps=16, src_len=16, vocab=8000, dtype="float32", passes=3) -> dict[str, float]:
-    """Target tokens/s of a training step's matmuls (batch x steps tokens), per library."""
-    return {lib: median_of(lambda lib=lib: batch * steps / training_seconds(lib, batch, steps, src_len, vocab, dtype),
-                           passes)
-            for lib in TRAINING_LIBRARIES[dtype]}
+def training_limits(batch=128, steps=16, src_len=16, vocab=8000, dtype="float32", passes=3, tf_threads=TF_THREADS,
+                    libraries=None) -> dict[str, float]:
+    """Target tokens/s of a training step's matmuls (batch x steps tokens), per library
+    (and per `tf_threads` setting, `in_tf_threads`)."""
+    limits = {lib: median_of(lambda lib=lib: batch * steps / training_seconds(lib, batch, steps, src_len, vocab, dtype),
+                             passes)
+              for lib in libraries or TRAINING_LIBRARIES[dtype]}
+    return {**limits, **in_tf_threads("training_limits", tf_threads, batch=batch, steps=steps, src_len=src_len,
+                                      vocab=vocab, dtype=dtype, passes=passes)}
 
 
-def batches_limits(shapes, tokens, vocab=8000, dtype="float32") -> dict[str, float]:
+def batches_limits(shapes, tokens, vocab=8000, dtype="float32", tf_threads=TF_THREADS,
+                   libraries=None) -> dict[str, float]:
     """Real target tokens/s of a training step's matmuls over the padded shapes
     `(batch, src_len, tgt_len)` of given batches holding `tokens` real target tokens,
-    per library: the limit for exactly the batches a benchmark times, padding and
-    small batches of long sentences included (the fixed B x T shape of
-    `training_limits` has neither)."""
-    return {lib: tokens / sum(training_seconds(lib, batch, tgt_len, src_len, vocab, dtype)
-                              for batch, src_len, tgt_len in shapes)
-            for lib in TRAINING_LIBRARIES[dtype]}
+    per library (and per `tf_threads` setting): the limit for exactly the batches a
+    benchmark times, padding and small batches of long sentences included (the fixed
+    B x T shape of `training_limits` has neither)."""
+    limits = {lib: tokens / sum(training_seconds(lib, batch, tgt_len, src_len, vocab, dtype)
+                                for batch, src_len, tgt_len in shapes)
+              for lib in libraries or TRAINING_LIBRARIES[dtype]}
+    return {**limits, **in_tf_threads("batches_limits", tf_threads, shapes=[list(s) for s in shapes], tokens=tokens,
+                                      vocab=vocab, dtype=dtype)}
+
+
+def in_tf_threads(function: str, settings, **kwargs) -> dict[str, float]:
+    """`function(**kwargs)`'s TensorFlow limit with each of `settings` (inter-op, intra-op)
+    as TensorFlow's thread pools, keyed "tensorflow INTER,INTRA". Each runs in a fresh
+    process: a process's pools are made with its first TensorFlow op, once."""
+    return {f"tensorflow {inter},{intra}": result_from_child(os.path.abspath(__file__), "--tf-child", [json.dumps(
+                {"function": function, "threads": [inter, intra], "kwargs": kwargs})])["tensorflow"]
+            for inter, intra in settings}
+
+
+def tf_child(request: str) -> None:
+    """`--tf-child`: one limit function's TensorFlow limit with the requested thread
+    pools, printed as JSON (`in_tf_threads`)."""
+    import tensorflow as tf
+
+    asked = json.loads(request)
+    tf.config.threading.set_inter_op_parallelism_threads(asked["threads"][0])
+    tf.config.threading.set_intra_op_parallelism_threads(asked["threads"][1])
+    function = {"training_limits": training_limits, "batches_limits": batches_limits}[asked["function"]]
+    print_result(function(**asked["kwargs"], tf_threads=(), libraries=("tensorflow",)))
 
 
 def fastest(limits: dict[str, float], lower_is_faster=False) -> tuple[str, float]:
@@ -313,7 +352,14 @@ def main():
     parser.add_argument("--src-len", type=int, default=16)
     parser.add_argument("--latency-steps", type=int, default=15)
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--tf-threads", type=thread_pair, nargs="*", default=list(TF_THREADS), metavar="INTER,INTRA",
+                        help="TensorFlow thread pools the training limits also try, each in its own process "
+                             "(default 2,1; none: only this process's own)")
+    parser.add_argument("--tf-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.tf_child:
+        tf_child(args.tf_child)
+        return
     shape = dict(batch=args.batch, steps=args.steps, vocab=args.vocab)
     fixed = f"batch {args.batch} x {args.steps}"
     measured = [
@@ -322,23 +368,27 @@ def main():
         ("greedy decode of one sentence, decoder matmuls only", f"batch 1 x {args.latency_steps} steps", "float32",
          "ms per sentence", latency_limits_ms(args.latency_steps, args.vocab, passes=5 * args.repeats)),
         *[("training step, forward+backward matmuls only", f"{fixed} target tokens", dtype, "target tokens/s",
-           training_limits(src_len=args.src_len, dtype=dtype, passes=args.repeats, **shape))
+           training_limits(src_len=args.src_len, dtype=dtype, passes=args.repeats, tf_threads=args.tf_threads,
+                           **shape))
           for dtype in TRAINING_LIBRARIES],
     ]
+    libraries = list(dict.fromkeys(lib for *_, limits in measured for lib in limits))
     rows = []
     for limit, shape_text, dtype, unit, limits in measured:
         digits = 2 if unit.startswith("ms") else 1
         library, value = fastest(limits, lower_is_faster=unit.startswith("ms"))
         rows.append({"limit": limit, "shape": shape_text, "dtype": dtype,
-                     **{lib: round(limits[lib], digits) if lib in limits else "-"
-                        for lib in ("numpy", "onnxruntime", "tensorflow")},
+                     **{lib: round(limits[lib], digits) if lib in limits else "-" for lib in libraries},
                      "limit (fastest)": round(value, digits), "fastest library": library, "unit": unit})
     macs = training_multiply_adds(src_len=args.src_len, enc_units=256, **shape, **SHAPES)
     write_results("bench_limit", rows, {"numpy": np.__version__, "generator width": args.vocab,
                                         "training multiply-adds per target token (forward + backward)":
                                             f"{macs / (args.batch * args.steps) / 1e6:.1f} M",
                                         "timing": f"median of {args.repeats} passes ({5 * args.repeats} "
-                                                  "for one sentence)"})
+                                                  "for one sentence)",
+                                        "tensorflow": "this process's thread pools (TensorFlow's choice)",
+                                        "tensorflow INTER,INTRA": "inter-op and intra-op threads as given, "
+                                                                  "in a process of its own"})
 
 
 if __name__ == "__main__":

@@ -20,8 +20,9 @@ real bucketed batches carry.
 
 `--threads INTER,INTRA …` sets TensorFlow's inter-op and intra-op thread pools for
 the timed process, one row per pair (0 = TensorFlow's own choice); the row states what
-TensorFlow reports it runs with. The limit's TensorFlow products, timed in the same
-process, run with the same pools.
+TensorFlow reports it runs with. The limit's TensorFlow products are timed in the same
+process, with the same pools, and with each `--limit-threads` setting (default 2,1) in
+a fresh process (`bench_limit.in_tf_threads`): the limit is the fastest of all.
 """
 
 from __future__ import annotations
@@ -37,20 +38,22 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from bench_limit import batches_limits, describe, fastest, training_limits  # noqa: E402
-from common import DEFAULT_DATA, RESULTS, machine, recipe_config, write_results  # noqa: E402
+from bench_limit import TF_THREADS, batches_limits, describe, fastest, training_limits  # noqa: E402
+from common import DEFAULT_DATA, RESULTS, machine, recipe_config, thread_pair, write_results  # noqa: E402
 
 
-def step_clock(warmup: int, shapes, tokens: int, vocab: int, dtype: str):
+def step_clock(warmup: int, shapes, tokens: int, vocab: int, dtype: str, tf_threads=TF_THREADS):
     """A callback timing from the start of batch `warmup` to the end of training:
     the warm-up steps (tracing) and `fit`'s own start-up are not counted. The
     training limits in `dtype` (fixed shape; the timed batches' `shapes` holding
     `tokens`), both with the model's `vocab`-wide generator, are measured right
-    before and right after the timed steps."""
+    before and right after the timed steps, TensorFlow's also with each of the
+    `tf_threads` pools."""
     import keras
 
     def limits():
-        return (training_limits(vocab=vocab, dtype=dtype), batches_limits(shapes, tokens, vocab=vocab, dtype=dtype))
+        return (training_limits(vocab=vocab, dtype=dtype, tf_threads=tf_threads),
+                batches_limits(shapes, tokens, vocab=vocab, dtype=dtype, tf_threads=tf_threads))
 
     class StepClock(keras.callbacks.Callback):
         def on_train_batch_begin(self, batch, logs=None):
@@ -83,7 +86,7 @@ def recipe_batches(cfg, count: int):
 
 
 def one_setting(data_dir, precision, jit, steps, warmup, batch_tokens, bucket_width, steps_per_execution=1,
-                threads=(0, 0)):
+                threads=(0, 0), limit_threads=TF_THREADS):
     """Run in a fresh process (precision policy, thread pools and memory are per process)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
@@ -108,7 +111,8 @@ def one_setting(data_dir, precision, jit, steps, warmup, batch_tokens, bucket_wi
     shapes = [(*x["source"].shape, x["target_in"].shape[1]) for x, _ in batches[warmup:]]
     # mixed_bfloat16 multiplies in bfloat16: its limit is bfloat16 matmuls
     dtype = "bfloat16" if precision == "mixed_bfloat16" else "float32"
-    clock = step_clock(warmup, shapes, tokens, tgt_vocab, dtype)
+    # the process's own pools are timed in it: no other process for the same setting
+    clock = step_clock(warmup, shapes, tokens, tgt_vocab, dtype, [t for t in limit_threads if tuple(t) != threads])
     model.fit(replay, epochs=1, steps_per_epoch=len(batches), shuffle=False, verbose=0, callbacks=[clock])
     seconds = clock.seconds
     rate = tokens / seconds
@@ -136,17 +140,6 @@ def thread_label(counts) -> str:
     return ", ".join(str(count) if count else "default" for count in counts)
 
 
-def thread_pair(text: str) -> tuple[int, int]:
-    """`INTER,INTRA` (each >= 0) as two ints; argparse's type for --threads."""
-    try:
-        inter, intra = (int(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected INTER,INTRA (two integers), got {text!r}") from None
-    if inter < 0 or intra < 0:
-        raise argparse.ArgumentTypeError(f"thread counts must be >= 0, got {text!r}")
-    return inter, intra
-
-
 def limit_columns(name: str, before_after: list[dict[str, float]], rate: float) -> dict:
     """Each library's limit (mean of before and after), the fastest with its before and
     after values, and `rate` as a percentage of it."""
@@ -172,6 +165,9 @@ def main():
                              "(--warmup must be a multiple of it)")
     parser.add_argument("--threads", type=thread_pair, nargs="+", default=[(0, 0)], metavar="INTER,INTRA",
                         help="TensorFlow's inter-op and intra-op threads, one setting per pair (0 = its default)")
+    parser.add_argument("--limit-threads", type=thread_pair, nargs="*", default=list(TF_THREADS),
+                        metavar="INTER,INTRA", help="TensorFlow thread pools the limits also try, each in its own "
+                                                    "process (default 2,1; none: only the timed process's own)")
     parser.add_argument("--append", action="store_true", help="add rows to results/bench_train.json")
     parser.add_argument("--one", nargs=2, metavar=("PRECISION", "JIT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -184,7 +180,7 @@ def main():
 
         print(json.dumps(one_setting(args.data_dir, args.one[0], args.one[1] == "1", args.steps, args.warmup,
                                      args.batch_tokens[0], args.bucket_width, args.steps_per_execution,
-                                     args.threads[0])))
+                                     args.threads[0], args.limit_threads)))
         return
     import json
 
@@ -199,7 +195,8 @@ def main():
         result = subprocess.run([sys.executable, __file__, "--data-dir", args.data_dir, "--steps",
                                  str(args.steps), "--warmup", str(args.warmup), "--batch-tokens",
                                  str(batch_tokens), *width, "--steps-per-execution", str(args.steps_per_execution),
-                                 "--threads", ",".join(map(str, threads)), "--one", precision, jit],
+                                 "--threads", ",".join(map(str, threads)), "--limit-threads",
+                                 *(",".join(map(str, pair)) for pair in args.limit_threads), "--one", precision, jit],
                                 capture_output=True, text=True)
         if result.returncode == 0:
             rows.append(json.loads(result.stdout.strip().splitlines()[-1]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -77,6 +78,18 @@ def result_from_child(script: str, flag: str, args: list[str]):
 def print_result(value) -> None:
     """The child's side of `result_from_child`: `value` as one JSON line."""
     print("RESULT " + json.dumps(value), flush=True)
+
+
+def thread_pair(text: str) -> tuple[int, int]:
+    """`INTER,INTRA` (each >= 0) as two ints: TensorFlow's inter-op and intra-op thread
+    counts (0 = its own choice); argparse's type for the scripts' thread flags."""
+    try:
+        inter, intra = (int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected INTER,INTRA (two integers), got {text!r}") from None
+    if inter < 0 or intra < 0:
+        raise argparse.ArgumentTypeError(f"thread counts must be >= 0, got {text!r}")
+    return inter, intra
 
 
 def write_results(name: str, rows: list[dict], notes: dict | None = None) -> Path:

@@ -71,6 +71,10 @@ def test_bench_limit_runs(tmp_path):
     limits = {row["limit"].split(",")[0] + " " + row["dtype"]: row["limit (fastest)"] for row in result["rows"]}
     assert len(limits) == 4 and all(value > 0 for value in limits.values())
     assert result["machine"]["cores"] == os.cpu_count()
+    # TensorFlow's training products, also with one thread per op (2,1) in a process of their own
+    for row in result["rows"][2:]:
+        timed = [row[lib] for lib in ("numpy", "tensorflow", "tensorflow 2,1") if row[lib] != "-"]
+        assert row["tensorflow 2,1"] > 0 and row["limit (fastest)"] == max(timed)
 
 
 def test_bench_translate_runs_and_scores_what_evaluate_scores(dates_run, dates_bundle, dates_as_multi30k, tmp_path):
@@ -92,11 +96,15 @@ def test_bench_translate_runs_and_scores_what_evaluate_scores(dates_run, dates_b
 def test_bench_train_runs(dates_as_multi30k, tmp_path):
     result = run_script("bench_train", "--data-dir", dates_as_multi30k, "--steps", 3, "--warmup", 1,
                         "--batch-tokens", 128, "--precisions", "float32", "--xla", "0", "--threads", "2,1",
-                        results=tmp_path)
+                        "--limit-threads", "1,1", "2,1", results=tmp_path)
     (row,) = result["rows"]
     assert "error" not in row and row["target tokens"] > 0 and row["target tokens/s"] > 0
     assert 0 < row["% of limit"] and 0 < row["% of same-batches limit"]
     assert row["TF threads inter-op, intra-op"] == "2, 1"  # as TensorFlow reports it ran
+    # the limits also with one thread in all (another process); 2,1 is the timed process's own
+    for name in ("limit", "same-batches limit"):
+        assert [part.split(" ")[:-1] for part in row[f"{name} tokens/s by library"].split(" / ")] \
+            == [["numpy"], ["tensorflow"], ["tensorflow", "1,1"]]
 
 
 def test_bench_train_threads_are_two_counts():

@@ -281,50 +281,51 @@ def latency_limits_ms(steps=15, vocab=8000, passes=25) -> dict[str, float]:
             for lib in DECODE_LIBRARIES}
 
 
-def training_limits(batch=128, steps=16, src_len=16, vocab=8000, dtype="float32", passes=3, tf_threads=TF_THREADS,
+def training_limits(batch=128, steps=16, src_len=16, vocab=8000, dtype="float32", passes=3,
                     libraries=None) -> dict[str, float]:
     """Target tokens/s of a training step's matmuls (batch x steps tokens), per library
-    (and per `tf_threads` setting, `in_tf_threads`)."""
-    limits = {lib: median_of(lambda lib=lib: batch * steps / training_seconds(lib, batch, steps, src_len, vocab, dtype),
-                             passes)
-              for lib in libraries or TRAINING_LIBRARIES[dtype]}
-    return {**limits, **in_tf_threads("training_limits", tf_threads, batch=batch, steps=steps, src_len=src_len,
-                                      vocab=vocab, dtype=dtype, passes=passes)}
+    (in this process; `in_tf_threads` for TensorFlow with other thread pools)."""
+    return {lib: median_of(lambda lib=lib: batch * steps / training_seconds(lib, batch, steps, src_len, vocab, dtype),
+                           passes)
+            for lib in libraries or TRAINING_LIBRARIES[dtype]}
 
 
-def batches_limits(shapes, tokens, vocab=8000, dtype="float32", tf_threads=TF_THREADS,
-                   libraries=None) -> dict[str, float]:
+def batches_limits(shapes, tokens, vocab=8000, dtype="float32", libraries=None) -> dict[str, float]:
     """Real target tokens/s of a training step's matmuls over the padded shapes
     `(batch, src_len, tgt_len)` of given batches holding `tokens` real target tokens,
-    per library (and per `tf_threads` setting): the limit for exactly the batches a
-    benchmark times, padding and small batches of long sentences included (the fixed
-    B x T shape of `training_limits` has neither)."""
-    limits = {lib: tokens / sum(training_seconds(lib, batch, tgt_len, src_len, vocab, dtype)
-                                for batch, src_len, tgt_len in shapes)
-              for lib in libraries or TRAINING_LIBRARIES[dtype]}
-    return {**limits, **in_tf_threads("batches_limits", tf_threads, shapes=[list(s) for s in shapes], tokens=tokens,
-                                      vocab=vocab, dtype=dtype)}
+    per library: the limit for exactly the batches a benchmark times, padding and
+    small batches of long sentences included (the fixed B x T shape of
+    `training_limits` has neither)."""
+    return {lib: tokens / sum(training_seconds(lib, batch, tgt_len, src_len, vocab, dtype)
+                              for batch, src_len, tgt_len in shapes)
+            for lib in libraries or TRAINING_LIBRARIES[dtype]}
 
 
-def in_tf_threads(function: str, settings, **kwargs) -> dict[str, float]:
-    """`function(**kwargs)`'s TensorFlow limit with each of `settings` (inter-op, intra-op)
-    as TensorFlow's thread pools, keyed "tensorflow INTER,INTRA". Each runs in a fresh
-    process: a process's pools are made with its first TensorFlow op, once."""
-    return {f"tensorflow {inter},{intra}": result_from_child(os.path.abspath(__file__), "--tf-child", [json.dumps(
-                {"function": function, "threads": [inter, intra], "kwargs": kwargs})])["tensorflow"]
-            for inter, intra in settings}
+def in_tf_threads(settings, *calls) -> list[dict[str, float]]:
+    """For each of `calls` (a limit function's name, its keyword arguments), its
+    TensorFlow limit with each of `settings` (inter-op, intra-op) as TensorFlow's thread
+    pools, keyed "tensorflow INTER,INTRA". Each setting runs in a fresh process (a
+    process's pools are made with its first TensorFlow op, once), all calls in one."""
+    limits = [{} for _ in calls]
+    for inter, intra in settings:
+        asked = json.dumps({"threads": [inter, intra], "calls": calls})
+        for limit, value in zip(limits, result_from_child(os.path.abspath(__file__), "--tf-child", [asked]),
+                                strict=True):
+            limit[f"tensorflow {inter},{intra}"] = value
+    return limits
 
 
 def tf_child(request: str) -> None:
-    """`--tf-child`: one limit function's TensorFlow limit with the requested thread
+    """`--tf-child`: the asked limit functions' TensorFlow limits with the asked thread
     pools, printed as JSON (`in_tf_threads`)."""
     import tensorflow as tf
 
     asked = json.loads(request)
     tf.config.threading.set_inter_op_parallelism_threads(asked["threads"][0])
     tf.config.threading.set_intra_op_parallelism_threads(asked["threads"][1])
-    function = {"training_limits": training_limits, "batches_limits": batches_limits}[asked["function"]]
-    print_result(function(**asked["kwargs"], tf_threads=(), libraries=("tensorflow",)))
+    functions = {"training_limits": training_limits, "batches_limits": batches_limits}
+    print_result([functions[name](**kwargs, libraries=("tensorflow",))["tensorflow"]
+                  for name, kwargs in asked["calls"]])
 
 
 def fastest(limits: dict[str, float], lower_is_faster=False) -> tuple[str, float]:
@@ -367,11 +368,12 @@ def main():
          decode_limits(src_len=args.src_len, passes=args.repeats, **shape)),
         ("greedy decode of one sentence, decoder matmuls only", f"batch 1 x {args.latency_steps} steps", "float32",
          "ms per sentence", latency_limits_ms(args.latency_steps, args.vocab, passes=5 * args.repeats)),
-        *[("training step, forward+backward matmuls only", f"{fixed} target tokens", dtype, "target tokens/s",
-           training_limits(src_len=args.src_len, dtype=dtype, passes=args.repeats, tf_threads=args.tf_threads,
-                           **shape))
-          for dtype in TRAINING_LIBRARIES],
     ]
+    training = [dict(src_len=args.src_len, dtype=dtype, passes=args.repeats, **shape) for dtype in TRAINING_LIBRARIES]
+    more = in_tf_threads(args.tf_threads, *[("training_limits", asked) for asked in training])
+    measured += [("training step, forward+backward matmuls only", f"{fixed} target tokens", asked["dtype"],
+                  "target tokens/s", {**training_limits(**asked), **other})
+                 for asked, other in zip(training, more, strict=True)]
     libraries = list(dict.fromkeys(lib for *_, limits in measured for lib in limits))
     rows = []
     for limit, shape_text, dtype, unit, limits in measured:

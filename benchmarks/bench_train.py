@@ -38,7 +38,14 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from bench_limit import TF_THREADS, batches_limits, describe, fastest, training_limits  # noqa: E402
+from bench_limit import (  # noqa: E402
+    TF_THREADS,
+    batches_limits,
+    describe,
+    fastest,
+    in_tf_threads,
+    training_limits,
+)
 from common import DEFAULT_DATA, RESULTS, machine, recipe_config, thread_pair, write_results  # noqa: E402
 
 
@@ -52,8 +59,12 @@ def step_clock(warmup: int, shapes, tokens: int, vocab: int, dtype: str, tf_thre
     import keras
 
     def limits():
-        return (training_limits(vocab=vocab, dtype=dtype, tf_threads=tf_threads),
-                batches_limits(shapes, tokens, vocab=vocab, dtype=dtype, tf_threads=tf_threads))
+        # in this process, then TensorFlow's with each other thread setting (both limits in one process each)
+        fixed, same = training_limits(vocab=vocab, dtype=dtype), batches_limits(shapes, tokens, vocab=vocab, dtype=dtype)
+        asked = [("training_limits", dict(vocab=vocab, dtype=dtype)),
+                 ("batches_limits", dict(shapes=[list(s) for s in shapes], tokens=tokens, vocab=vocab, dtype=dtype))]
+        more_fixed, more_same = in_tf_threads(tf_threads, *asked)
+        return {**fixed, **more_fixed}, {**same, **more_same}
 
     class StepClock(keras.callbacks.Callback):
         def on_train_batch_begin(self, batch, logs=None):

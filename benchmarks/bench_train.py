@@ -123,7 +123,7 @@ def one_setting(data_dir, precision, jit, steps, warmup, batch_tokens, bucket_wi
     # mixed_bfloat16 multiplies in bfloat16: its limit is bfloat16 matmuls
     dtype = "bfloat16" if precision == "mixed_bfloat16" else "float32"
     # the process's own pools are timed in it: no other process for the same setting
-    clock = step_clock(warmup, shapes, tokens, tgt_vocab, dtype, [t for t in limit_threads if tuple(t) != threads])
+    clock = step_clock(warmup, shapes, tokens, tgt_vocab, dtype, [t for t in limit_threads if t != threads])
     model.fit(replay, epochs=1, steps_per_epoch=len(batches), shuffle=False, verbose=0, callbacks=[clock])
     seconds = clock.seconds
     rate = tokens / seconds

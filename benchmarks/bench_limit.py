@@ -53,7 +53,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import print_result, result_from_child, thread_pair, write_results  # noqa: E402
+from common import print_result, result_from_child, thread_pair, thread_text, write_results  # noqa: E402
 
 
 def decoder_weights(rng, batch, src_len, emb, hidden, memory_dim, vocab) -> tuple[dict, np.ndarray]:
@@ -307,11 +307,11 @@ def in_tf_threads(settings, *calls) -> list[dict[str, float]]:
     pools, keyed "tensorflow INTER,INTRA". Each setting runs in a fresh process (a
     process's pools are made with its first TensorFlow op, once), all calls in one."""
     limits = [{} for _ in calls]
-    for inter, intra in settings:
-        asked = json.dumps({"threads": [inter, intra], "calls": calls})
+    for threads in settings:
+        asked = json.dumps({"threads": threads, "calls": calls})
         for limit, value in zip(limits, result_from_child(os.path.abspath(__file__), "--tf-child", [asked]),
                                 strict=True):
-            limit[f"tensorflow {inter},{intra}"] = value
+            limit[f"tensorflow {thread_text(threads)}"] = value
     return limits
 
 

@@ -46,7 +46,15 @@ from bench_limit import (  # noqa: E402
     in_tf_threads,
     training_limits,
 )
-from common import DEFAULT_DATA, RESULTS, machine, recipe_config, thread_pair, write_results  # noqa: E402
+from common import (  # noqa: E402
+    DEFAULT_DATA,
+    RESULTS,
+    machine,
+    recipe_config,
+    thread_pair,
+    thread_text,
+    write_results,
+)
 
 
 def step_clock(warmup: int, shapes, tokens: int, vocab: int, dtype: str, tf_threads=TF_THREADS):
@@ -62,7 +70,7 @@ def step_clock(warmup: int, shapes, tokens: int, vocab: int, dtype: str, tf_thre
         # in this process, then TensorFlow's with each other thread setting (both limits in one process each)
         fixed, same = training_limits(vocab=vocab, dtype=dtype), batches_limits(shapes, tokens, vocab=vocab, dtype=dtype)
         asked = [("training_limits", dict(vocab=vocab, dtype=dtype)),
-                 ("batches_limits", dict(shapes=[list(s) for s in shapes], tokens=tokens, vocab=vocab, dtype=dtype))]
+                 ("batches_limits", dict(shapes=shapes, tokens=tokens, vocab=vocab, dtype=dtype))]
         more_fixed, more_same = in_tf_threads(tf_threads, *asked)
         return {**fixed, **more_fixed}, {**same, **more_same}
 
@@ -206,8 +214,8 @@ def main():
         result = subprocess.run([sys.executable, __file__, "--data-dir", args.data_dir, "--steps",
                                  str(args.steps), "--warmup", str(args.warmup), "--batch-tokens",
                                  str(batch_tokens), *width, "--steps-per-execution", str(args.steps_per_execution),
-                                 "--threads", ",".join(map(str, threads)), "--limit-threads",
-                                 *(",".join(map(str, pair)) for pair in args.limit_threads), "--one", precision, jit],
+                                 "--threads", thread_text(threads), "--limit-threads",
+                                 *map(thread_text, args.limit_threads), "--one", precision, jit],
                                 capture_output=True, text=True)
         if result.returncode == 0:
             rows.append(json.loads(result.stdout.strip().splitlines()[-1]))

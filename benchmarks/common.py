@@ -92,6 +92,11 @@ def thread_pair(text: str) -> tuple[int, int]:
     return inter, intra
 
 
+def thread_text(pair) -> str:
+    """`(INTER, INTRA)` as "INTER,INTRA", the form `thread_pair` reads."""
+    return ",".join(map(str, pair))
+
+
 def write_results(name: str, rows: list[dict], notes: dict | None = None) -> Path:
     """`results/NAME.json` and `results/NAME.md` (a table of `rows`)."""
     RESULTS.mkdir(parents=True, exist_ok=True)

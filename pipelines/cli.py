@@ -10,9 +10,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import importlib
 import os
+import re
 import signal
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -371,6 +374,54 @@ def sigterm_raises():
         signal.signal(signal.SIGTERM, previous)
 
 
+# What TensorFlow's C++ libraries print while they load, before any log setting applies:
+# absl's notice, then INFO lines ("oneDNN custom operations are on", "Could not find cuda
+# drivers"), which TF_CPP_MIN_LOG_LEVEL does not reach (tensorflow/tensorflow#100442).
+ABSL_NOTICE = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
+ABSL_INFO_LINE = re.compile(r"I\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [^ \]]+:\d+\] ")
+
+
+def uses_tensorflow(args) -> bool:
+    """Whether the command's work loads TensorFlow (translate, attention, tune-alpha and
+    `evaluate --runtime onnx` never do)."""
+    return args.command in ("train", "export", "demo") or getattr(args, "runtime", None) == "tf"
+
+
+def import_quietly(module: str) -> None:
+    """Import `module` with stderr (the file descriptor, which C++ writes to) held in a
+    temporary file, then pass that on without the load-time INFO lines when
+    TF_CPP_MIN_LOG_LEVEL hides INFO (1 or more, as the commands set it). Everything
+    else, a failed import's output included, reaches stderr in its order."""
+    if module in sys.modules:
+        return
+    try:
+        held = tempfile.TemporaryFile()
+    except OSError:  # no writable temporary folder: the lines show, as they did
+        importlib.import_module(module)
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with held:
+        os.dup2(held.fileno(), 2)
+        try:
+            importlib.import_module(module)
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            pass_on(held.read().decode("utf-8", "replace"))
+
+
+def pass_on(text: str) -> None:
+    """`text` to stderr, without absl's load-time notice and INFO lines if INFO is hidden."""
+    drop_info = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0").strip() not in ("", "0")
+    for line in text.splitlines(keepends=True):
+        if not (drop_info and (line.rstrip("\n") == ABSL_NOTICE or ABSL_INFO_LINE.match(line))):
+            sys.stderr.write(line)
+    sys.stderr.flush()
+
+
 def main(argv=None):
     # TensorFlow's C++ log shows only fatal errors (3): at its default, a machine without a
     # GPU printed "E0000 ... failed call to cuInit: ... CUDA error" in every command that
@@ -387,6 +438,8 @@ def run_command(args) -> int:
     from pipelines.corpus import CorpusError
 
     try:
+        if uses_tensorflow(args):
+            import_quietly("tensorflow")
         args.handler(args)
     # Bad input of any kind (CorpusError and BundleError are ValueErrors): one line, status 2.
     except (CorpusError, ValueError, FileNotFoundError, PermissionError, IsADirectoryError,

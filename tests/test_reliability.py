@@ -441,6 +441,42 @@ def test_sigterm_stops_a_command_with_its_clean_ups(dates_bundle, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]
 
 
+def test_an_error_is_the_only_line_a_tensorflow_command_prints(tmp_path):
+    """TensorFlow's libraries print INFO lines while they load ("oneDNN custom operations
+    are on", "Could not find cuda drivers") that TF_CPP_MIN_LOG_LEVEL does not reach: a
+    one-line error came after eight lines of them. Set to 0 by the user, they show."""
+    env = {name: value for name, value in os.environ.items() if name != "TF_CPP_MIN_LOG_LEVEL"}
+    argv = [sys.executable, "-m", "pipelines.cli", "train", "--corpus", "files", "--train-src",
+            str(tmp_path / "missing.de"), "--train-tgt", str(tmp_path / "missing.en")]
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120, cwd=root)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [f"keras-attn train: error: {tmp_path / 'missing.de'}: no such file"]
+    shown = subprocess.run(argv, capture_output=True, text=True, env={**env, "TF_CPP_MIN_LOG_LEVEL": "0"},
+                           timeout=120, cwd=root)
+    assert shown.returncode == 2
+    assert [line for line in shown.stderr.splitlines() if cli.ABSL_INFO_LINE.match(line)]
+
+
+def test_a_quiet_import_passes_on_everything_but_the_info_lines(tmp_path, monkeypatch, capfd):
+    (tmp_path / "noisy_module.py").write_text(
+        "import os\n"
+        "os.write(2, b'" + cli.ABSL_NOTICE + "\\n')\n"
+        "os.write(2, b'I0000 00:00:1796636532.104099    3581 port.cc:153] loaded\\n')\n"
+        "os.write(2, b'W0000 00:00:1796636532.104100    3581 port.cc:160] a warning\\n')\n"
+        "os.write(2, b'a line of its own\\n')\n"
+        "os.write(2, b'I0000 00:00:1796636532.104101    3581 stub.cc:31] loaded too\\n')\n")
+    (tmp_path / "failing_module.py").write_text("import os\nos.write(2, b'before the error\\n')\nraise ImportError('no')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
+    cli.import_quietly("noisy_module")
+    assert capfd.readouterr().err == "W0000 00:00:1796636532.104100    3581 port.cc:160] a warning\na line of its own\n"
+    with pytest.raises(ImportError, match="no"):
+        cli.import_quietly("failing_module")
+    os.write(2, b"stderr is back\n")
+    assert capfd.readouterr().err == "before the error\nstderr is back\n"
+
+
 def test_cli_invalid_utf8_input_names_the_line(dates_bundle, tmp_path, capsys):
     bad = tmp_path / "in.txt"
     bad.write_bytes(b"25 June 2009\n\xff\xfe\n")

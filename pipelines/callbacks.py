@@ -274,7 +274,7 @@ def callbacks(cfg: TrainConfig, out: Path, target_tokens: int, validation_bleu=N
     # early-stopping count of the epochs already logged, not from scratch.
     past = logged_epochs(out, cfg.monitor) if resuming(out) else []
     return throughput + [
-        epoch_backup(out),
+        epoch_backup(out, keep_previous=cfg.strategy == "multiworker"),
         *([keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if cfg.ema else []),
         *([validation_bleu] if cfg.val_bleu else []),
         keras.callbacks.TerminateOnNaN(),

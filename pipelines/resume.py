@@ -35,16 +35,18 @@ def resuming(out: Path) -> bool:
 
 
 def read_backup(out: Path) -> dict | None:
-    """The backup's metadata (`epoch`, `weights`, `seed_states` or None, and
-    `training_ended`), or None when `out` has none. A backup from `BackupAndRestore`
-    names no weights file and keeps no streams: its weights are `latest.weights.h5`,
-    and the masks restart."""
+    """The backup's metadata (`epoch`, `weights`, `seed_states` or None,
+    `training_ended`, and `previous`: the epoch before's `epoch`, `weights` and
+    `seed_states` where `write_backup` kept them, else None), or None when `out` has
+    none. A backup from `BackupAndRestore` names no weights file and keeps no streams:
+    its weights are `latest.weights.h5`, and the masks restart."""
     path = out / "backup" / METADATA
     if not path.is_file():
         return None
     metadata = json.loads(path.read_text(encoding="utf-8"))
     return {"epoch": int(metadata["epoch"]), "weights": metadata.get("weights", LEGACY_WEIGHTS),
-            "seed_states": metadata.get("seed_states"), "training_ended": bool(metadata.get("training_ended"))}
+            "seed_states": metadata.get("seed_states"), "training_ended": bool(metadata.get("training_ended")),
+            "previous": metadata.get("previous")}
 
 
 def training_ended(out: Path) -> bool:
@@ -130,9 +132,11 @@ def restore_backup(model, out: Path) -> None:
     model._initial_epoch = backup["epoch"]  # where `fit` starts, as Keras's BackupAndRestore tells it
 
 
-def write_backup(model, out: Path, epochs: int) -> None:
+def write_backup(model, out: Path, epochs: int, keep_previous: bool = False) -> None:
     """The backup of `model` after `epochs` finished epochs, committed by the rename of
-    the metadata that names its weights file; then the earlier weights are deleted.
+    the metadata that names its weights file; then the earlier weights are deleted, except,
+    with `keep_previous`, the epoch before's, which the metadata names as `previous`
+    (a multi-worker run: `rewind_backup`).
 
     The weights are a Keras archive (`model.save`; `load_weights` reads it), whose HDF5
     part Keras writes in memory. `save_weights` has HDF5 write the disk itself, and
@@ -140,15 +144,73 @@ def write_backup(model, out: Path, epochs: int) -> None:
     the process died with a segmentation fault, at exit or when the file was closed."""
     folder = out / "backup"
     folder.mkdir(parents=True, exist_ok=True)
+    before = read_backup(out) if keep_previous else None
     weights = f"epoch_{epochs:03d}.keras"
     # Whole, or removed (a full disk keeps its space); in force once the metadata names it.
     atomic_save(model.save, folder / weights)
-    atomic_write(folder / METADATA, json.dumps({
-        "epoch": epochs, "weights": weights,
-        "seed_states": [v.numpy().tolist() for v in seed_generators(model)]}) + "\n")
+    metadata = {"epoch": epochs, "weights": weights,
+                "seed_states": [v.numpy().tolist() for v in seed_generators(model)]}
+    if before and not before["training_ended"] and before["epoch"] == epochs - 1:
+        metadata["previous"] = {key: before[key] for key in ("epoch", "weights", "seed_states")}
+    atomic_write(folder / METADATA, json.dumps(metadata) + "\n")
+    kept = {weights, metadata.get("previous", {}).get("weights")}
     for old in weights_files(folder):
-        if old.name != weights:
+        if old.name not in kept:
             old.unlink()
+
+
+def rewind_backup(out: Path, epochs: int) -> None:
+    """Make the backup of `out` the one after `epochs` finished epochs: the epoch before
+    its own, which a multi-worker run keeps (`write_backup`), or none for 0 (a new run);
+    history.csv's rows after it go too, as the epochs are trained again. What a cluster
+    does when a kill fell between its workers' backups at an epoch's end."""
+    backup = read_backup(out)
+    if backup is None or backup["epoch"] == epochs:
+        return
+    if epochs == 0:
+        remove_backup(out)  # the new run clears the rest
+        return
+    previous = backup["previous"]
+    if not previous or previous["epoch"] != epochs:
+        raise ValueError(f"{out / 'backup'}: holds no backup after epoch {epochs}, where the other workers resume")
+    atomic_write(out / "backup" / METADATA, json.dumps(previous) + "\n")
+    (out / "backup" / backup["weights"]).unlink(missing_ok=True)
+    keep_history(out / "history.csv", epochs)
+
+
+def keep_history(history_csv: Path, epochs: int) -> None:
+    """history.csv without its rows after the first `epochs`."""
+    if not history_csv.is_file():
+        return
+    lines = history_csv.read_text(encoding="utf-8").splitlines(keepends=True)
+    if len(lines) > epochs + 1:  # the header, then one row per epoch
+        atomic_write(history_csv, "".join(lines[:epochs + 1]))
+
+
+def common_epoch(states: dict[str, tuple[int, bool, bool]]) -> int | None:
+    """Where the workers of a cluster resume, from each one's backup: `{"worker 0":
+    (finished epochs, training ended, the epoch before kept), ...}`, 0 epochs for none.
+    None when they agree. A kill that fell between their backups at an epoch's end
+    leaves some one epoch ahead: all resume from the epoch before (`rewind_backup`),
+    which those ahead keep. Anything else is refused: resumed as they were, the workers
+    trained different epochs and failed when one ended."""
+    epochs = [finished for finished, _, _ in states.values()]
+    if len({(finished, ended) for finished, ended, _ in states.values()}) == 1:
+        return None
+    one_apart = not any(ended for _, ended, _ in states.values()) and max(epochs) - min(epochs) == 1
+    ahead_kept = all(kept for finished, _, kept in states.values() if finished == max(epochs))
+    if one_apart and (ahead_kept or min(epochs) == 0):
+        return min(epochs)
+    described = "; ".join(f"{worker}: {backup_state(finished, ended)}"
+                          for worker, (finished, ended, _) in states.items())
+    why = ", and those ahead keep no backup of the epoch before" if one_apart else ""
+    raise ValueError(f"the workers' backups do not agree ({described}){why}, so they cannot resume together; "
+                     "their folders keep what they have: delete each one's backup/ to start the run afresh")
+
+
+def backup_state(finished: int, ended: bool) -> str:
+    epochs = f"{finished} epoch" + ("s" if finished != 1 else "")
+    return f"training ended after {epochs}" if ended else f"{epochs} finished" if finished else "no backup"
 
 
 def weights_files(folder: Path) -> list[Path]:
@@ -174,10 +236,10 @@ def remove_backup(out: Path) -> None:
     shutil.rmtree(out / "backup", ignore_errors=True)
 
 
-def epoch_backup(out: Path):
+def epoch_backup(out: Path, keep_previous: bool = False):
     """The callback that restores the backup of `out` as training begins (when it holds
-    an interrupted run), writes it at every epoch's end, and marks it when training
-    ends (`end_training`)."""
+    an interrupted run), writes it at every epoch's end (`keep_previous`: see
+    `write_backup`), and marks it when training ends (`end_training`)."""
     import keras
 
     class EpochBackup(keras.callbacks.Callback):
@@ -185,7 +247,7 @@ def epoch_backup(out: Path):
             restore_backup(self.model, out)
 
         def on_epoch_end(self, epoch, logs=None):
-            write_backup(self.model, out, epoch + 1)
+            write_backup(self.model, out, epoch + 1, keep_previous)
 
         def on_train_end(self, logs=None):
             end_training(out)

@@ -25,9 +25,12 @@ from pipelines.config import TrainConfig
 from pipelines.evaluate import evaluate_held_out
 from pipelines.resume import (
     check_resumable,
+    common_epoch,
     finished_epochs,
+    read_backup,
     remove_backup,
     resuming,
+    rewind_backup,
     saved_seed_states,
     skip_finished_epochs,
     training_ended,
@@ -193,17 +196,45 @@ def stop_on_sigterm():
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+def cluster_resolver(strategy):
+    """The cluster of a multi-worker strategy, or None for one process."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    return resolver if resolver is not None and resolver.cluster_spec().as_dict() else None
+
+
 def worker_folder(strategy, out: Path) -> Path:
     """Where this process writes: `out` for a single process and for the chief of a
     multi-worker cluster (the task "chief", else worker 0), `out/worker_<i>` for the
     other workers, so that hosts sharing `out` do not write the same files. Every
     worker keeps its own backup, which is how each resumes after a kill."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.cluster_spec().as_dict():
+    resolver = cluster_resolver(strategy)
+    if resolver is None:
         return out
     chief = resolver.task_type == "chief" or (
         resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in resolver.cluster_spec().jobs)
     return out if chief else out / f"{resolver.task_type}_{resolver.task_id}"
+
+
+def common_resume_epoch(strategy, out: Path) -> int | None:
+    """Where every worker of a multi-worker cluster resumes, when their backups differ
+    (`pipelines.resume.common_epoch`, which refuses what cannot be resumed); None for a
+    single process and for workers that agree. All workers call it at the same point:
+    it gathers their backups' states."""
+    resolver = cluster_resolver(strategy)
+    if resolver is None:
+        return None
+    import tensorflow as tf
+
+    backup = read_backup(out) or {"epoch": 0, "training_ended": False, "previous": None}
+    task = -1 if resolver.task_type == "chief" else resolver.task_id
+    state = tf.constant([[task, backup["epoch"], backup["training_ended"], backup["previous"] is not None]], tf.int64)
+
+    @tf.function(autograph=False)  # eagerly, the strategy warns of its overhead
+    def gather():
+        return strategy.gather(strategy.run(tf.identity, args=(state,)), axis=0)
+
+    return common_epoch({("chief" if task < 0 else f"worker {task}"): (finished, bool(ended), bool(kept))
+                         for task, finished, ended, kept in gather().numpy().tolist()})
 
 
 def build_model(cfg: TrainConfig, model_cfg, steps_per_execution: int = 1):
@@ -474,10 +505,15 @@ def run(cfg: TrainConfig) -> dict:
     keras.mixed_precision.set_global_policy(cfg.precision)
     log = print if cfg.verbose else (lambda *a, **k: None)
     refuse_if_being_written(out)
+    rewind_to = common_resume_epoch(strategy, out)
     data = prepare_data(cfg, out, log)
     model = prepare_model(cfg, data, strategy, log)
     check_resumable(out, model.config)
     with sole_writer(out):
+        if rewind_to is not None:
+            start = f"resume after {rewind_to} finished epochs" if rewind_to else "start the run afresh"
+            log(f"[train] a kill fell between the workers' backups at an epoch's end: all {start}")
+            rewind_backup(out, rewind_to)
         start_writing(cfg, data, model.config, out, log)
         history, train_seconds = fit_model(cfg, model, data, out, log)
         plot_history(out / "history.csv", out / "training_curve.png")

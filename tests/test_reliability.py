@@ -707,3 +707,55 @@ def test_sigterm_stops_the_workers_and_the_same_command_resumes(tmp_path):
         assert worker.returncode == 0, worker.stderr[-2000:]
     histories = workers_agree(out)
     assert len(histories) == 4 and histories[:len(first)] == [(row["loss"], row["val_loss"]) for row in first]
+
+
+KEEPING_BACKUPS = """
+import sys
+import pipelines.resume
+import pipelines.train
+from pipelines import cli
+pipelines.resume.end_training = lambda out: None
+pipelines.train.remove_backup = lambda out: None
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_workers_killed_between_their_backups_resume_from_the_epoch_before(tmp_path):
+    """A kill at an epoch's end that fell after the chief's backup of epoch 2 and before
+    worker 1's: resumed from their own backups, the chief trained nothing more and worker
+    1 epoch 2, alone, until its next collective failed ("Socket closed")."""
+    from pipelines.callbacks import read_history
+
+    out, root = tmp_path / "run", Path(__file__).resolve().parents[1]
+    argv = train_on_two_workers(out, pairs=600, epochs=2)
+    for worker in run_workers([sys.executable, "-c", KEEPING_BACKUPS, *argv[3:]], root):  # backups left as at the end
+        assert worker.returncode == 0, worker.stderr[-2000:]
+    uninterrupted = workers_agree(out)
+    behind = out / "worker_1"
+    metadata = json.loads((behind / "backup" / "training_metadata.json").read_text())
+    assert metadata["epoch"] == 2 and metadata["previous"]["epoch"] == 1  # multi-worker backups keep one more
+    (behind / "backup" / "training_metadata.json").write_text(json.dumps(metadata["previous"]) + "\n")
+    rows = (behind / "history.csv").read_text().splitlines(keepends=True)
+    (behind / "history.csv").write_text("".join(rows[:2]))  # epoch 2's row comes after its backup
+    for worker in run_workers(argv, root):
+        assert worker.returncode == 0, worker.stderr[-2000:]
+        assert "Traceback" not in worker.stderr and "WARNING" not in worker.stderr, worker.stderr[-2000:]
+    assert workers_agree(out) == uninterrupted
+    assert not (out / "backup").exists() and not (behind / "backup").exists()
+    assert len(read_history(out / "history.csv")) == 2
+
+
+def test_workers_whose_backups_cannot_resume_together_are_refused_before_any_write(tmp_path):
+    """The chief killed after its training ended, worker 1 after its run was complete (its
+    backup removed): worker 1 started a new run, which failed at its first collective
+    with a traceback, after clearing its folder."""
+    out = tmp_path / "run"
+    (out / "backup").mkdir(parents=True)
+    (out / "backup" / "training_metadata.json").write_text(json.dumps({"epoch": 2, "training_ended": True}))
+    for worker in run_workers(train_on_two_workers(out, pairs=600, epochs=2), Path(__file__).resolve().parents[1]):
+        assert worker.returncode == 2, worker.stderr[-2000:]
+        assert worker.stderr.splitlines()[-1] == (
+            "keras-attn train: error: the workers' backups do not agree (worker 0: training ended after 2 epochs; "
+            "worker 1: no backup), so they cannot resume together; their folders keep what they have: delete each "
+            "one's backup/ to start the run afresh")
+    assert [p.name for p in out.rglob("*")] == ["backup", "training_metadata.json"]

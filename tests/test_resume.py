@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import keras
@@ -10,7 +11,14 @@ import pytest
 
 from pipelines import cli
 from pipelines.callbacks import best_checkpoint, callbacks, logged_epochs
-from pipelines.resume import read_backup, saved_seed_states
+from pipelines.resume import (
+    common_epoch,
+    read_backup,
+    restore_backup,
+    rewind_backup,
+    saved_seed_states,
+    write_backup,
+)
 from pipelines.train import TrainConfig, build_model, model_config, report_resume, run
 from tests.helpers import VOCAB, Interrupt, tiny_data
 
@@ -355,3 +363,56 @@ def test_an_interrupted_run_resumes_only_with_its_own_model_settings(dates_run, 
     assert status == 2 and len(err.strip().splitlines()) == 1
     assert f"{out} holds an interrupted run of another model (embedding_dim 32 there, 16 now)" in err
     assert (out / "config.json").read_bytes() == before
+
+
+def workers(*states):
+    """`common_epoch`'s states of workers 0, 1, ...: (finished epochs, training ended, the epoch before kept)."""
+    return {f"worker {i}": state for i, state in enumerate(states)}
+
+
+@pytest.mark.parametrize("states, epoch", [
+    (workers((3, False, True), (3, False, True)), None), (workers((3, True, False), (3, True, False)), None),
+    (workers(*[(0, False, False)] * 3), None), (workers((3, False, True), (2, False, True)), 2),
+    (workers((2, False, True), (3, False, True), (3, False, True)), 2), (workers((1, False, False), (0, False, False)), 0)])
+def test_workers_resume_from_the_epoch_all_their_backups_hold(states, epoch):
+    """A kill between the workers' backups at an epoch's end left them an epoch apart: resumed
+    as they were, they trained different epochs, and one failed when the other ended."""
+    assert common_epoch(states) == epoch
+
+
+@pytest.mark.parametrize("states, named", [
+    (workers((3, True, False), (3, False, True)), "(worker 0: training ended after 3 epochs; worker 1: 3 epochs finished)"),
+    ({"chief": (3, False, True), "worker 0": (1, False, False)}, "(chief: 3 epochs finished; worker 0: 1 epoch finished)"),
+    (workers((2, True, False), (0, False, False)), "worker 1: no backup)"),
+    (workers((3, False, False), (2, False, True)), "2 epochs finished), and those ahead keep no backup of the epoch before")])
+def test_workers_backups_that_cannot_resume_together_are_refused(states, named):
+    with pytest.raises(ValueError, match=re.escape(named)):
+        common_epoch(states)
+
+
+def test_a_multi_worker_backup_keeps_the_epoch_before_to_rewind_to(tmp_path):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile("adam", "mse")
+    model.fit(np.ones((4, 3)), np.ones((4, 2)), verbose=0)
+    history = ["epoch,loss\n", "0,1.0\n", "1,0.9\n", "2,0.8\n"]
+    (tmp_path / "history.csv").write_text("".join(history))
+    weights = {}
+    for epochs in (1, 2, 3):
+        model.set_weights([w + epochs for w in model.get_weights()])
+        weights[epochs] = model.get_weights()
+        write_backup(model, tmp_path, epochs, keep_previous=True)
+    assert sorted(p.name for p in (tmp_path / "backup").glob("*.keras")) == ["epoch_002.keras", "epoch_003.keras"]
+    assert read_backup(tmp_path)["previous"]["epoch"] == 2
+    rewind_backup(tmp_path, 2)
+    assert read_backup(tmp_path)["epoch"] == 2 and not (tmp_path / "backup" / "epoch_003.keras").exists()
+    assert (tmp_path / "history.csv").read_text() == "".join(history[:3])
+    restore_backup(model, tmp_path)
+    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), weights[2], strict=True))
+    with pytest.raises(ValueError, match="holds no backup after epoch 1"):  # only one epoch back is kept
+        rewind_backup(tmp_path, 1)
+    rewind_backup(tmp_path, 0)
+    assert read_backup(tmp_path) is None
+    write_backup(model, tmp_path, 1)
+    write_backup(model, tmp_path, 2)  # a single process keeps one
+    assert [p.name for p in (tmp_path / "backup").glob("*.keras")] == ["epoch_002.keras"]
+    assert read_backup(tmp_path)["previous"] is None

@@ -388,23 +388,32 @@ def uses_tensorflow(args) -> bool:
 
 
 def import_quietly(module: str) -> None:
-    """Import `module` with stderr (the file descriptor, which C++ writes to) held in a
-    temporary file, then pass that on without the load-time INFO lines when
-    TF_CPP_MIN_LOG_LEVEL hides INFO (1 or more, as the commands set it). Everything
-    else, a failed import's output included, reaches stderr in its order."""
-    if module in sys.modules:
-        return
-    try:
+    """Import `module` with its output to stderr passed on without the load-time INFO
+    lines when TF_CPP_MIN_LOG_LEVEL hides INFO (1 or more, as the commands set it)."""
+    if module not in sys.modules:
+        with stderr_held():
+            importlib.import_module(module)
+
+
+@contextlib.contextmanager
+def stderr_held():
+    """Inside the block, stderr (the file descriptor, which C++ writes to) goes to a
+    temporary file, passed on after it (`pass_on`): everything else, a failed import's
+    output included, in its order. Without a stderr or a temporary folder, as it is."""
+    saved = held = None
+    with contextlib.suppress(OSError):
+        saved = os.dup(2)
         held = tempfile.TemporaryFile()
-    except OSError:  # no writable temporary folder: the lines show, as they did
-        importlib.import_module(module)
+    if held is None:
+        if saved is not None:
+            os.close(saved)
+        yield
         return
-    sys.stderr.flush()
-    saved = os.dup(2)
     with held:
+        sys.stderr.flush()
         os.dup2(held.fileno(), 2)
         try:
-            importlib.import_module(module)
+            yield
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)

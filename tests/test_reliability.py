@@ -458,6 +458,16 @@ def test_an_error_is_the_only_line_a_tensorflow_command_prints(tmp_path):
     assert [line for line in shown.stderr.splitlines() if cli.ABSL_INFO_LINE.match(line)]
 
 
+def test_a_tensorflow_command_runs_without_a_stderr(tmp_path):
+    """A process started with its stderr closed (a daemon's child): the import's hold on
+    stderr has none to hold, and the command runs as before (here, to its error)."""
+    argv = [sys.executable, "-m", "pipelines.cli", "train", "--corpus", "files", "--train-src",
+            str(tmp_path / "missing.de"), "--train-tgt", str(tmp_path / "missing.en")]
+    done = subprocess.run(argv, stdout=subprocess.PIPE, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1], preexec_fn=lambda: os.close(2))
+    assert done.returncode == 2
+
+
 def test_a_quiet_import_passes_on_everything_but_the_info_lines(tmp_path, monkeypatch, capfd):
     (tmp_path / "noisy_module.py").write_text(
         "import os\n"
@@ -475,6 +485,14 @@ def test_a_quiet_import_passes_on_everything_but_the_info_lines(tmp_path, monkey
         cli.import_quietly("failing_module")
     os.write(2, b"stderr is back\n")
     assert capfd.readouterr().err == "before the error\nstderr is back\n"
+    del sys.modules["noisy_module"]
+
+    def no_room(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cli.tempfile, "TemporaryFile", no_room)
+    cli.import_quietly("noisy_module")  # imported all the same, its lines as they are
+    assert "noisy_module" in sys.modules and capfd.readouterr().err.count("loaded") == 2
 
 
 def test_cli_invalid_utf8_input_names_the_line(dates_bundle, tmp_path, capsys):

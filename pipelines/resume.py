@@ -209,8 +209,15 @@ def common_epoch(states: dict[str, tuple[int, bool, bool]]) -> int | None:
 
 
 def backup_state(finished: int, ended: bool) -> str:
-    epochs = f"{finished} epoch" + ("s" if finished != 1 else "")
-    return f"training ended after {epochs}" if ended else f"{epochs} finished" if finished else "no backup"
+    """A worker's backup as `common_epoch`'s refusal names it."""
+    if not finished:
+        return "no backup"
+    return f"training ended after {epochs_text(finished)}" if ended else f"{epochs_text(finished)} finished"
+
+
+def epochs_text(count: int) -> str:
+    """"1 epoch", "2 epochs"."""
+    return f"{count} epoch" + ("s" if count != 1 else "")
 
 
 def weights_files(folder: Path) -> list[Path]:

@@ -26,6 +26,7 @@ from pipelines.evaluate import evaluate_held_out
 from pipelines.resume import (
     check_resumable,
     common_epoch,
+    epochs_text,
     finished_epochs,
     read_backup,
     remove_backup,
@@ -430,8 +431,7 @@ def prepare_model(cfg: TrainConfig, data: TrainingData, strategy, log):
     if cfg.init_from:
         start_from(model, Path(cfg.init_from))
         log(f"[model] starting from the weights of {cfg.init_from}/model.keras")
-    epochs = f"{cfg.epochs} epoch" + ("s" if cfg.epochs != 1 else "")
-    log(f"[model] {model.count_params():,} parameters; training for up to {epochs}")
+    log(f"[model] {model.count_params():,} parameters; training for up to {epochs_text(cfg.epochs)}")
     return model
 
 
@@ -511,7 +511,7 @@ def run(cfg: TrainConfig) -> dict:
     check_resumable(out, model.config)
     with sole_writer(out):
         if rewind_to is not None:
-            start = f"resume after {rewind_to} finished epochs" if rewind_to else "start the run afresh"
+            start = f"resume after {epochs_text(rewind_to)}" if rewind_to else "start the run afresh"
             log(f"[train] a kill fell between the workers' backups at an epoch's end: all {start}")
             rewind_backup(out, rewind_to)
         start_writing(cfg, data, model.config, out, log)

@@ -2,7 +2,9 @@
 
 Heavy imports (TensorFlow) happen inside the sub-commands, so `--help`, `translate`
 and `attention` start fast and the last two never import TensorFlow; `translate`
-needs only the deployment packages (onnxruntime, sentencepiece, numpy).
+needs only the deployment packages (onnxruntime, sentencepiece, numpy). The commands
+that use TensorFlow import it first, in `run_command`, without the INFO lines its
+libraries print while they load (`import_quietly`).
 """
 
 from __future__ import annotations

@@ -493,6 +493,7 @@ def test_a_quiet_import_passes_on_everything_but_the_info_lines(tmp_path, monkey
     monkeypatch.setattr(cli.tempfile, "TemporaryFile", no_room)
     cli.import_quietly("noisy_module")  # imported all the same, its lines as they are
     assert "noisy_module" in sys.modules and capfd.readouterr().err.count("loaded") == 2
+    del sys.modules["noisy_module"]
 
 
 def test_cli_invalid_utf8_input_names_the_line(dates_bundle, tmp_path, capsys):

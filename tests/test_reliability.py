@@ -441,14 +441,18 @@ def test_sigterm_stops_a_command_with_its_clean_ups(dates_bundle, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]
 
 
+def train_on_missing_files(tmp_path) -> list[str]:
+    """A `keras-attn train` command that loads TensorFlow and then fails on its input."""
+    return [sys.executable, "-m", "pipelines.cli", "train", "--corpus", "files", "--train-src",
+            str(tmp_path / "missing.de"), "--train-tgt", str(tmp_path / "missing.en")]
+
+
 def test_an_error_is_the_only_line_a_tensorflow_command_prints(tmp_path):
     """TensorFlow's libraries print INFO lines while they load ("oneDNN custom operations
     are on", "Could not find cuda drivers") that TF_CPP_MIN_LOG_LEVEL does not reach: a
     one-line error came after eight lines of them. Set to 0 by the user, they show."""
     env = {name: value for name, value in os.environ.items() if name != "TF_CPP_MIN_LOG_LEVEL"}
-    argv = [sys.executable, "-m", "pipelines.cli", "train", "--corpus", "files", "--train-src",
-            str(tmp_path / "missing.de"), "--train-tgt", str(tmp_path / "missing.en")]
-    root = Path(__file__).resolve().parents[1]
+    argv, root = train_on_missing_files(tmp_path), Path(__file__).resolve().parents[1]
     done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120, cwd=root)
     assert done.returncode == 2
     assert done.stderr.splitlines() == [f"keras-attn train: error: {tmp_path / 'missing.de'}: no such file"]
@@ -461,9 +465,7 @@ def test_an_error_is_the_only_line_a_tensorflow_command_prints(tmp_path):
 def test_a_tensorflow_command_runs_without_a_stderr(tmp_path):
     """A process started with its stderr closed (a daemon's child): the import's hold on
     stderr has none to hold, and the command runs as before (here, to its error)."""
-    argv = [sys.executable, "-m", "pipelines.cli", "train", "--corpus", "files", "--train-src",
-            str(tmp_path / "missing.de"), "--train-tgt", str(tmp_path / "missing.en")]
-    done = subprocess.run(argv, stdout=subprocess.PIPE, text=True, timeout=120,
+    done = subprocess.run(train_on_missing_files(tmp_path), stdout=subprocess.PIPE, text=True, timeout=120,
                           cwd=Path(__file__).resolve().parents[1], preexec_fn=lambda: os.close(2))
     assert done.returncode == 2
 

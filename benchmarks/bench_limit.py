@@ -31,7 +31,12 @@ TensorFlow's training products are timed with the process's own thread pools
 setting of its inter-op and intra-op pools ("tensorflow INTER,INTRA"; default 2,1:
 one thread per op, two ops at once, which on the Intel VM of 2026-12-07 did the
 recipe's small products 15-19 % faster than TensorFlow's default pools). A limit
-some thread setting beats is no limit either.
+some thread setting beats is no limit either. For the same reason the batched decode
+limit is timed with onnxruntime both ways the `Translator` can run a batch: on one
+session using every core ("onnxruntime"), and one single-threaded session per core,
+each running a batch at once ("onnxruntime per core", how the `Translator` runs
+several batches; its sentences/s count all the batches). One sentence is timed on the
+all-cores session alone, which the `Translator` uses for a single batch.
 
 The onnxruntime decode graph is the NumPy loop unrolled (each step's input takes
 the previous step's output, as in the loop, so no step can be merged with another);
@@ -49,10 +54,12 @@ import json
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import print_result, result_from_child, thread_pair, thread_text, write_results  # noqa: E402
 
 
@@ -148,6 +155,10 @@ def training_products(rng, batch, steps, src_len, emb, enc_units, hidden, vocab)
 # The reference model's shapes (configs/multi30k_deen.yaml); the vocabulary is an argument.
 SHAPES = dict(emb=256, hidden=512)
 DECODE_LIBRARIES = ("numpy", "onnxruntime")
+# The batched decode limit also runs one single-threaded session per core at once, as
+# the Translator runs several batches (one sentence only on the all-cores session, as
+# the Translator runs a single batch)
+PER_CORE = "onnxruntime per core"
 TRAINING_LIBRARIES = {"float32": ("numpy", "tensorflow"), "bfloat16": ("tensorflow",)}
 # TensorFlow's thread pools (inter-op, intra-op) the training limits also try, each in
 # its own process: one thread per op, two ops at once
@@ -155,9 +166,10 @@ TF_THREADS = ((2, 1),)
 
 
 @functools.lru_cache(maxsize=4)
-def onnx_decoder(batch, steps, src_len, emb, hidden, memory_dim, vocab):
+def onnx_decoder(batch, steps, src_len, emb, hidden, memory_dim, vocab, threads=0):
     """An onnxruntime session running `decoder_loop` unrolled on `decoder_weights`
-    drawn from seed 0, and its feed (that `x`)."""
+    drawn from seed 0, with `threads` intra-op threads (0: onnxruntime's choice, one
+    per core), and its feed (that `x`)."""
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
@@ -187,17 +199,33 @@ def onnx_decoder(batch, steps, src_len, emb, hidden, memory_dim, vocab):
         nodes, "decoder_products", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, emb + 2 * hidden])],
         [helper.make_tensor_value_info(x, TensorProto.FLOAT, None)], init)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     feed = {"x": x0}
     session.run(None, feed)  # the first run allocates
     return session, feed
 
 
-def onnx_decoder_products(batch, steps, src_len, emb, hidden, memory_dim, vocab):
-    session, feed = onnx_decoder(batch, steps, src_len, emb, hidden, memory_dim, vocab)
+def onnx_decoder_products(batch, steps, src_len, emb, hidden, memory_dim, vocab, workers=0):
+    """Seconds per batch of the onnxruntime decode graph: one run on a session using
+    every core, or (`workers` > 0) `workers` runs at once, each on a single-threaded
+    session, as the `Translator` runs its batches (one per core), their wall time
+    divided by `workers`."""
+    session, feed = onnx_decoder(batch, steps, src_len, emb, hidden, memory_dim, vocab, threads=1 if workers else 0)
     start = time.perf_counter()
-    session.run(None, feed)
-    return time.perf_counter() - start
+    if workers:
+        list(worker_pool(workers).map(lambda _: session.run(None, feed), range(workers)))
+    else:
+        session.run(None, feed)
+    return (time.perf_counter() - start) / max(1, workers)
+
+
+@functools.lru_cache(maxsize=2)
+def worker_pool(workers: int) -> ThreadPoolExecutor:
+    """Threads kept for the limit's runs (onnxruntime lets go of the GIL while it runs),
+    so that a timed pass does not start threads."""
+    return ThreadPoolExecutor(workers)
 
 
 @functools.lru_cache(maxsize=2)
@@ -253,7 +281,13 @@ def tf_training_products(rng, batch, steps, src_len, emb, enc_units, hidden, voc
 
 
 def decoder_seconds(library, batch, steps, src_len, vocab, rng=None):
+    """Seconds per batch of the decoder's products with `library` (a `DECODE_LIBRARIES`
+    name or `PER_CORE`)."""
+    from keras_attn.runtime.translator import thread_count
+
     shape = dict(batch=batch, steps=steps, src_len=src_len, memory_dim=512, vocab=vocab, **SHAPES)
+    if library == PER_CORE:
+        return onnx_decoder_products(**shape, workers=thread_count(None))
     if library == "onnxruntime":
         return onnx_decoder_products(**shape)
     return decoder_products(rng or np.random.default_rng(0), **shape)
@@ -270,9 +304,10 @@ def training_seconds(library, batch, steps, src_len, vocab, dtype="float32", rng
 
 
 def decode_limits(batch=128, steps=16, src_len=16, vocab=8000, passes=3) -> dict[str, float]:
-    """Sentences/s of the greedy decoder's matmuls (batch x steps), per library (median of `passes`)."""
+    """Sentences/s of the greedy decoder's matmuls (batch x steps), per library and for
+    onnxruntime also `PER_CORE` (median of `passes`)."""
     return {lib: median_of(lambda lib=lib: batch / decoder_seconds(lib, batch, steps, src_len, vocab), passes)
-            for lib in DECODE_LIBRARIES}
+            for lib in (*DECODE_LIBRARIES, PER_CORE)}
 
 
 def latency_limits_ms(steps=15, vocab=8000, passes=25) -> dict[str, float]:
@@ -390,7 +425,9 @@ def main():
                                                   "for one sentence)",
                                         "tensorflow": "this process's thread pools (TensorFlow's choice)",
                                         "tensorflow INTER,INTRA": "inter-op and intra-op threads as given, "
-                                                                  "in a process of its own"})
+                                                                  "in a process of its own",
+                                        PER_CORE: "one single-threaded session per core, each running a batch "
+                                                  "at once"})
 
 
 if __name__ == "__main__":

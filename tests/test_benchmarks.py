@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,31 @@ def test_the_onnx_limit_graph_computes_the_numpy_loop(vocab):
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
     one_step_fewer = bench_limit.decoder_loop(weights, x.copy(), steps=4, hidden=16)
     assert np.abs(out - one_step_fewer).max() > 1e-2  # so every step counts in the comparison
+
+
+def test_the_per_core_decode_limit_runs_a_batch_per_core_at_once(monkeypatch):
+    """`PER_CORE` times `thread_count` runs at once, each on a single-threaded session
+    and its own thread, and counts them all: seconds per batch are the wall time over
+    the runs."""
+    import threading
+
+    asked, runs, both_running = [], [], threading.Barrier(2, timeout=10)
+
+    class Session:
+        def run(self, names, feed):
+            both_running.wait()  # fails unless the two runs overlap
+            runs.append(threading.get_ident())
+            time.sleep(0.5)
+
+    def onnx_decoder(*shape, threads=0):
+        asked.append(threads)
+        return Session(), {}
+
+    monkeypatch.setattr(bench_limit, "onnx_decoder", onnx_decoder)
+    monkeypatch.setenv("KERAS_ATTN_THREADS", "2")
+    seconds = bench_limit.decoder_seconds(bench_limit.PER_CORE, batch=4, steps=2, src_len=3, vocab=10)
+    assert asked == [1] and len(runs) == 2 and len(set(runs)) == 2
+    assert 0.25 <= seconds < 0.5  # two overlapped 0.5 s runs: about 0.25 s per batch
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +97,11 @@ def test_bench_limit_runs(tmp_path):
     limits = {row["limit"].split(",")[0] + " " + row["dtype"]: row["limit (fastest)"] for row in result["rows"]}
     assert len(limits) == 4 and all(value > 0 for value in limits.values())
     assert result["machine"]["cores"] == os.cpu_count()
+    # the batched decode also as the Translator runs several batches; one sentence on one session only
+    decode, one_sentence = result["rows"][:2]
+    timed = [decode[lib] for lib in ("numpy", "onnxruntime", bench_limit.PER_CORE)]
+    assert min(timed) > 0 and decode["limit (fastest)"] == max(timed)
+    assert one_sentence[bench_limit.PER_CORE] == "-"
     # TensorFlow's training products, also with one thread per op (2,1) in a process of their own
     for row in result["rows"][2:]:
         timed = [row[lib] for lib in ("numpy", "tensorflow", "tensorflow 2,1") if row[lib] != "-"]

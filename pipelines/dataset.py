@@ -57,10 +57,12 @@ def in_graph_tokenizer(model: bytes, alpha: float = 0.0):
 
 def tokenize_pairs(strings: tf.data.Dataset, src_model: bytes, tgt_model: bytes,
                    alpha: float = 0.0) -> tf.data.Dataset:
-    """`(source, target)` strings → `(source_ids, target_ids)` int32 vectors, no specials."""
+    """`(source, target, *rest)` strings → `(source_ids, target_ids, *rest)`: int32
+    vectors, no specials; any further components pass through."""
     src_tok, tgt_tok = in_graph_tokenizer(src_model, alpha), in_graph_tokenizer(tgt_model, alpha)
     # Tokenize whole chunks at once: much faster than one string per call.
-    strings = strings.batch(1024).map(lambda s, t: (src_tok(s), tgt_tok(t)), num_parallel_calls=tf.data.AUTOTUNE)
+    strings = strings.batch(1024).map(lambda s, t, *rest: (src_tok(s), tgt_tok(t), *rest),
+                                      num_parallel_calls=tf.data.AUTOTUNE)
     return strings.unbatch()
 
 
@@ -81,15 +83,48 @@ def length_statistics(pairs: tf.data.Dataset, max_len: int) -> tuple[int, int]:
     return int(too_long), int(tokens)
 
 
-def _teacher_forcing_example(src, tgt):
+def _bucket_length(src, tgt):
+    """What a pair's bucket goes by: its longer side once BOS/EOS is added."""
+    return tf.maximum(tf.size(src), tf.size(tgt) + 1)
+
+
+def _short_enough(max_len):
+    return lambda src, tgt, *rest: tf.logical_and(tf.size(src) <= max_len, tf.size(tgt) <= max_len)
+
+
+def _teacher_forcing_example(src, tgt, bucket_length):
     bos, eos = tf.constant([BOS_ID], tf.int32), tf.constant([EOS_ID], tf.int32)
     # The source is reversed here and back after right-padding: that pads on the left.
-    return (tf.reverse(src, [0]), tf.concat([bos, tgt], 0)), tf.concat([tgt, eos], 0)
+    return (tf.reverse(src, [0]), tf.concat([bos, tgt], 0)), tf.concat([tgt, eos], 0), bucket_length
 
 
-def _pre_pad_source(inputs, target_out):
+def _pre_pad_source(inputs, target_out, bucket_length):
     source_reversed, target_in = inputs
     return {"source": tf.reverse(source_reversed, [1]), "target_in": target_in}, target_out
+
+
+def _fixed_examples(strings, src_model, tgt_model, batching: BatchingConfig, shuffle: tuple[int, int] | None):
+    """Deterministically segmented examples, tokenized once and then replayed from the
+    cache (with `shuffle`, a buffer size and a seed: shuffled every pass)."""
+    ds = tokenize_pairs(strings, src_model, tgt_model).filter(_short_enough(batching.max_len))
+    ds = ds.map(lambda src, tgt: (src, tgt, _bucket_length(src, tgt)))
+    ds = ds.map(_teacher_forcing_example, num_parallel_calls=tf.data.AUTOTUNE).cache()
+    return ds if shuffle is None else ds.shuffle(*shuffle, reshuffle_each_iteration=True)
+
+
+def _sampled_examples(strings, src_model, tgt_model, batching: BatchingConfig, shuffle: tuple[int, int]):
+    """Examples whose segmentation is sampled anew every pass, shuffled every pass
+    (`shuffle`: a buffer size and a seed). The deterministic segmentation decides the
+    length filter and the buckets, so every pass keeps the same pairs in the same
+    buckets, and so has the same number of batches: Keras fixes an epoch at its first
+    pass's batch count, and a pass with more would lose its last batches, one with
+    fewer end early."""
+    pairs = tf.data.Dataset.zip(strings, tokenize_pairs(strings, src_model, tgt_model))
+    pairs = pairs.filter(lambda texts, ids: _short_enough(batching.max_len)(*ids))
+    pairs = pairs.map(lambda texts, ids: (*texts, _bucket_length(*ids))).cache()
+    pairs = pairs.shuffle(*shuffle, reshuffle_each_iteration=True)
+    ds = tokenize_pairs(pairs, src_model, tgt_model, batching.subword_alpha)
+    return ds.map(_teacher_forcing_example, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def make_dataset(corpus: ParallelCorpus, src_model: bytes, tgt_model: bytes, batching: BatchingConfig,
@@ -97,26 +132,20 @@ def make_dataset(corpus: ParallelCorpus, src_model: bytes, tgt_model: bytes, bat
     """Batched, padded, bucketed dataset; shuffled (and, with `subword_alpha`,
     re-segmented every epoch) when `training`."""
     max_len = batching.max_len
-    sampling = training and batching.subword_alpha > 0
-    ds = tf.data.Dataset.from_tensor_slices((corpus.sources, corpus.targets))
-    ds = tokenize_pairs(ds, src_model, tgt_model, batching.subword_alpha if sampling else 0.0)
-    ds = ds.filter(lambda s, t: tf.logical_and(tf.size(s) <= max_len, tf.size(t) <= max_len))
-    ds = ds.map(_teacher_forcing_example, num_parallel_calls=tf.data.AUTOTUNE)
-    if not sampling:  # a fixed segmentation: tokenize once, then replay
-        ds = ds.cache()
-    if training:
-        ds = ds.shuffle(max(1, min(batching.shuffle_buffer, len(corpus))), seed=seed, reshuffle_each_iteration=True)
+    strings = tf.data.Dataset.from_tensor_slices((corpus.sources, corpus.targets))
+    shuffle = (max(1, min(batching.shuffle_buffer, len(corpus))), seed)  # pairs: buffer size, seed
+    if training and batching.subword_alpha > 0:
+        ds = _sampled_examples(strings, src_model, tgt_model, batching, shuffle)
+    else:
+        ds = _fixed_examples(strings, src_model, tgt_model, batching, shuffle if training else None)
     boundaries = list(range(batching.bucket_width + 1, max_len + 2, batching.bucket_width))
     if batching.batch_tokens:
         sizes = [max(1, batching.batch_tokens // b) for b in boundaries] + [
             max(1, batching.batch_tokens // (max_len + 1))]
     else:
         sizes = [batching.batch_size] * (len(boundaries) + 1)
-
-    def length(inputs, target_out):
-        return tf.maximum(tf.size(inputs[0]), tf.size(target_out))
-
-    ds = ds.bucket_by_sequence_length(length, boundaries, sizes, drop_remainder=False)
+    ds = ds.bucket_by_sequence_length(lambda inputs, target_out, bucket_length: bucket_length,
+                                      boundaries, sizes, drop_remainder=False)
     if training:
         ds = ds.shuffle(batching.batch_shuffle_buffer, seed=seed + 1, reshuffle_each_iteration=True)
     return ds.map(_pre_pad_source, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

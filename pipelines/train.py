@@ -312,7 +312,8 @@ def training_target_tokens(cfg: TrainConfig, train, valid, src_model: bytes, tgt
                              "tokens, so none is left; raise --max-len")
     if cfg.subword_alpha > 0:
         log(f"[data] subword regularization: training segmentations sampled every epoch (alpha "
-            f"{cfg.subword_alpha}); target_tokens_per_second counts the deterministic segmentation's tokens")
+            f"{cfg.subword_alpha}); the length filter, the buckets, the token budget and "
+            "target_tokens_per_second count the deterministic segmentation's tokens")
     return target_tokens
 
 

@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -135,6 +137,33 @@ def test_subword_sampling_resegments_training_pairs_every_epoch_but_never_valida
     plain = make_dataset(small, src_model, tgt_model, BatchingConfig(batch_size=32, subword_alpha=0.2),
                          training=False)
     assert _rows(plain, src_sp) == deterministic
+
+
+@pytest.mark.parametrize("batching", [dict(batch_size=16), dict(batch_tokens=160)])
+def test_every_sampled_pass_holds_every_kept_pair_once_in_the_same_number_of_batches(dates_models, batching):
+    """Keras fixes an epoch at its first pass's batch count: the deterministic lengths
+    decide the length filter and the buckets, so each pass of a sampled dataset has that
+    count, and so no pass loses batches or ends early."""
+    corpus, src_model, tgt_model = dates_models
+    src_sp, tgt_sp = load_processor(src_model), load_processor(tgt_model)
+    small = ParallelCorpus(corpus.sources[:400], corpus.targets[:400])
+    lengths = [max(len(src_sp.encode(s)), len(tgt_sp.encode(t))) for s, t in zip(small.sources, small.targets)]
+    max_len = int(np.percentile(lengths, 80))  # the filter drops some
+    config = BatchingConfig(max_len=max_len, subword_alpha=0.2, **batching)
+    plain = make_dataset(small, src_model, tgt_model, dataclasses.replace(config, subword_alpha=0.0), training=True)
+    kept = sorted(s for s, n in zip(small.sources, lengths) if n <= max_len)
+    assert 0 < len(kept) < len(small.sources)
+    sampled = make_dataset(small, src_model, tgt_model, config, training=True)
+    counts, resegmented = set(), 0
+    for _ in range(4):
+        batches = [inputs["source"] for inputs, _ in sampled.as_numpy_iterator()]
+        rows = [[int(i) for i in row if i != 0] for batch in batches for row in batch]
+        sources = [src_sp.decode(row) for row in rows]
+        resegmented += sum(row != src_sp.encode(text) for row, text in zip(rows, sources))
+        counts.add(len(batches))
+        assert sorted(sources) == kept
+    assert counts == {sum(1 for _ in plain)}
+    assert resegmented > 100  # the passes did sample
 
 
 def test_subword_alpha_out_of_range_is_refused():

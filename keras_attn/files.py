@@ -66,6 +66,27 @@ def replacing(path: Path, named: Path | None = None):
         tmp.unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def folder_locked(folder: Path):
+    """Hold an exclusive lock on `folder` itself (`flock` on the folder; no lock file is
+    left behind) for the block, waiting for another process's block to end first.
+    Where there is no `flock` (Windows, some network file systems), or the folder
+    cannot be opened for reading, the block runs unguarded."""
+    try:
+        import fcntl
+
+        handle = os.open(folder, os.O_RDONLY)
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        with contextlib.suppress(OSError):  # a file system without locks
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(handle)  # releases the lock
+
+
 def temporary_beside(path: Path) -> Path:
     """A hidden name beside `path`, unique to this process and call, ending with `path`'s
     name (writers such as Keras's check the ending: `.keras`, `.weights.h5`). A fixed

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from keras_attn.config import is_int
-from keras_attn.files import folder_problem, writing
+from keras_attn.files import folder_locked, folder_problem, writing
 from keras_attn.runtime.translator import (
     BUNDLE_FORMAT,
     N_BEST_OUTPUTS,
@@ -342,11 +342,15 @@ def file_entry(path: Path) -> dict:
 
 
 def replace_dir(staging: Path, out: Path):
-    """Move the finished staging folder into place; an older bundle is replaced."""
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(old)
-        staging.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        staging.rename(out)
+    """Move the finished staging folder into place; an older bundle is replaced. Two
+    exports to one `--out` swap one after the other (the last one's bundle stays):
+    between one's two renames the other saw no `out` and renamed its staging there,
+    and the first's rename then failed with "Directory not empty"."""
+    with folder_locked(out.parent):
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            out.rename(old)
+            staging.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            staging.rename(out)

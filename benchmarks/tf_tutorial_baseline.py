@@ -62,16 +62,19 @@ def lower_and_split_punct(text):
     return tf.strings.join(["[START]", text, "[END]"], separator=" ")
 
 
-def build_model(src_texts: list[str], tgt_texts: list[str]):
-    """The tutorial's text processors (adapted on the training text) and model."""
+def vectorizer(texts: list[str]):
+    """The tutorial's text processor, adapted on `texts`."""
     import keras
     import tensorflow as tf
 
-    def vectorizer(texts):
-        layer = keras.layers.TextVectorization(standardize=lower_and_split_punct, max_tokens=MAX_VOCAB,
-                                               ragged=True)
-        layer.adapt(tf.data.Dataset.from_tensor_slices(texts).batch(1024))
-        return layer
+    layer = keras.layers.TextVectorization(standardize=lower_and_split_punct, max_tokens=MAX_VOCAB, ragged=True)
+    layer.adapt(tf.data.Dataset.from_tensor_slices(texts).batch(1024))
+    return layer
+
+
+def build_model(src_texts: list[str], tgt_texts: list[str]):
+    """The tutorial's text processors (adapted on the training text) and model."""
+    import keras
 
     class Encoder(keras.layers.Layer):
         def __init__(self, vocab_size):

@@ -107,8 +107,8 @@ def _fixed_examples(strings, src_model, tgt_model, batching: BatchingConfig, shu
     """Deterministically segmented examples, tokenized once and then replayed from the
     cache (with `shuffle`, a buffer size and a seed: shuffled every pass)."""
     ds = tokenize_pairs(strings, src_model, tgt_model).filter(_short_enough(batching.max_len))
-    ds = ds.map(lambda src, tgt: (src, tgt, _bucket_length(src, tgt)))
-    ds = ds.map(_teacher_forcing_example, num_parallel_calls=tf.data.AUTOTUNE).cache()
+    ds = ds.map(lambda src, tgt: _teacher_forcing_example(src, tgt, _bucket_length(src, tgt)),
+                num_parallel_calls=tf.data.AUTOTUNE).cache()
     return ds if shuffle is None else ds.shuffle(*shuffle, reshuffle_each_iteration=True)
 
 

@@ -62,6 +62,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import print_result, result_from_child, thread_pair, thread_text, write_results  # noqa: E402
 
+from keras_attn.runtime.translator import thread_count  # noqa: E402  (no TensorFlow, no onnxruntime)
+
 
 def decoder_weights(rng, batch, src_len, emb, hidden, memory_dim, vocab) -> tuple[dict, np.ndarray]:
     """The decoder's weights and a memory's attention keys and values, random, and a
@@ -283,8 +285,6 @@ def tf_training_products(rng, batch, steps, src_len, emb, enc_units, hidden, voc
 def decoder_seconds(library, batch, steps, src_len, vocab, rng=None):
     """Seconds per batch of the decoder's products with `library` (a `DECODE_LIBRARIES`
     name or `PER_CORE`)."""
-    from keras_attn.runtime.translator import thread_count
-
     shape = dict(batch=batch, steps=steps, src_len=src_len, memory_dim=512, vocab=vocab, **SHAPES)
     if library == PER_CORE:
         return onnx_decoder_products(**shape, workers=thread_count(None))

@@ -66,22 +66,36 @@ def replacing(path: Path, named: Path | None = None):
         tmp.unlink(missing_ok=True)
 
 
-@contextlib.contextmanager
-def folder_locked(folder: Path):
-    """Hold an exclusive lock on `folder` itself (`flock` on the folder; no lock file is
-    left behind) for the block, waiting for another process's block to end first.
-    Where there is no `flock` (Windows, some network file systems), or the folder
-    cannot be opened for reading, the block runs unguarded."""
+def lock_exclusively(handle, wait: bool = True) -> bool:
+    """An exclusive `flock` on `handle` (a file object or descriptor), released when it
+    is closed: True once held, and where there are no such locks (Windows, some network
+    file systems), where the caller runs unguarded; False when another process holds
+    it and `wait` is False."""
     try:
         import fcntl
+    except ImportError:
+        return True
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        return False
+    except OSError:  # a file system without locks
+        pass
+    return True
 
+
+@contextlib.contextmanager
+def folder_locked(folder: Path):
+    """Hold an exclusive lock on `folder` itself (`lock_exclusively` on the folder; no
+    lock file is left behind) for the block, waiting for another process's block to end
+    first. A folder that cannot be opened for reading runs the block unguarded."""
+    try:
         handle = os.open(folder, os.O_RDONLY)
-    except (ImportError, OSError):
+    except OSError:
         yield
         return
     try:
-        with contextlib.suppress(OSError):  # a file system without locks
-            fcntl.flock(handle, fcntl.LOCK_EX)
+        lock_exclusively(handle)
         yield
     finally:
         os.close(handle)  # releases the lock

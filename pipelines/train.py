@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from keras_attn.files import atomic_write, save_figure
+from keras_attn.files import atomic_write, lock_exclusively, save_figure
 from pipelines.callbacks import (
     average_into_checkpoint,
     callbacks,
@@ -395,19 +395,12 @@ def refuse_if_being_written(out: Path) -> None:
 
 
 def lock_or_refuse(handle, out: Path) -> None:
-    """An exclusive `flock` on `handle`, or a ValueError naming the process holding it."""
-    try:
-        import fcntl
-    except ImportError:
-        return
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    """An exclusive lock on `handle` (`lock_exclusively`), or a ValueError naming the
+    process holding it."""
+    if not lock_exclusively(handle, wait=False):
         handle.seek(0)
         raise ValueError(f"{out}: another keras-attn train (process {handle.read().strip() or '?'}) is "
-                         "writing there; wait for it to end, or choose another --out") from None
-    except OSError:  # a file system without locks
-        pass
+                         "writing there; wait for it to end, or choose another --out")
 
 
 def start_writing(cfg: TrainConfig, data: TrainingData, model_cfg, out: Path, log) -> None:

@@ -68,9 +68,9 @@ def replacing(path: Path, named: Path | None = None):
 
 def lock_exclusively(handle, wait: bool = True) -> bool:
     """An exclusive `flock` on `handle` (a file object or descriptor), released when it
-    is closed: True once held, and where there are no such locks (Windows, some network
-    file systems), where the caller runs unguarded; False when another process holds
-    it and `wait` is False."""
+    is closed. True once it is held, and also where there are no such locks (Windows,
+    some network file systems): the caller then runs unguarded. False when another
+    process holds it and `wait` is False."""
     try:
         import fcntl
     except ImportError:
@@ -92,13 +92,14 @@ def folder_locked(folder: Path):
     try:
         handle = os.open(folder, os.O_RDONLY)
     except OSError:
-        yield
-        return
+        handle = None  # not yielded from here: the block's errors would chain onto this one
     try:
-        lock_exclusively(handle)
+        if handle is not None:
+            lock_exclusively(handle)
         yield
     finally:
-        os.close(handle)  # releases the lock
+        if handle is not None:
+            os.close(handle)  # releases the lock
 
 
 def temporary_beside(path: Path) -> Path:

@@ -632,6 +632,16 @@ def test_two_exports_finishing_at_once_into_one_folder_both_succeed(tmp_path):
     assert (tmp_path / "bundle" / "config.json").read_text() in {"A", "B"}
 
 
+def test_a_folder_that_cannot_be_locked_runs_the_block_unguarded_and_its_errors_plain(tmp_path):
+    from keras_attn.files import folder_locked
+
+    ran = []
+    with pytest.raises(ValueError) as raised, folder_locked(tmp_path / "missing"):
+        ran.append(True)
+        raise ValueError("from the block")
+    assert ran == [True] and raised.value.__context__ is None  # not "during handling of" the open's error
+
+
 def test_export_replaces_only_an_empty_folder_or_an_earlier_bundle(dates_run, tmp_path, capsys):
     """The export replaces its folder whole: a folder of other files (the training
     folder, `.`) is refused, untouched, before any conversion; an earlier bundle is replaced."""

@@ -62,7 +62,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import print_result, result_from_child, thread_pair, thread_text, write_results  # noqa: E402
 
-from keras_attn.runtime.translator import thread_count  # noqa: E402  (no TensorFlow, no onnxruntime)
+# plain Python and NumPy at import: no TensorFlow, no onnxruntime
+from keras_attn.runtime.translator import session_options, thread_count  # noqa: E402
 
 
 def decoder_weights(rng, batch, src_len, emb, hidden, memory_dim, vocab) -> tuple[dict, np.ndarray]:
@@ -168,10 +169,10 @@ TF_THREADS = ((2, 1),)
 
 
 @functools.lru_cache(maxsize=4)
-def onnx_decoder(batch, steps, src_len, emb, hidden, memory_dim, vocab, threads=0):
+def onnx_decoder(batch, steps, src_len, emb, hidden, memory_dim, vocab, threads=None):
     """An onnxruntime session running `decoder_loop` unrolled on `decoder_weights`
-    drawn from seed 0, with `threads` intra-op threads (0: onnxruntime's choice, one
-    per core), and its feed (that `x`)."""
+    drawn from seed 0, with the `Translator`'s session options for `threads` intra-op
+    threads (None: one per core), and its feed (that `x`)."""
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
@@ -201,9 +202,8 @@ def onnx_decoder(batch, steps, src_len, emb, hidden, memory_dim, vocab, threads=
         nodes, "decoder_products", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, emb + 2 * hidden])],
         [helper.make_tensor_value_info(x, TensorProto.FLOAT, None)], init)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(model.SerializeToString(), session_options(threads),
+                                   providers=["CPUExecutionProvider"])
     feed = {"x": x0}
     session.run(None, feed)  # the first run allocates
     return session, feed
@@ -214,7 +214,7 @@ def onnx_decoder_products(batch, steps, src_len, emb, hidden, memory_dim, vocab,
     every core, or (`workers` > 0) `workers` runs at once, each on a single-threaded
     session, as the `Translator` runs its batches (one per core), their wall time
     divided by `workers`."""
-    session, feed = onnx_decoder(batch, steps, src_len, emb, hidden, memory_dim, vocab, threads=1 if workers else 0)
+    session, feed = onnx_decoder(batch, steps, src_len, emb, hidden, memory_dim, vocab, threads=1 if workers else None)
     start = time.perf_counter()
     if workers:
         list(worker_pool(workers).map(lambda _: session.run(None, feed), range(workers)))

@@ -213,7 +213,8 @@ def main():
         "timing": f"median of {args.repeats} passes after a warm-up pass (keras step loop: 1 pass); "
                   "range = slowest-fastest pass",
         "limit": f"bench_limit.py: the decoder's matmuls alone in NumPy and onnxruntime (one session on all "
-                 f"cores, and one single-threaded session per core), the fastest (generator width {args.vocab}, the bundle's target vocabulary; batch 128 x 16 steps; one "
+                 "cores, and one single-threaded session per core), the fastest (generator width "
+                 f"{args.vocab}, the bundle's target vocabulary; batch 128 x 16 steps; one "
                  "sentence of 15 steps for batch 1), after each timed pass (median of 3 passes); for batch 1 "
                  "before and after the sentences (median of 25 passes each, averaged); "
                  "column 'limit' = its median (sentences/s; ms), '% of limit' = median of per-pass ratios",

@@ -52,7 +52,7 @@ def test_the_per_core_decode_limit_runs_a_batch_per_core_at_once(monkeypatch):
             runs.append(threading.get_ident())
             time.sleep(0.5)
 
-    def onnx_decoder(*shape, threads=0):
+    def onnx_decoder(*shape, threads=None):
         asked.append(threads)
         return Session(), {}
 

@@ -33,10 +33,11 @@ one thread per op, two ops at once, which on the Intel VM of 2026-12-07 did the
 recipe's small products 15-19 % faster than TensorFlow's default pools). A limit
 some thread setting beats is no limit either. For the same reason the batched decode
 limit is timed with onnxruntime both ways the `Translator` can run a batch: on one
-session using every core ("onnxruntime"), and one single-threaded session per core,
-each running a batch at once ("onnxruntime per core", how the `Translator` runs
-several batches; its sentences/s count all the batches). One sentence is timed on the
-all-cores session alone, which the `Translator` uses for a single batch.
+session using every core ("onnxruntime"), and one single-threaded session run by one
+thread per core, each thread running a batch at once ("onnxruntime per core", how the
+`Translator`'s workers run several batches; its sentences/s count all the batches).
+One sentence is timed on the all-cores session alone, which the `Translator` uses for a
+single batch.
 
 The onnxruntime decode graph is the NumPy loop unrolled (each step's input takes
 the previous step's output, as in the loop, so no step can be merged with another);
@@ -158,9 +159,9 @@ def training_products(rng, batch, steps, src_len, emb, enc_units, hidden, vocab)
 # The reference model's shapes (configs/multi30k_deen.yaml); the vocabulary is an argument.
 SHAPES = dict(emb=256, hidden=512)
 DECODE_LIBRARIES = ("numpy", "onnxruntime")
-# The batched decode limit also runs one single-threaded session per core at once, as
-# the Translator runs several batches (one sentence only on the all-cores session, as
-# the Translator runs a single batch)
+# The batched decode limit also runs a single-threaded session on one thread per core at
+# once, as the Translator's workers run several batches (one sentence only on the
+# all-cores session, as the Translator runs a single batch)
 PER_CORE = "onnxruntime per core"
 TRAINING_LIBRARIES = {"float32": ("numpy", "tensorflow"), "bfloat16": ("tensorflow",)}
 # TensorFlow's thread pools (inter-op, intra-op) the training limits also try, each in
@@ -211,9 +212,9 @@ def onnx_decoder(batch, steps, src_len, emb, hidden, memory_dim, vocab, threads=
 
 def onnx_decoder_products(batch, steps, src_len, emb, hidden, memory_dim, vocab, workers=0):
     """Seconds per batch of the onnxruntime decode graph: one run on a session using
-    every core, or (`workers` > 0) `workers` runs at once, each on a single-threaded
-    session, as the `Translator` runs its batches (one per core), their wall time
-    divided by `workers`."""
+    every core, or (`workers` > 0) `workers` runs at once on one single-threaded
+    session, as the `Translator`'s workers run their batches (one thread per core),
+    their wall time divided by `workers`."""
     session, feed = onnx_decoder(batch, steps, src_len, emb, hidden, memory_dim, vocab, threads=1 if workers else None)
     start = time.perf_counter()
     if workers:
@@ -426,8 +427,8 @@ def main():
                                         "tensorflow": "this process's thread pools (TensorFlow's choice)",
                                         "tensorflow INTER,INTRA": "inter-op and intra-op threads as given, "
                                                                   "in a process of its own",
-                                        PER_CORE: "one single-threaded session per core, each running a batch "
-                                                  "at once"})
+                                        PER_CORE: "one single-threaded session, run by one thread per core, "
+                                                  "each running a batch at once"})
 
 
 if __name__ == "__main__":

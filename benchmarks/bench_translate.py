@@ -9,12 +9,12 @@ Each system translates the test set once to warm up, then `--repeats` more times
 the table gives the median and the range (this VM's speed drifts by up to 20 %).
 The onnxruntime rows run in a child process that never imports TensorFlow, as a
 deployment would (a TensorFlow runtime in the same process slows onnxruntime down).
-onnxruntime runs as the `Translator` runs by default (one batch per core, each on a
-single-threaded session; batch 1 on a session using every core); TensorFlow with its
-defaults. Float32 greedy rows also get a percentage of the machine's limit
+onnxruntime runs as the `Translator` runs by default (one batch per core, each thread
+running a single-threaded session; batch 1 on a session using every core); TensorFlow
+with its defaults. Float32 greedy rows also get a percentage of the machine's limit
 (`bench_limit.py`: the decoder's matmuls alone, in NumPy and in onnxruntime, the latter
-both on one session using every core and on one single-threaded session per core, its
-generator as wide as the bundle's target vocabulary; the limit is the fastest), measured
+both on one session using every core and on a single-threaded one run by one thread per
+core; its generator as wide as the bundle's target vocabulary; the limit is the fastest), measured
 interleaved: the limit (median of 3 passes per library) right after each timed pass,
 so both see the same minute of this drifting VM; the percentage is the median of the
 per-pass ratios. Batch-1 latency: the one-sentence limit right before and right
@@ -213,7 +213,7 @@ def main():
         "timing": f"median of {args.repeats} passes after a warm-up pass (keras step loop: 1 pass); "
                   "range = slowest-fastest pass",
         "limit": f"bench_limit.py: the decoder's matmuls alone in NumPy and onnxruntime (one session on all "
-                 "cores, and one single-threaded session per core), the fastest (generator width "
+                 "cores, and a single-threaded one run by one thread per core), the fastest (generator width "
                  f"{args.vocab}, the bundle's target vocabulary; batch 128 x 16 steps; one "
                  "sentence of 15 steps for batch 1), after each timed pass (median of 3 passes); for batch 1 "
                  "before and after the sentences (median of 25 passes each, averaged); "

@@ -39,9 +39,9 @@ def test_the_onnx_limit_graph_computes_the_numpy_loop(vocab):
 
 
 def test_the_per_core_decode_limit_runs_a_batch_per_core_at_once(monkeypatch):
-    """`PER_CORE` times `thread_count` runs at once, each on a single-threaded session
-    and its own thread, and counts them all: seconds per batch are the wall time over
-    the runs."""
+    """`PER_CORE` times `thread_count` runs at once on one single-threaded session (as
+    the `Translator`'s workers share theirs), each on its own thread, and counts them
+    all: seconds per batch are the wall time over the runs."""
     import threading
 
     asked, runs, both_running = [], [], threading.Barrier(2, timeout=10)

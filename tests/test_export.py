@@ -609,12 +609,13 @@ def export(name, root, together, rounds):
         together.wait()
 
 context = multiprocessing.get_context("fork")
-together = context.Barrier(2)
+together = context.Barrier(2, timeout=60)  # a partner that died breaks it instead of hanging
 exports = [context.Process(target=export, args=(name, sys.argv[1], together, int(sys.argv[2]))) for name in "AB"]
 for process in exports:
     process.start()
 for process in exports:
     process.join()
+sys.exit(any(process.exitcode for process in exports))  # an export that died fails the script
 """
 
 
